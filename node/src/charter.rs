@@ -1,0 +1,687 @@
+//! The charter: who takes part in a network, with which keys, and who holds the Presidency.
+//!
+//! A charter is parsed from `charter.toml`, validated completely (an error names the line
+//! and the problem), and hashed over a canonical form, so that two nodes with the same
+//! participants, keys, calendar and rules agree on the hash whatever the file's layout.
+//! This module does no IO: callers hand it the file's text.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Month};
+
+use crate::identity::PublicKey;
+
+/// The reference data of the European network of Heads of SPOC.
+pub const REFERENCE: &str = include_str!("../data/network.toml");
+
+/// The id of the real network, used by the template.
+pub const DEFAULT_NETWORK: &str = "eu-heads-of-spoc";
+
+/// The version of the document rules that this build enforces.
+pub const RULES_VERSION: u32 = 1;
+
+const DOMAIN_CHARTER: &str = "spocnet/charter/v1";
+
+/// A charter that failed to parse or validate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("charter line {line}: {message}")]
+    At { line: usize, message: String },
+    #[error("charter: {0}")]
+    Whole(String),
+}
+
+/// What a participant may do follows from its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    MemberState,
+    SchengenAssociated,
+    Observer,
+}
+
+impl Kind {
+    /// Member states and Schengen associated states are full participants.
+    pub fn is_state(self) -> bool {
+        matches!(self, Kind::MemberState | Kind::SchengenAssociated)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::MemberState => "member_state",
+            Kind::SchengenAssociated => "schengen_associated",
+            Kind::Observer => "observer",
+        })
+    }
+}
+
+/// One participant of the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Participant {
+    pub code: String,
+    pub name: String,
+    pub kind: Kind,
+    /// The national public key; a participant without one is listed but cannot sign.
+    pub key: Option<PublicKey>,
+    /// Where its node listens, as multiaddrs.
+    pub addresses: Vec<String>,
+}
+
+/// One Presidency term, both dates included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Term {
+    pub state: String,
+    pub from: Date,
+    pub to: Date,
+}
+
+impl Term {
+    pub fn contains(&self, date: Date) -> bool {
+        self.from <= date && date <= self.to
+    }
+
+    /// The half-year label of the term, `YYYY-H1` or `YYYY-H2`.
+    pub fn label(&self) -> String {
+        half_year_label(self.from)
+    }
+}
+
+/// The label of the half-year that holds `date`.
+pub fn half_year_label(date: Date) -> String {
+    let half = if u8::from(date.month()) <= 6 { 1 } else { 2 };
+    format!("{}-H{half}", date.year())
+}
+
+/// Parses `YYYY-H1` or `YYYY-H2` into the first and last day of that half-year.
+pub fn parse_half_year(label: &str) -> Option<(Date, Date)> {
+    let (year, half) = label.split_once("-H")?;
+    let year: i32 = year.parse().ok()?;
+    let (from, to) = match half {
+        "1" => ((Month::January, 1), (Month::June, 30)),
+        "2" => ((Month::July, 1), (Month::December, 31)),
+        _ => return None,
+    };
+    Some((
+        Date::from_calendar_date(year, from.0, from.1).ok()?,
+        Date::from_calendar_date(year, to.0, to.1).ok()?,
+    ))
+}
+
+/// A validated charter.
+#[derive(Clone, Debug)]
+pub struct Charter {
+    pub network: String,
+    pub rules_version: u32,
+    pub participants: Vec<Participant>,
+    pub presidency: Vec<Term>,
+    pub training_core_group: Vec<String>,
+    hash: [u8; 32],
+    by_code: HashMap<String, usize>,
+    by_key: HashMap<PublicKey, usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCharter {
+    network: Option<String>,
+    rules_version: Option<u32>,
+    #[serde(default)]
+    training_core_group: Vec<String>,
+    #[serde(default)]
+    participants: Vec<toml::Spanned<RawParticipant>>,
+    #[serde(default)]
+    presidency: Vec<toml::Spanned<RawTerm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParticipant {
+    code: String,
+    name: String,
+    kind: String,
+    key: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTerm {
+    state: String,
+    from: toml::value::Datetime,
+    to: toml::value::Datetime,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn toml_date(d: &toml::value::Datetime) -> Result<Date, String> {
+    match (d.date, d.time) {
+        (Some(date), None) => Month::try_from(date.month)
+            .ok()
+            .and_then(|m| Date::from_calendar_date(i32::from(date.year), m, date.day).ok())
+            .ok_or_else(|| format!("invalid date {d}")),
+        _ => Err(format!("{d} is not a plain date (YYYY-MM-DD)")),
+    }
+}
+
+fn valid_code(code: &str) -> bool {
+    (2..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn valid_network_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+impl Charter {
+    /// Parses and validates a charter file's text.
+    pub fn parse(text: &str) -> Result<Charter, Error> {
+        let raw: RawCharter = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => Error::At {
+                    line: line_of(text, span.start),
+                    message,
+                },
+                None => Error::Whole(message),
+            }
+        })?;
+        let network = raw
+            .network
+            .ok_or_else(|| Error::Whole("missing network id (network = \"...\")".into()))?;
+        if !valid_network_id(&network) {
+            return Err(Error::Whole(format!(
+                "network id {network:?} must be 1-64 characters of a-z, 0-9, '-' and '.'"
+            )));
+        }
+        let rules_version = raw
+            .rules_version
+            .ok_or_else(|| Error::Whole("missing rules_version".into()))?;
+        if rules_version != RULES_VERSION {
+            return Err(Error::Whole(format!(
+                "rules_version {rules_version} is not supported by this build (it enforces {RULES_VERSION})"
+            )));
+        }
+        if raw.participants.is_empty() {
+            return Err(Error::Whole("no participants".into()));
+        }
+
+        let mut participants = Vec::with_capacity(raw.participants.len());
+        let mut by_code = HashMap::new();
+        let mut by_key = HashMap::new();
+        let mut seen_addresses = BTreeSet::new();
+        for spanned in &raw.participants {
+            let line = line_of(text, spanned.span().start);
+            let at = |message: String| Error::At { line, message };
+            let p = spanned.get_ref();
+            if !valid_code(&p.code) {
+                return Err(at(format!(
+                    "participant code {:?} must be 2-8 capital letters",
+                    p.code
+                )));
+            }
+            if p.name.trim().is_empty() {
+                return Err(at(format!("participant {} has no name", p.code)));
+            }
+            let kind = match p.kind.as_str() {
+                "member_state" => Kind::MemberState,
+                "schengen_associated" => Kind::SchengenAssociated,
+                "observer" => Kind::Observer,
+                other => {
+                    return Err(at(format!(
+                        "participant {}: unknown kind {other:?} (member_state, schengen_associated or observer)",
+                        p.code
+                    )));
+                }
+            };
+            let key = match &p.key {
+                None => None,
+                Some(k) => Some(
+                    k.parse::<PublicKey>()
+                        .map_err(|_| at(format!("participant {}: malformed key {k:?}", p.code)))?,
+                ),
+            };
+            for a in &p.addresses {
+                if !a.starts_with('/') || a.len() > 256 {
+                    return Err(at(format!(
+                        "participant {}: address {a:?} is not a multiaddr",
+                        p.code
+                    )));
+                }
+                if !seen_addresses.insert(a.clone()) {
+                    return Err(at(format!(
+                        "participant {}: address {a} is already another participant's",
+                        p.code
+                    )));
+                }
+            }
+            let index = participants.len();
+            if by_code.insert(p.code.clone(), index).is_some() {
+                return Err(at(format!("duplicate participant code {}", p.code)));
+            }
+            if let Some(k) = key {
+                if by_key.insert(k, index).is_some() {
+                    return Err(at(format!(
+                        "participant {}: key is already another participant's",
+                        p.code
+                    )));
+                }
+            }
+            participants.push(Participant {
+                code: p.code.clone(),
+                name: p.name.clone(),
+                kind,
+                key,
+                addresses: p.addresses.clone(),
+            });
+        }
+
+        let mut presidency: Vec<Term> = Vec::with_capacity(raw.presidency.len());
+        for spanned in &raw.presidency {
+            let line = line_of(text, spanned.span().start);
+            let at = |message: String| Error::At { line, message };
+            let t = spanned.get_ref();
+            let from = toml_date(&t.from).map_err(&at)?;
+            let to = toml_date(&t.to).map_err(&at)?;
+            match by_code.get(&t.state).map(|i| participants[*i].kind) {
+                Some(Kind::MemberState) => {}
+                Some(kind) => {
+                    return Err(at(format!(
+                        "Presidency held by {} ({kind}): only a member state holds the Presidency",
+                        t.state
+                    )));
+                }
+                None => {
+                    return Err(at(format!(
+                        "Presidency held by {}, which is not a participant",
+                        t.state
+                    )));
+                }
+            }
+            if to < from {
+                return Err(at(format!("term of {} ends before it begins", t.state)));
+            }
+            if let Some(prev) = presidency.last() {
+                if from <= prev.to {
+                    return Err(at(format!(
+                        "term of {} from {from} overlaps the term of {} to {}",
+                        t.state, prev.state, prev.to
+                    )));
+                }
+                if prev.to.next_day() != Some(from) {
+                    return Err(at(format!(
+                        "gap in the Presidency calendar between {} and {from}",
+                        prev.to
+                    )));
+                }
+            }
+            presidency.push(Term {
+                state: t.state.clone(),
+                from,
+                to,
+            });
+        }
+
+        for code in &raw.training_core_group {
+            match by_code.get(code).map(|i| participants[*i].kind) {
+                Some(k) if k.is_state() => {}
+                _ => {
+                    return Err(Error::Whole(format!(
+                        "training core group member {code} is not a participating state"
+                    )));
+                }
+            }
+        }
+
+        let mut charter = Charter {
+            network,
+            rules_version,
+            participants,
+            presidency,
+            training_core_group: raw.training_core_group,
+            hash: [0; 32],
+            by_code,
+            by_key,
+        };
+        charter.hash = charter.compute_hash();
+        Ok(charter)
+    }
+
+    fn compute_hash(&self) -> [u8; 32] {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            network: &'a str,
+            rules_version: u32,
+            participants: &'a [Participant],
+            presidency: Vec<(String, String, String)>,
+            training_core_group: &'a [String],
+        }
+        let canonical = Canonical {
+            network: &self.network,
+            rules_version: self.rules_version,
+            participants: &self.participants,
+            presidency: self
+                .presidency
+                .iter()
+                .map(|t| (t.state.clone(), t.from.to_string(), t.to.to_string()))
+                .collect(),
+            training_core_group: &self.training_core_group,
+        };
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(DOMAIN_CHARTER.as_bytes());
+        // Serialising plain structs of strings to JSON cannot fail.
+        hasher.update(&serde_json::to_vec(&canonical).unwrap_or_default());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The charter hash: peers whose hash differs do not sync.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    pub fn participant(&self, code: &str) -> Option<&Participant> {
+        self.by_code.get(code).map(|i| &self.participants[*i])
+    }
+
+    pub fn participant_by_key(&self, key: &PublicKey) -> Option<&Participant> {
+        self.by_key.get(key).map(|i| &self.participants[*i])
+    }
+
+    /// The Presidency's term on `date`, if the calendar covers it.
+    pub fn presidency_at(&self, date: Date) -> Option<&Term> {
+        self.presidency.iter().find(|t| t.contains(date))
+    }
+
+    pub fn in_core_group(&self, code: &str) -> bool {
+        self.training_core_group.iter().any(|c| c == code)
+    }
+
+    /// Renders the charter back to TOML text that `parse` accepts with the same hash.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "network = {:?}\nrules_version = {}\ntraining_core_group = [{}]\n\n",
+            self.network,
+            self.rules_version,
+            self.training_core_group
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for p in &self.participants {
+            out.push_str(&format!(
+                "[[participants]]\ncode = {:?}\nname = {:?}\nkind = \"{}\"\n",
+                p.code, p.name, p.kind
+            ));
+            if let Some(k) = &p.key {
+                out.push_str(&format!("key = \"{k}\"\n"));
+            }
+            if !p.addresses.is_empty() {
+                out.push_str(&format!(
+                    "addresses = [{}]\n",
+                    p.addresses
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            out.push('\n');
+        }
+        for t in &self.presidency {
+            out.push_str(&format!(
+                "[[presidency]]\nstate = {:?}\nfrom = {}\nto = {}\n\n",
+                t.state, t.from, t.to
+            ));
+        }
+        out
+    }
+
+    /// The template charter: the reference participants and calendar, without keys or
+    /// addresses, which each state fills in.
+    pub fn template() -> String {
+        let mut out = format!(
+            "# spocnet charter: one per network, identical on every node.\n\
+             # Fill in each participant's national key (`spoc keygen` prints it) and the\n\
+             # addresses its node listens on, then check it with `spoc charter verify`.\n\
+             network = \"{DEFAULT_NETWORK}\"\nrules_version = {RULES_VERSION}\n\
+             # The training core group, by state code, assesses nominated experts.\n\
+             training_core_group = []\n\n"
+        );
+        // The reference file is data of this build, so its shape is known; it holds the
+        // participants and presidency arrays that the charter format uses too.
+        for line in REFERENCE.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A charter for a local test network of `states` (each with a key and addresses),
+    /// where the first state holds the Presidency for the term that contains `today`, and
+    /// the following terms rotate through the member states for four years.
+    pub fn for_testnet(
+        network: &str,
+        states: &[(String, PublicKey, Vec<String>)],
+        training_core_group: &[String],
+        today: Date,
+    ) -> Result<Charter, Error> {
+        let mut text = format!(
+            "network = {network:?}\nrules_version = {RULES_VERSION}\ntraining_core_group = [{}]\n\n",
+            training_core_group
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let reference: toml::Table = toml::from_str(REFERENCE)
+            .map_err(|e| Error::Whole(format!("reference data: {}", e.message())))?;
+        let names: HashMap<String, (String, String)> = reference
+            .get("participants")
+            .and_then(|p| p.as_array())
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| {
+                        Some((
+                            p.get("code")?.as_str()?.to_owned(),
+                            (
+                                p.get("name")?.as_str()?.to_owned(),
+                                p.get("kind")?.as_str()?.to_owned(),
+                            ),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut members = Vec::new();
+        for (code, key, addresses) in states {
+            let (name, kind) = names
+                .get(code)
+                .cloned()
+                .unwrap_or_else(|| (code.clone(), "member_state".to_owned()));
+            if kind == "member_state" {
+                members.push(code.clone());
+            }
+            text.push_str(&format!(
+                "[[participants]]\ncode = {code:?}\nname = {name:?}\nkind = {kind:?}\nkey = \"{key}\"\naddresses = [{}]\n\n",
+                addresses
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if members.is_empty() {
+            return Err(Error::Whole(
+                "a testnet needs at least one member state".into(),
+            ));
+        }
+        let (mut from, _) = parse_half_year(&half_year_label(today))
+            .ok_or_else(|| Error::Whole("date out of range".into()))?;
+        for i in 0..8 {
+            let (_, to) = parse_half_year(&half_year_label(from))
+                .ok_or_else(|| Error::Whole("date out of range".into()))?;
+            text.push_str(&format!(
+                "[[presidency]]\nstate = {:?}\nfrom = {from}\nto = {to}\n\n",
+                members[i % members.len()]
+            ));
+            from = to
+                .next_day()
+                .ok_or_else(|| Error::Whole("date out of range".into()))?;
+        }
+        Charter::parse(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+    use rand::SeedableRng;
+    use time::macros::date;
+
+    fn key(seed: u64) -> PublicKey {
+        SecretKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed)).public()
+    }
+
+    fn small(extra: &str) -> String {
+        format!(
+            "network = \"test\"\nrules_version = 1\n\
+             participants = [\n\
+               {{ code = \"IE\", name = \"Ireland\", kind = \"member_state\", key = \"{}\" }},\n\
+               {{ code = \"LT\", name = \"Lithuania\", kind = \"member_state\", key = \"{}\" }},\n\
+               {{ code = \"NO\", name = \"Norway\", kind = \"schengen_associated\" }},\n\
+               {{ code = \"EUROPOL\", name = \"Europol\", kind = \"observer\" }},\n\
+             ]\n{extra}",
+            key(1),
+            key(2)
+        )
+    }
+
+    const CALENDAR: &str = "presidency = [\n\
+        { state = \"IE\", from = 2026-07-01, to = 2026-12-31 },\n\
+        { state = \"LT\", from = 2027-01-01, to = 2027-06-30 },\n]\n";
+
+    #[test]
+    fn template_parses_with_the_reference_calendar() {
+        let c = Charter::parse(&Charter::template()).unwrap();
+        assert_eq!(c.participants.len(), 36);
+        assert_eq!(c.presidency_at(date!(2026 - 12 - 01)).unwrap().state, "IE");
+        assert_eq!(c.presidency_at(date!(2027 - 01 - 01)).unwrap().state, "LT");
+        assert_eq!(c.presidency_at(date!(2024 - 07 - 01)).unwrap().state, "HU");
+        assert!(c.presidency_at(date!(2031 - 01 - 01)).is_none());
+        assert_eq!(c.participant("EL").unwrap().name, "Greece");
+        assert_eq!(c.participant("EUROPOL").unwrap().kind, Kind::Observer);
+    }
+
+    #[test]
+    fn hash_ignores_layout_but_not_content() {
+        let a = Charter::parse(&small(CALENDAR)).unwrap();
+        let b = Charter::parse(&format!("# comment\n\n{}", small(CALENDAR))).unwrap();
+        assert_eq!(a.hash(), b.hash());
+        let round = Charter::parse(&a.to_toml()).unwrap();
+        assert_eq!(round.hash(), a.hash());
+        let c = Charter::parse(&small(CALENDAR).replace("Lithuania", "Lietuva")).unwrap();
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    fn err(text: &str) -> String {
+        Charter::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_charters_name_the_line_and_the_problem() {
+        let dup = small(CALENDAR).replace("code = \"LT\"", "code = \"IE\"");
+        assert_eq!(err(&dup), "charter line 5: duplicate participant code IE");
+
+        let bad_key = small(CALENDAR).replace(&key(2).to_string(), "ed25519:1234");
+        assert!(err(&bad_key).starts_with("charter line 5: participant LT: malformed key"));
+
+        let overlap = small(
+            "presidency = [\n{ state = \"IE\", from = 2026-07-01, to = 2026-12-31 },\n\
+             { state = \"LT\", from = 2026-12-01, to = 2027-06-30 },\n]\n",
+        );
+        assert!(err(&overlap).contains("line 11: term of LT from 2026-12-01 overlaps"));
+
+        let gap = small(
+            "presidency = [\n{ state = \"IE\", from = 2026-07-01, to = 2026-12-30 },\n\
+             { state = \"LT\", from = 2027-01-01, to = 2027-06-30 },\n]\n",
+        );
+        assert!(err(&gap).contains("line 11: gap in the Presidency calendar"));
+
+        let associated =
+            small("presidency = [\n{ state = \"NO\", from = 2026-07-01, to = 2026-12-31 },\n]\n");
+        assert!(err(&associated).contains("only a member state holds the Presidency"));
+
+        let stranger =
+            small("presidency = [\n{ state = \"XX\", from = 2026-07-01, to = 2026-12-31 },\n]\n");
+        assert!(err(&stranger).contains("XX, which is not a participant"));
+
+        let kind = small(CALENDAR).replace("\"observer\"", "\"agency\"");
+        assert!(err(&kind).contains("unknown kind \"agency\""));
+
+        let typo = small(CALENDAR).replace("rules_version", "rule_version");
+        assert!(err(&typo).starts_with("charter line 2:"), "{}", err(&typo));
+
+        let shared_key = small(CALENDAR).replace(&key(2).to_string(), &key(1).to_string());
+        assert!(err(&shared_key).contains("key is already another participant's"));
+
+        assert!(err("network = \"t\"\n").contains("missing rules_version"));
+        assert!(err("not toml at all [").starts_with("charter line 1:"));
+    }
+
+    #[test]
+    fn testnet_puts_the_first_state_in_the_chair() {
+        let states: Vec<(String, PublicKey, Vec<String>)> = ["FI", "SE", "NO"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c.to_string(),
+                    key(i as u64 + 10),
+                    vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + i)],
+                )
+            })
+            .collect();
+        let c =
+            Charter::for_testnet("lab", &states, &["SE".into()], date!(2026 - 12 - 01)).unwrap();
+        assert_eq!(c.presidency_at(date!(2026 - 12 - 01)).unwrap().state, "FI");
+        assert_eq!(c.presidency_at(date!(2027 - 02 - 01)).unwrap().state, "SE");
+        // Norway is associated, so it never holds the Presidency.
+        assert_eq!(c.presidency_at(date!(2027 - 08 - 01)).unwrap().state, "FI");
+        assert_eq!(c.participant("NO").unwrap().kind, Kind::SchengenAssociated);
+        assert!(c.in_core_group("SE"));
+    }
+
+    #[test]
+    fn half_years() {
+        assert_eq!(half_year_label(date!(2026 - 06 - 30)), "2026-H1");
+        assert_eq!(half_year_label(date!(2026 - 07 - 01)), "2026-H2");
+        assert_eq!(
+            parse_half_year("2026-H2"),
+            Some((date!(2026 - 07 - 01), date!(2026 - 12 - 31)))
+        );
+        assert_eq!(parse_half_year("2026-H3"), None);
+    }
+}

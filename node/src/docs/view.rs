@@ -1,0 +1,108 @@
+//! Typed reads: documents as JSON, and the summaries that lists show.
+//!
+//! A document is rendered whole with `AutoSerde` (text objects become strings), then each
+//! collection's summary picks and derives the fields that operators see in lists. Keyed
+//! maps (agenda, endorsements, comments) come out in key order, which is creation order
+//! within a state because keys end in a ULID.
+
+use automerge::{AutoSerde, Automerge};
+use serde_json::{Map, Value, json};
+
+use super::{Collection, DocId};
+
+/// The whole document as JSON, with its id.
+pub fn document(id: &DocId, doc: &Automerge) -> Value {
+    let mut v = serde_json::to_value(AutoSerde::from(doc)).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("id".into(), json!(id.as_str()));
+    }
+    v
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a Value {
+    v.get(k).unwrap_or(&Value::Null)
+}
+
+fn keyed(v: &Value, k: &str) -> Map<String, Value> {
+    v.get(k)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The summary of a document for a list, by collection.
+pub fn summary(id: &DocId, doc: &Automerge) -> Value {
+    let d = document(id, doc);
+    let endorsements = || -> Value {
+        keyed(&d, "endorsements")
+            .into_iter()
+            .map(|(state, e)| json!({"state": state, "stance": s(&e, "stance")}))
+            .collect()
+    };
+    match id.collection() {
+        Collection::Meetings => {
+            let agenda: Vec<Value> = keyed(&d, "agenda")
+                .into_iter()
+                .map(|(item, a)| {
+                    json!({
+                        "id": item,
+                        "title": s(&a, "title"),
+                        "proposer": s(&a, "proposer"),
+                        "status": s(&a, "status"),
+                        "reason": s(&a, "reason"),
+                    })
+                })
+                .collect();
+            let attendance = keyed(&d, "attendance");
+            let present = attendance
+                .values()
+                .filter(|a| a.get("present") == Some(&Value::Bool(true)))
+                .count();
+            json!({
+                "id": id.as_str(),
+                "title": s(&d, "title"),
+                "presidency": id.owner(),
+                "term": s(&d, "term"),
+                "date": s(&d, "date"),
+                "venue": s(&d, "venue"),
+                "format": s(&d, "format"),
+                "status": s(&d, "status"),
+                "agenda": agenda,
+                "attendance": present,
+            })
+        }
+        Collection::Obstacles => json!({
+            "id": id.as_str(),
+            "title": s(&d, "title"),
+            "type": s(&d, "type"),
+            "reporter": id.owner(),
+            "status": s(&d, "status"),
+            "impact": s(&d, "impact"),
+            "states_concerned": keyed(&d, "states_concerned").keys().cloned().collect::<Vec<_>>(),
+            "endorsements": endorsements(),
+            "comments": keyed(&d, "comments").len(),
+        }),
+        Collection::Practices => json!({
+            "id": id.as_str(),
+            "title": s(&d, "title"),
+            "author": id.owner(),
+            "tags": s(&d, "tags"),
+            "endorsements": endorsements(),
+            "comments": keyed(&d, "comments").len(),
+        }),
+        Collection::Factsheets => json!({
+            "id": id.as_str(),
+            "state": id.owner(),
+            "last_reviewed": s(&d, "last_reviewed"),
+        }),
+        Collection::Training => json!({
+            "id": id.as_str(),
+            "kind": s(&d, "kind"),
+            "title": s(&d, "title"),
+            "state": id.owner(),
+            "status": s(&d, "status"),
+            "date": s(&d, "date"),
+            "assessments": keyed(&d, "assessments").len(),
+        }),
+    }
+}

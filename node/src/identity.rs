@@ -1,0 +1,540 @@
+//! National keys, signatures with domain separation, and node certificates.
+//!
+//! A state's national ed25519 key signs every entry it contributes and the certificate of
+//! each node it runs. This module owns the key types, their one canonical text form
+//! (`ed25519:<64 hex digits>`), the key file format (plain or passphrase-protected, always
+//! created 0600) and the certificate encoding. It does no network IO and imports no libp2p:
+//! a node's peer id is carried as opaque bytes.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+/// Domain of an entry signature.
+pub const DOMAIN_ENTRY: &str = "spocnet/entry/v1";
+/// Domain of a node certificate signature.
+pub const DOMAIN_NODE_CERT: &str = "spocnet/node-cert/v1";
+
+const KEY_FILE_MAGIC: &str = "spocnet-key-v1";
+const TEXT_PREFIX: &str = "ed25519:";
+const CERT_VERSION: u8 = 1;
+const MAX_CERT_BYTES: usize = 1024;
+
+/// Errors of keys, key files and certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed public key {0:?}: expected ed25519: followed by 64 hex digits")]
+    MalformedKey(String),
+    #[error("weak public key {0}")]
+    WeakKey(PublicKey),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("key file {path} is protected: a passphrase is needed")]
+    PassphraseNeeded { path: String },
+    #[error("key file {path}: wrong passphrase")]
+    WrongPassphrase { path: String },
+    #[error("key file {path} is readable by others (mode {mode:o}): chmod 600 it")]
+    KeyFileMode { path: String, mode: u32 },
+    #[error("malformed node certificate: {0}")]
+    MalformedCertificate(&'static str),
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A national public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Parses 32 bytes, refusing points that are not valid or are weak.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, Error> {
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| Error::MalformedKey(hex::encode(bytes)))?;
+        if key.is_weak() {
+            return Err(Error::WeakKey(PublicKey(bytes)));
+        }
+        Ok(PublicKey(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The dalek key; `from_bytes` already proved the point decodes.
+    pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, Error> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadSignature)
+    }
+
+    /// Verifies a signature over `domain || message`, strictly.
+    pub fn verify(&self, domain: &str, message: &[u8], signature: &Signature) -> Result<(), Error> {
+        let key = self.verifying_key()?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(&domain_message(domain, message), &sig)
+            .map_err(|_| Error::BadSignature)
+    }
+
+    /// A short form for logs and tables: the first 8 hex digits.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TEXT_PREFIX}{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.short())
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let malformed = || Error::MalformedKey(s.to_owned());
+        let hex_part = s.strip_prefix(TEXT_PREFIX).ok_or_else(malformed)?;
+        if hex_part.len() != 64 || hex_part.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(malformed());
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| malformed())?;
+        PublicKey::from_bytes(bytes).map_err(|_| malformed())
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}..)", hex::encode(&self.0[..4]))
+    }
+}
+
+/// A national secret key. It never appears in `Debug` output or logs.
+pub struct SecretKey(SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public: {})", self.public())
+    }
+}
+
+impl SecretKey {
+    /// Generates a key from the given randomness (an OS generator in production, a seeded
+    /// one in tests).
+    pub fn generate(rng: &mut dyn RngCore) -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        SecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// Signs `domain || message`.
+    pub fn sign(&self, domain: &str, message: &[u8]) -> Signature {
+        Signature(self.0.sign(&domain_message(domain, message)).to_bytes())
+    }
+
+    /// The raw 32-byte seed, for deriving a libp2p keypair from the node key file.
+    pub fn seed_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// Writes the key to a new file with mode 0600; refuses to overwrite an existing file.
+    pub fn save(&self, path: &Path, passphrase: Option<&str>) -> Result<(), Error> {
+        let body = match passphrase {
+            None => Zeroizing::new(format!(
+                "{KEY_FILE_MAGIC}\nplain\n{}\n",
+                hex::encode(self.0.to_bytes())
+            )),
+            Some(pass) => {
+                let mut salt = [0u8; 16];
+                let mut nonce = [0u8; 12];
+                rand::rng().fill_bytes(&mut salt);
+                rand::rng().fill_bytes(&mut nonce);
+                let cipher = sealed_cipher(pass, &salt).map_err(|reason| Error::KeyFile {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                use chacha20poly1305::aead::Aead;
+                let secret = self.0.to_bytes();
+                let sealed = cipher
+                    .encrypt(chacha20poly1305::Nonce::from_slice(&nonce), secret.as_ref())
+                    .map_err(|_| Error::KeyFile {
+                        path: path.display().to_string(),
+                        reason: "encryption failed".into(),
+                    })?;
+                Zeroizing::new(format!(
+                    "{KEY_FILE_MAGIC}\nargon2id-chacha20poly1305\n{}\n{}\n{}\n",
+                    hex::encode(salt),
+                    hex::encode(nonce),
+                    hex::encode(sealed)
+                ))
+            }
+        };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(body.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+
+    /// Reads a key file. Refuses files that others may read, and protected files without
+    /// the right passphrase.
+    pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Self, Error> {
+        let shown = path.display().to_string();
+        let io = |source| Error::Io {
+            path: shown.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::KeyFileMode { path: shown, mode });
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let bad = |reason: &str| Error::KeyFile {
+            path: shown.clone(),
+            reason: reason.to_owned(),
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_MAGIC) {
+            return Err(bad("not a spocnet key file"));
+        }
+        let hex32 = |s: Option<&str>, what: &str| -> Result<Zeroizing<Vec<u8>>, Error> {
+            let s = s.ok_or_else(|| bad(&format!("missing {what}")))?;
+            hex::decode(s.trim())
+                .map(Zeroizing::new)
+                .map_err(|_| bad(&format!("malformed {what}")))
+        };
+        let secret: Zeroizing<Vec<u8>> = match lines.next() {
+            Some("plain") => hex32(lines.next(), "secret")?,
+            Some("argon2id-chacha20poly1305") => {
+                let pass = passphrase.ok_or_else(|| Error::PassphraseNeeded {
+                    path: shown.clone(),
+                })?;
+                let salt = hex32(lines.next(), "salt")?;
+                let nonce = hex32(lines.next(), "nonce")?;
+                let sealed = hex32(lines.next(), "ciphertext")?;
+                if nonce.len() != 12 {
+                    return Err(bad("malformed nonce"));
+                }
+                let cipher = sealed_cipher(pass, &salt).map_err(|r| bad(&r))?;
+                use chacha20poly1305::aead::Aead;
+                Zeroizing::new(
+                    cipher
+                        .decrypt(chacha20poly1305::Nonce::from_slice(&nonce), sealed.as_ref())
+                        .map_err(|_| Error::WrongPassphrase {
+                            path: shown.clone(),
+                        })?,
+                )
+            }
+            _ => return Err(bad("unknown protection")),
+        };
+        let seed: [u8; 32] = secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("secret is not 32 bytes"))?;
+        Ok(SecretKey(SigningKey::from_bytes(&seed)))
+    }
+}
+
+fn sealed_cipher(
+    passphrase: &str,
+    salt: &[u8],
+) -> Result<chacha20poly1305::ChaCha20Poly1305, String> {
+    use chacha20poly1305::KeyInit;
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon2::Argon2::default()
+        .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
+        .map_err(|e| format!("key derivation failed: {e}"))?;
+    chacha20poly1305::ChaCha20Poly1305::new_from_slice(key.as_ref())
+        .map_err(|_| "key derivation failed".to_owned())
+}
+
+fn domain_message(domain: &str, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(domain.len() + 1 + message.len());
+    out.extend_from_slice(domain.as_bytes());
+    out.push(0);
+    out.extend_from_slice(message);
+    out
+}
+
+/// Verifies many signatures at once (about 3x faster than one by one). On failure the
+/// caller falls back to one-by-one checks to find the culprits. Weak keys are refused when
+/// a `PublicKey` is built, which `verify_batch` alone would not do.
+pub fn verify_batch(items: &[(&PublicKey, &str, &[u8], &Signature)]) -> Result<(), Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(_, d, m, _)| domain_message(d, m))
+        .collect();
+    let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = items
+        .iter()
+        .map(|(_, _, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
+        .collect();
+    let keys = items
+        .iter()
+        .map(|(k, _, _, _)| k.verifying_key())
+        .collect::<Result<Vec<_>, _>>()?;
+    ed25519_dalek::verify_batch(&refs, &sigs, &keys).map_err(|_| Error::BadSignature)
+}
+
+/// A national key's statement that a libp2p peer id is one of its nodes, until `not_after`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCertificate {
+    pub network: String,
+    pub peer_id: Vec<u8>,
+    pub not_after_ms: u64,
+    pub issuer: PublicKey,
+    pub signature: Signature,
+}
+
+impl NodeCertificate {
+    pub fn issue(
+        key: &SecretKey,
+        network: &str,
+        peer_id: &[u8],
+        not_after_ms: u64,
+    ) -> NodeCertificate {
+        let body = cert_body(network, peer_id, not_after_ms, &key.public());
+        NodeCertificate {
+            network: network.to_owned(),
+            peer_id: peer_id.to_vec(),
+            not_after_ms,
+            issuer: key.public(),
+            signature: key.sign(DOMAIN_NODE_CERT, &body),
+        }
+    }
+
+    /// Checks the signature, the network, the peer id and the expiry at `now_ms`.
+    pub fn verify(&self, network: &str, peer_id: &[u8], now_ms: u64) -> Result<(), String> {
+        if self.network != network {
+            return Err(format!("certificate is for network {:?}", self.network));
+        }
+        if self.peer_id != peer_id {
+            return Err("certificate names another peer id".into());
+        }
+        if now_ms > self.not_after_ms {
+            return Err("certificate has expired".into());
+        }
+        let body = cert_body(
+            &self.network,
+            &self.peer_id,
+            self.not_after_ms,
+            &self.issuer,
+        );
+        self.issuer
+            .verify(DOMAIN_NODE_CERT, &body, &self.signature)
+            .map_err(|_| "certificate signature does not verify".to_owned())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CERT_VERSION];
+        out.extend_from_slice(&cert_body(
+            &self.network,
+            &self.peer_id,
+            self.not_after_ms,
+            &self.issuer,
+        ));
+        out.extend_from_slice(&self.signature.0);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<NodeCertificate, Error> {
+        if bytes.len() > MAX_CERT_BYTES {
+            return Err(Error::MalformedCertificate("too large"));
+        }
+        let mut r = crate::codec::Reader::new(bytes);
+        let m = Error::MalformedCertificate;
+        if r.u8().map_err(|_| m("empty"))? != CERT_VERSION {
+            return Err(m("unknown version"));
+        }
+        let network = r.str16().map_err(|_| m("network"))?;
+        let peer_id = r.bytes16().map_err(|_| m("peer id"))?.to_vec();
+        let not_after_ms = r.u64().map_err(|_| m("expiry"))?;
+        let issuer = PublicKey::from_bytes(r.array32().map_err(|_| m("issuer"))?)
+            .map_err(|_| m("issuer key"))?;
+        let signature = Signature(r.array64().map_err(|_| m("signature"))?);
+        r.finish().map_err(|_| m("trailing bytes"))?;
+        Ok(NodeCertificate {
+            network,
+            peer_id,
+            not_after_ms,
+            issuer,
+            signature,
+        })
+    }
+}
+
+fn cert_body(network: &str, peer_id: &[u8], not_after_ms: u64, issuer: &PublicKey) -> Vec<u8> {
+    let mut w = crate::codec::Writer::default();
+    w.str16(network);
+    w.bytes16(peer_id);
+    w.u64(not_after_ms);
+    w.raw(issuer.as_bytes());
+    w.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn key(seed: u64) -> SecretKey {
+        SecretKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    #[test]
+    fn text_form_round_trips_and_rejects_variants() {
+        let k = key(1).public();
+        let text = k.to_string();
+        assert!(text.starts_with("ed25519:"));
+        assert_eq!(text.parse::<PublicKey>().unwrap(), k);
+        assert!(text.to_uppercase().parse::<PublicKey>().is_err());
+        assert!(text[..text.len() - 2].parse::<PublicKey>().is_err());
+        assert!("ed25519:zz".parse::<PublicKey>().is_err());
+        // The identity point is a weak key.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert!(PublicKey::from_bytes(weak).is_err());
+    }
+
+    #[test]
+    fn signatures_are_domain_separated() {
+        let k = key(2);
+        let sig = k.sign(DOMAIN_ENTRY, b"hello");
+        k.public().verify(DOMAIN_ENTRY, b"hello", &sig).unwrap();
+        assert!(k.public().verify(DOMAIN_NODE_CERT, b"hello", &sig).is_err());
+        assert!(k.public().verify(DOMAIN_ENTRY, b"hellO", &sig).is_err());
+        assert!(
+            key(3)
+                .public()
+                .verify(DOMAIN_ENTRY, b"hello", &sig)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn batch_verification_agrees_with_single() {
+        let keys: Vec<SecretKey> = (0..5).map(key).collect();
+        let pubs: Vec<PublicKey> = keys.iter().map(|k| k.public()).collect();
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        let mut sigs: Vec<Signature> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| k.sign(DOMAIN_ENTRY, m))
+            .collect();
+        let items = |sigs: &[Signature]| {
+            verify_batch(
+                &pubs
+                    .iter()
+                    .zip(&msgs)
+                    .zip(sigs)
+                    .map(|((p, m), s)| (p, DOMAIN_ENTRY, m.as_slice(), s))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        items(&sigs).unwrap();
+        sigs[3].0[5] ^= 1;
+        assert!(items(&sigs).is_err());
+    }
+
+    #[test]
+    fn key_files_are_private_and_protected() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(4);
+        let plain = dir.path().join("plain.key");
+        k.save(&plain, None).unwrap();
+        let mode = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(SecretKey::load(&plain, None).unwrap().public(), k.public());
+        assert!(k.save(&plain, None).is_err(), "never overwrites");
+
+        let sealed = dir.path().join("sealed.key");
+        k.save(&sealed, Some("correct horse")).unwrap();
+        let text = std::fs::read_to_string(&sealed).unwrap();
+        assert!(!text.contains(&hex::encode(k.seed_bytes().as_ref())));
+        assert!(matches!(
+            SecretKey::load(&sealed, None),
+            Err(Error::PassphraseNeeded { .. })
+        ));
+        assert!(matches!(
+            SecretKey::load(&sealed, Some("wrong")),
+            Err(Error::WrongPassphrase { .. })
+        ));
+        assert_eq!(
+            SecretKey::load(&sealed, Some("correct horse"))
+                .unwrap()
+                .public(),
+            k.public()
+        );
+
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SecretKey::load(&plain, None).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!format!("{k:?}").contains(&hex::encode(k.seed_bytes().as_ref())));
+    }
+
+    #[test]
+    fn certificates_bind_network_peer_and_expiry() {
+        let k = key(5);
+        let cert = NodeCertificate::issue(&k, "net", b"peer-1", 1_000);
+        let decoded = NodeCertificate::decode(&cert.encode()).unwrap();
+        assert_eq!(decoded, cert);
+        decoded.verify("net", b"peer-1", 999).unwrap();
+        assert!(decoded.verify("other", b"peer-1", 999).is_err());
+        assert!(decoded.verify("net", b"peer-2", 999).is_err());
+        assert!(decoded.verify("net", b"peer-1", 1_001).is_err());
+        let mut bytes = cert.encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let tampered = NodeCertificate::decode(&bytes).unwrap();
+        assert!(tampered.verify("net", b"peer-1", 999).is_err());
+        assert!(NodeCertificate::decode(&bytes[..10]).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! spocnet node: the library behind the `spoc-node` service and the `spoc` CLI.
+//!
+//! The IO-free core (`identity`, `charter`, `log`, `docs`, `replica`) decides what is
+//! valid and what the documents say; `store` makes it durable. See ARCHITECTURE.md for the
+//! bird's-eye view and the invariants.
+
+pub mod charter;
+pub mod codec;
+pub mod docs;
+pub mod identity;
+pub mod log;
+pub mod replica;
+pub mod store;

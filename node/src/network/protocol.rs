@@ -1,0 +1,183 @@
+//! Wire types, codecs and size limits of the two request-response protocols:
+//! admission (`/spocnet/admit/1`) and pull sync (`/spocnet/sync/1`).
+
+use std::time::Duration;
+
+use libp2p::StreamProtocol;
+use libp2p::request_response::{self, ProtocolSupport, cbor};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Protocol name of the admission exchange.
+pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/admit/1");
+
+/// Protocol name of the pull sync exchange.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/sync/1");
+
+/// Largest admission request or response we read.
+pub const MAX_ADMIT_BYTES: u64 = 16 * 1024;
+
+/// How long a request may wait for its response.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node presents about itself when a connection opens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    #[serde(with = "serde_bytes")]
+    pub charter_hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+}
+
+/// The answer to an [`AdmitRequest`]: the responder presents itself in turn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitResponse {
+    #[serde(with = "serde_bytes")]
+    pub charter_hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+}
+
+/// How far the requester holds one author's log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogHeight {
+    #[serde(with = "serde_bytes")]
+    pub author: [u8; 32],
+    pub incarnation: u32,
+    pub seq: u64,
+}
+
+/// A pull request: "send me what comes after these heights".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub heights: Vec<LogHeight>,
+    pub max_entries: u32,
+    /// Identifiers (32 bytes each) of the proofs the requester already holds.
+    pub proofs: Vec<ByteBuf>,
+}
+
+/// The answer to a [`SyncRequest`]; entries and proofs are opaque encoded bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub entries: Vec<ByteBuf>,
+    pub proofs: Vec<ByteBuf>,
+    pub more: bool,
+}
+
+/// Size of a CBOR item header announcing `n` (a length or an integer).
+fn header(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+fn text(s: &str) -> usize {
+    header(s.len()) + s.len()
+}
+
+fn bytes(b: &[u8]) -> usize {
+    header(b.len()) + b.len()
+}
+
+fn byte_list(list: &[ByteBuf]) -> usize {
+    header(list.len()) + list.iter().map(|b| bytes(b)).sum::<usize>()
+}
+
+impl SyncRequest {
+    /// An upper bound of the request's CBOR encoding size.
+    pub fn encoded_len(&self) -> usize {
+        let height = header(3) + text("author") + bytes(&[0; 32]) + text("incarnation") + 5;
+        let height = height + text("seq") + 9;
+        header(3)
+            + text("heights")
+            + header(self.heights.len())
+            + self.heights.len() * height
+            + text("max_entries")
+            + 5
+            + text("proofs")
+            + byte_list(&self.proofs)
+    }
+}
+
+impl SyncResponse {
+    /// An upper bound of the response's CBOR encoding size.
+    pub fn encoded_len(&self) -> usize {
+        header(3)
+            + text("entries")
+            + byte_list(&self.entries)
+            + text("proofs")
+            + byte_list(&self.proofs)
+            + text("more")
+            + 1
+    }
+}
+
+/// The admission behaviour, with small explicit size limits.
+pub(super) type AdmitBehaviour = cbor::Behaviour<AdmitRequest, AdmitResponse>;
+
+/// The sync behaviour, limited to `max_frame_bytes` in both directions.
+pub(super) type SyncBehaviour = cbor::Behaviour<SyncRequest, SyncResponse>;
+
+pub(super) fn admit_behaviour() -> AdmitBehaviour {
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_ADMIT_BYTES)
+        .set_response_size_maximum(MAX_ADMIT_BYTES);
+    request_response::Behaviour::with_codec(
+        codec,
+        [(ADMIT_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(ADMIT_TIMEOUT),
+    )
+}
+
+pub(super) fn sync_behaviour(max_frame_bytes: usize) -> SyncBehaviour {
+    let limit = u64::try_from(max_frame_bytes).unwrap_or(u64::MAX);
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(limit)
+        .set_response_size_maximum(limit);
+    request_response::Behaviour::with_codec(
+        codec,
+        [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(SYNC_TIMEOUT),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+
+    use super::*;
+
+    #[test]
+    fn encoded_len_bounds_the_real_encoding() -> std::io::Result<()> {
+        let request = SyncRequest {
+            heights: vec![LogHeight { author: [7; 32], incarnation: u32::MAX, seq: u64::MAX }; 2],
+            max_entries: 100,
+            proofs: vec![ByteBuf::from(vec![1; 32]); 3],
+        };
+        let response = SyncResponse {
+            entries: vec![ByteBuf::from(vec![2; 300]), ByteBuf::from(vec![3; 70_000])],
+            proofs: vec![ByteBuf::from(vec![4; 32])],
+            more: true,
+        };
+        let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        block_on(codec.write_request(&SYNC_PROTOCOL, &mut wire, request.clone()))?;
+        let request_len = wire.get_ref().len();
+        assert!(request_len <= request.encoded_len());
+        assert!(request.encoded_len() - request_len < 16);
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        block_on(codec.write_response(&SYNC_PROTOCOL, &mut wire, response.clone()))?;
+        let response_len = wire.get_ref().len();
+        assert!(response_len <= response.encoded_len());
+        // Byte fields encode as CBOR byte strings, one header byte or a few per field.
+        assert!(response.encoded_len() - response_len < 16);
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Tests of the network actor with real swarms on 127.0.0.1.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Test certificates are state codes; `Some(reason)` refuses every peer.
+struct Certificates(Option<&'static str>);
+
+impl Admit for Certificates {
+    fn admit(&self, _peer: &PeerId, certificate: &[u8], _charter_hash: &[u8; 32]) -> Result<String, String> {
+        match self.0 {
+            Some(reason) => Err(reason.to_owned()),
+            None => String::from_utf8(certificate.to_vec()).map_err(|_| "unreadable certificate".to_owned()),
+        }
+    }
+}
+
+struct Node {
+    handle: Handle,
+    events: mpsc::Receiver<Event>,
+    task: JoinHandle<()>,
+    address: Multiaddr,
+    id: PeerId,
+}
+
+fn config(state: &str, refuse: Option<&'static str>, dial: Option<&Node>) -> Config {
+    let admission = Arc::new(Certificates(refuse));
+    let mut config = Config::new(Keypair::generate_ed25519(), "test", state.as_bytes().to_vec(), [1; 32], admission);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")];
+    config.dial = dial.map(|node| vec![node.address.clone()]).unwrap_or_default();
+    config
+}
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    timeout(WAIT, future).await.expect("timed out")
+}
+
+/// Waits for the first event `pick` accepts, dropping the others.
+async fn next<T>(events: &mut mpsc::Receiver<Event>, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+    within(async {
+        loop {
+            if let Some(found) = pick(events.recv().await.expect("network running")) {
+                return found;
+            }
+        }
+    })
+    .await
+}
+
+async fn start(config: Config) -> Node {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let (handle, mut events, task) = spawn(config, CancellationToken::new()).expect("network starts");
+    let address = next(&mut events, |event| match event {
+        Event::Listening { address } => Some(address),
+        _ => None,
+    })
+    .await;
+    let id = handle.local_peer_id();
+    Node { handle, events, task, address, id }
+}
+
+async fn admitted(node: &mut Node, peer: PeerId) -> String {
+    next(&mut node.events, |event| match event {
+        Event::PeerAdmitted { peer: p, state } if p == peer => Some(state),
+        _ => None,
+    })
+    .await
+}
+
+async fn refused(node: &mut Node, peer: PeerId) -> String {
+    next(&mut node.events, |event| match event {
+        Event::PeerRefused { peer: p, reason } if p == peer => Some(reason),
+        _ => None,
+    })
+    .await
+}
+
+/// Two admitted nodes: `b` dials `a`.
+async fn pair(a: Config, b: impl FnOnce(&Node) -> Config) -> (Node, Node) {
+    let mut a = start(a).await;
+    let mut b = start(b(&a)).await;
+    assert_eq!(admitted(&mut a, b.id).await, "BB");
+    assert_eq!(admitted(&mut b, a.id).await, "AA");
+    (a, b)
+}
+
+/// Answers every sync request: `max_entries` entries of `proofs.len()` KiB each.
+fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let Event::SyncRequested { request, reply, .. } = event {
+                let entry = ByteBuf::from(vec![7; 1024 * request.proofs.len()]);
+                let count = usize::try_from(request.max_entries).expect("small");
+                reply.send(SyncResponse { entries: vec![entry; count], proofs: Vec::new(), more: false }).await;
+            }
+        }
+    })
+}
+
+fn request(max_entries: u32, proofs: usize) -> SyncRequest {
+    SyncRequest {
+        heights: vec![LogHeight { author: [3; 32], incarnation: 1, seq: 42 }],
+        max_entries,
+        proofs: vec![ByteBuf::from(vec![9; 1024]); proofs],
+    }
+}
+
+#[tokio::test]
+async fn admitted_peers_sync_and_gossip() {
+    let (mut a, mut b) = pair(config("AA", None, None), |a| config("BB", None, Some(a))).await;
+
+    let sync = tokio::spawn({
+        let handle = b.handle.clone();
+        let a = a.id;
+        async move { handle.sync(a, request(2, 1)).await }
+    });
+    let (state, asked, reply) = next(&mut a.events, |event| match event {
+        Event::SyncRequested { peer, state, request, reply } if peer == b.id => Some((state, request, reply)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(state, "BB");
+    assert_eq!(asked, request(2, 1));
+    let answer = SyncResponse { entries: vec![ByteBuf::from(b"entry".to_vec())], proofs: Vec::new(), more: true };
+    reply.send(answer.clone()).await;
+    assert_eq!(within(sync).await.expect("task").expect("sync"), answer);
+
+    // Publishing before `a` has seen `b` subscribe gossips to nobody, so retry until it arrives.
+    let entry = b"gossiped entry".to_vec();
+    let mut delivered = None;
+    for _ in 0..40 {
+        a.handle.publish(entry.clone()).await.expect("publish");
+        let gossip = next(&mut b.events, |event| match event {
+            Event::Gossip { source, message_id, data } => Some((source, message_id, data)),
+            _ => None,
+        });
+        if let Ok(found) = timeout(Duration::from_millis(500), gossip).await {
+            delivered = Some(found);
+            break;
+        }
+    }
+    let (source, message_id, data) = delivered.expect("gossip delivered");
+    assert_eq!((source, data), (a.id, entry));
+    b.handle.report_gossip(message_id, source, Acceptance::Accept).await.expect("report");
+
+    let peers = a.handle.peers().await.expect("peers");
+    assert_eq!(peers.len(), 1);
+    assert!(peers[0].admitted && peers[0].peer == b.id && peers[0].state.as_deref() == Some("BB"));
+    assert!(peers[0].connected_since_ms > 0);
+    let listening = a.handle.listen_addrs().await.expect("listen addresses");
+    assert!(listening.contains(&a.address));
+    assert_eq!(a.handle.stats().await.expect("stats").requests_served, 1);
+
+    a.handle.shutdown().await;
+    within(a.task).await.expect("actor joins");
+    assert!(matches!(a.handle.peers().await, Err(Error::Stopped)));
+    next(&mut b.events, |event| matches!(event, Event::PeerGone { peer } if peer == a.id).then_some(())).await;
+    b.task.abort();
+}
+
+#[tokio::test]
+async fn refused_peers_get_nothing() {
+    let mut a = start(config("AA", None, None)).await;
+    let mut b = start(config("BB", Some("certificate revoked"), Some(&a))).await;
+    let mut other_charter = config("CC", None, Some(&a));
+    other_charter.charter_hash = [2; 32];
+    let c = start(other_charter).await;
+
+    assert_eq!(refused(&mut b, a.id).await, "certificate revoked");
+    assert_eq!(refused(&mut a, c.id).await, "different charter hash");
+    assert!(matches!(b.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+    // `a` may have admitted `b` already, but `b` refuses it and its requests.
+    assert!(a.handle.sync(b.id, request(1, 0)).await.is_err());
+    assert!(a.handle.stats().await.expect("stats").refused_peers >= 1);
+    assert!(matches!(c.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+
+    // Refused peers stay out: `b` re-dials `a` and is dropped by its own deny list.
+    let peers = b.handle.peers().await.expect("peers");
+    assert!(peers.iter().all(|p| !p.admitted));
+    for node in [a, b, c] {
+        node.handle.shutdown().await;
+        within(node.task).await.expect("actor joins");
+    }
+}
+
+#[tokio::test]
+async fn request_flood_cuts_the_peer_off() {
+    let mut slow = config("AA", None, None);
+    slow.max_requests_per_second = 2;
+    let (mut a, b) = pair(slow, |a| config("BB", None, Some(a))).await;
+
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let handle = b.handle.clone();
+            let a = a.id;
+            tokio::spawn(async move { handle.sync(a, request(1, 0)).await })
+        })
+        .collect();
+    let reason = next(&mut a.events, |event| match event {
+        Event::SyncRequested { .. } => None,
+        Event::PeerRefused { peer, reason } if peer == b.id => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "request flood");
+    for request in flood {
+        assert!(within(request).await.expect("task").is_err(), "unanswered requests fail");
+    }
+    let stats = a.handle.stats().await.expect("stats");
+    assert_eq!((stats.flood_cutoffs, stats.refused_peers), (1, 1));
+    assert!(stats.requests_refused >= 5, "{stats:?}");
+    assert!(matches!(b.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused() {
+    let mut small = config("AA", None, None);
+    small.max_frame_bytes = 64 * 1024;
+    let (a, b) = pair(small, |a| {
+        let mut large = config("BB", None, Some(a));
+        large.max_frame_bytes = 1024 * 1024;
+        large
+    })
+    .await;
+    let server = serve(a.events);
+
+    // A 100 KiB response exceeds the server's limit: it refuses to send it.
+    let too_long = b.handle.sync(a.id, request(100, 1)).await;
+    assert!(matches!(too_long, Err(Error::Sync { .. })), "{too_long:?}");
+    // A 100 KiB request passes our limit but not the server's, which cannot read it.
+    let too_big = b.handle.sync(a.id, request(1, 100)).await;
+    assert!(matches!(too_big, Err(Error::Sync { .. })), "{too_big:?}");
+    // A 2 MiB request exceeds our own limit and is never sent.
+    let local = b.handle.sync(a.id, request(1, 2048)).await;
+    assert!(matches!(local, Err(Error::TooLarge { limit: 1_048_576, .. })), "{local:?}");
+
+    let served = b.handle.sync(a.id, request(3, 2)).await.expect("served after refusals");
+    assert_eq!(served.entries.len(), 3);
+    assert_eq!(served.entries[0].len(), 2048);
+    let stats = a.handle.stats().await.expect("stats");
+    assert_eq!((stats.requests_served, stats.requests_refused, stats.refused_peers), (1, 1, 0));
+    a.handle.shutdown().await;
+    within(a.task).await.expect("actor joins");
+    within(server).await.expect("server stops with the actor");
+}

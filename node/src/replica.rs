@@ -1,0 +1,613 @@
+//! The replica: the accepted logs, the documents they build, the pending set and the
+//! equivocation proofs, driven by `ingest` and `prepare`. It does no IO.
+//!
+//! `ingest` takes entries in any order, with duplicates, and accepts exactly those whose
+//! causal past is accepted and that pass every check. Entries waiting for their past sit
+//! in a bounded pending set and wake when what they wait for is accepted. Two entries of
+//! one log with the same seq make a proof; the log is then cut before that seq on every
+//! node, and the documents are rebuilt from what stays accepted, so the verdict is the
+//! same whichever of the two a node saw first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use automerge::{ActorId, Automerge, Change, ChangeHash};
+
+use crate::charter::Charter;
+use crate::docs::DocId;
+use crate::docs::command::{Command, Refused, Writer};
+use crate::docs::rules::{self, Staged};
+use crate::identity::SecretKey;
+use crate::log::{self, Entry, EntryHash, EquivocationProof, Invalid, LogId, SignedEntry, Tip};
+
+/// Bounds of the pending set.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_pending_entries: usize,
+    pub max_pending_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending_entries: 20_000,
+            max_pending_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// An internal failure: a bug or a corrupted document, never a peer's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying changes to {doc} failed: {reason}")]
+    Apply { doc: String, reason: String },
+}
+
+/// What one `ingest` did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Newly accepted entries, in the order they were accepted (causal order).
+    pub accepted: Vec<SignedEntry>,
+    pub rejected: Vec<(EntryHash, Invalid)>,
+    pub duplicates: usize,
+    /// Entries refused because the pending set was full.
+    pub overflow: usize,
+    pub new_proofs: Vec<EquivocationProof>,
+    /// The accepted set was recomputed after a proof: the store must be rewritten.
+    pub rebuilt: bool,
+    /// Documents that changed.
+    pub touched: BTreeSet<DocId>,
+}
+
+struct Candidate {
+    entry: SignedEntry,
+    change: Change,
+}
+
+type PendingKey = (LogId, u64, EntryHash);
+
+#[derive(Default)]
+struct DocState {
+    doc: Automerge,
+    /// The last Automerge seq of each actor in this document.
+    seqs: HashMap<ActorId, u64>,
+}
+
+/// The state of one node's view of the network.
+pub struct Replica {
+    charter: Arc<Charter>,
+    limits: Limits,
+    docs: BTreeMap<DocId, DocState>,
+    logs: HashMap<LogId, Vec<SignedEntry>>,
+    accepted: HashMap<EntryHash, (LogId, u64)>,
+    pending: BTreeMap<PendingKey, Candidate>,
+    pending_bytes: usize,
+    waiting_dep: HashMap<ChangeHash, Vec<PendingKey>>,
+    proofs: BTreeMap<LogId, EquivocationProof>,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("docs", &self.docs.len())
+            .field("logs", &self.logs.len())
+            .field("entries", &self.accepted.len())
+            .field("pending", &self.pending.len())
+            .field("proofs", &self.proofs.len())
+            .finish()
+    }
+}
+
+/// Per-document work staged during one ingest, applied in one `apply_changes` call.
+#[derive(Default)]
+struct Round {
+    staged: HashMap<DocId, (Staged, Vec<Change>, HashSet<ChangeHash>)>,
+}
+
+enum Verdict {
+    Accept,
+    WaitPrev,
+    WaitDep(ChangeHash),
+    Duplicate,
+    Reject(Invalid),
+    Equivocation(SignedEntry),
+}
+
+impl Replica {
+    pub fn new(charter: Arc<Charter>, limits: Limits) -> Replica {
+        Replica {
+            charter,
+            limits,
+            docs: BTreeMap::new(),
+            logs: HashMap::new(),
+            accepted: HashMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            waiting_dep: HashMap::new(),
+            proofs: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds a replica from a store: entries whose chains and signatures were checked,
+    /// in log order, and snapshots checked to cover exactly those entries' changes.
+    pub fn restore(
+        charter: Arc<Charter>,
+        limits: Limits,
+        entries: Vec<SignedEntry>,
+        docs: Vec<(DocId, Automerge)>,
+        proofs: Vec<EquivocationProof>,
+    ) -> Replica {
+        let mut replica = Replica::new(charter, limits);
+        for e in entries {
+            let log = e.entry.log();
+            replica.accepted.insert(e.hash(), (log, e.entry.seq));
+            replica.logs.entry(log).or_default().push(e);
+        }
+        for (id, doc) in docs {
+            replica.install_snapshot(id, doc);
+        }
+        for p in proofs {
+            replica.add_proof(p);
+        }
+        replica
+    }
+
+    pub fn charter(&self) -> &Arc<Charter> {
+        &self.charter
+    }
+
+    /// Takes in entries from anywhere, in any order. Signatures are checked in one batch.
+    pub fn ingest(&mut self, entries: Vec<SignedEntry>) -> Result<Report, Error> {
+        self.ingest_inner(entries, true)
+    }
+
+    /// Takes in entries whose signatures were already verified (a store being reopened).
+    pub fn ingest_verified(&mut self, entries: Vec<SignedEntry>) -> Result<Report, Error> {
+        self.ingest_inner(entries, false)
+    }
+
+    fn ingest_inner(&mut self, entries: Vec<SignedEntry>, verify: bool) -> Result<Report, Error> {
+        let mut report = Report::default();
+        let mut fresh: Vec<Candidate> = Vec::with_capacity(entries.len());
+        let mut seen = HashSet::with_capacity(entries.len());
+        for entry in entries {
+            let hash = entry.hash();
+            let key = (entry.entry.log(), entry.entry.seq, hash);
+            if self.accepted.contains_key(&hash)
+                || self.pending.contains_key(&key)
+                || !seen.insert(hash)
+            {
+                report.duplicates += 1;
+                continue;
+            }
+            match log::check_intrinsic(&entry, &self.charter) {
+                Ok((_, change)) => fresh.push(Candidate { entry, change }),
+                Err(invalid) => self.reject(&mut report, hash, invalid),
+            }
+        }
+        if verify {
+            fresh = self.verify_signatures(fresh, &mut report);
+        }
+        let mut queue = VecDeque::with_capacity(fresh.len());
+        for c in fresh {
+            let size = c.entry.bytes().len();
+            if self.pending.len() >= self.limits.max_pending_entries
+                || self.pending_bytes + size > self.limits.max_pending_bytes
+            {
+                report.overflow += 1;
+                continue;
+            }
+            let key = (c.entry.entry.log(), c.entry.entry.seq, c.entry.hash());
+            self.pending_bytes += size;
+            self.pending.insert(key, c);
+            queue.push_back(key);
+        }
+        // Lower seqs first, so that one pass accepts a log that arrived in order.
+        queue.make_contiguous().sort();
+        self.drain(queue, &mut report)?;
+        if !report.new_proofs.is_empty() {
+            self.rebuild(&mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn reject(&mut self, report: &mut Report, hash: EntryHash, invalid: Invalid) {
+        *self.rejected.entry(invalid.reason()).or_default() += 1;
+        report.rejected.push((hash, invalid));
+    }
+
+    fn verify_signatures(&mut self, fresh: Vec<Candidate>, report: &mut Report) -> Vec<Candidate> {
+        let batch_ok = {
+            let items: Vec<_> = fresh
+                .iter()
+                .map(|c| {
+                    (
+                        &c.entry.entry.author,
+                        crate::identity::DOMAIN_ENTRY,
+                        c.entry.body(),
+                        &c.entry.signature,
+                    )
+                })
+                .collect();
+            crate::identity::verify_batch(&items).is_ok()
+        };
+        if batch_ok {
+            return fresh;
+        }
+        let mut good = Vec::with_capacity(fresh.len());
+        for c in fresh {
+            match c.entry.verify_signature() {
+                Ok(()) => good.push(c),
+                Err(invalid) => self.reject(report, c.entry.hash(), invalid),
+            }
+        }
+        good
+    }
+
+    fn tip(&self, log: &LogId) -> Option<Tip> {
+        self.logs
+            .get(log)
+            .and_then(|entries| entries.last())
+            .map(Tip::from)
+    }
+
+    fn drain(&mut self, mut queue: VecDeque<PendingKey>, report: &mut Report) -> Result<(), Error> {
+        let mut round = Round::default();
+        while let Some(key) = queue.pop_front() {
+            let Some(candidate) = self.pending.get(&key) else {
+                continue;
+            };
+            match self.judge(&key, candidate, &mut round) {
+                Verdict::WaitPrev => {}
+                Verdict::WaitDep(hash) => self.waiting_dep.entry(hash).or_default().push(key),
+                Verdict::Duplicate => {
+                    self.take_pending(&key);
+                    report.duplicates += 1;
+                }
+                Verdict::Reject(invalid) => {
+                    self.take_pending(&key);
+                    self.reject(report, key.2, invalid);
+                }
+                Verdict::Equivocation(existing) => {
+                    if let Some(c) = self.take_pending(&key) {
+                        let proof = EquivocationProof::new(existing, c.entry);
+                        if self.add_proof(proof.clone()) {
+                            report.new_proofs.push(proof);
+                        }
+                    }
+                }
+                Verdict::Accept => {
+                    let Some(c) = self.take_pending(&key) else {
+                        continue;
+                    };
+                    let (log, seq, hash) = key;
+                    let change_hash = c.change.hash();
+                    let doc_id = c.entry.entry.doc.clone();
+                    let state = self.docs.entry(doc_id.clone()).or_default();
+                    state
+                        .seqs
+                        .insert(c.change.actor_id().clone(), c.change.seq());
+                    let stage = round.staged.entry(doc_id.clone()).or_default();
+                    stage.1.push(c.change);
+                    stage.2.insert(change_hash);
+                    self.logs.entry(log).or_default().push(c.entry.clone());
+                    self.accepted.insert(hash, (log, seq));
+                    report.touched.insert(doc_id);
+                    report.accepted.push(c.entry);
+                    // Wake what waited for this entry: the next of its log, and the
+                    // entries whose changes depend on its change.
+                    let next = (log, seq + 1, EntryHash([0; 32]));
+                    for (k, _) in self
+                        .pending
+                        .range(next..)
+                        .take_while(|(k, _)| k.0 == log && k.1 == seq + 1)
+                    {
+                        queue.push_back(*k);
+                    }
+                    if let Some(waiters) = self.waiting_dep.remove(&change_hash) {
+                        queue.extend(waiters);
+                    }
+                }
+            }
+        }
+        for (doc_id, (_, changes, _)) in round.staged {
+            if let Some(state) = self.docs.get_mut(&doc_id) {
+                state.doc.apply_changes(changes).map_err(|e| Error::Apply {
+                    doc: doc_id.to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_pending(&mut self, key: &PendingKey) -> Option<Candidate> {
+        let c = self.pending.remove(key)?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(c.entry.bytes().len());
+        Some(c)
+    }
+
+    fn judge(&self, key: &PendingKey, c: &Candidate, round: &mut Round) -> Verdict {
+        let (log, seq, hash) = *key;
+        if let Some(proof) = self.proofs.get(&log) {
+            if seq >= proof.seq() {
+                return Verdict::Reject(Invalid::Equivocated { seq: proof.seq() });
+            }
+        }
+        let tip = self.tip(&log);
+        let tip_seq = tip.map_or(0, |t| t.seq);
+        if seq <= tip_seq {
+            let existing = &self.logs[&log][(seq - 1) as usize];
+            return if existing.hash() == hash {
+                Verdict::Duplicate
+            } else {
+                Verdict::Equivocation(existing.clone())
+            };
+        }
+        if seq > tip_seq + 1 {
+            return Verdict::WaitPrev;
+        }
+        if let Err(invalid) = log::check_chain(&c.entry.entry, tip.as_ref()) {
+            return Verdict::Reject(invalid);
+        }
+        let doc_id = &c.entry.entry.doc;
+        let empty = DocState::default();
+        let state = self.docs.get(doc_id).unwrap_or(&empty);
+        let stage = round.staged.entry(doc_id.clone()).or_default();
+        for dep in c.change.deps() {
+            if !stage.2.contains(dep) && state.doc.get_change_meta_by_hash(dep).is_none() {
+                return Verdict::WaitDep(*dep);
+            }
+        }
+        let last = state.seqs.get(c.change.actor_id()).copied().unwrap_or(0);
+        if c.change.seq() != last + 1 {
+            return Verdict::Reject(Invalid::MalformedChange(format!(
+                "change seq {} is not the next of its actor in {doc_id} (expected {})",
+                c.change.seq(),
+                last + 1
+            )));
+        }
+        let Some(author) = self.charter.participant_by_key(&c.entry.entry.author) else {
+            return Verdict::Reject(Invalid::UnknownAuthor(c.entry.entry.author.to_string()));
+        };
+        let ctx = rules::Context {
+            charter: &self.charter,
+            doc: doc_id,
+            author,
+            timestamp_ms: c.entry.entry.timestamp_ms,
+        };
+        match rules::check(&ctx, &state.doc, &mut stage.0, &c.change) {
+            Ok(()) => Verdict::Accept,
+            Err(rule) => Verdict::Reject(Invalid::Rule(rule)),
+        }
+    }
+
+    /// Records a proof; returns whether it cuts its log earlier than any proof before.
+    fn add_proof(&mut self, proof: EquivocationProof) -> bool {
+        match self.proofs.get(&proof.log()) {
+            Some(p) if p.seq() <= proof.seq() => false,
+            _ => {
+                self.proofs.insert(proof.log(), proof);
+                true
+            }
+        }
+    }
+
+    /// Takes in proofs learnt from peers. Invalid proofs are refused.
+    pub fn add_proofs(&mut self, proofs: Vec<EquivocationProof>) -> Result<Report, Error> {
+        let mut report = Report::default();
+        for p in proofs {
+            if p.verify(&self.charter).is_ok() && self.add_proof(p.clone()) {
+                report.new_proofs.push(p);
+            }
+        }
+        if !report.new_proofs.is_empty() {
+            self.rebuild(&mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Recomputes the accepted set and the documents from every entry known, with the
+    /// proven logs cut before their forks.
+    fn rebuild(&mut self, report: &mut Report) -> Result<(), Error> {
+        let mut all: Vec<SignedEntry> = self.logs.drain().flat_map(|(_, v)| v).collect();
+        all.extend(
+            std::mem::take(&mut self.pending)
+                .into_values()
+                .map(|c| c.entry),
+        );
+        self.docs.clear();
+        self.accepted.clear();
+        self.waiting_dep.clear();
+        self.pending_bytes = 0;
+        let before: BTreeSet<DocId> = all.iter().map(|e| e.entry.doc.clone()).collect();
+        let mut inner = self.ingest_inner(all, false)?;
+        report.rebuilt = true;
+        report.touched.extend(before);
+        report.accepted.clear();
+        report.rejected.append(&mut inner.rejected);
+        Ok(())
+    }
+
+    /// Prepares a local write: builds the change, checks the rules before signing, then
+    /// signs the entry. The caller ingests it and makes it durable.
+    pub fn prepare(
+        &self,
+        key: &SecretKey,
+        incarnation: u32,
+        command: &Command,
+        now_ms: u64,
+        ulid: ulid::Ulid,
+    ) -> Result<(SignedEntry, String), Refused> {
+        let author = self
+            .charter
+            .participant_by_key(&key.public())
+            .ok_or_else(|| {
+                Refused::Invalid("this node's key is not a participant's key in the charter".into())
+            })?;
+        let log = LogId {
+            author: key.public(),
+            incarnation,
+        };
+        if self.proofs.contains_key(&log) {
+            return Err(Refused::Invalid(
+                "this log is cut by an equivocation proof: restart the node for a new incarnation"
+                    .into(),
+            ));
+        }
+        let today = rules::date_of_ms(now_ms)
+            .ok_or_else(|| Refused::Invalid("the clock is out of range".into()))?;
+        let writer = Writer {
+            code: &author.code,
+            now_ms,
+            today,
+        };
+        let doc_id = command.target(&writer, ulid)?;
+        let empty = DocState::default();
+        let state = self.docs.get(&doc_id).unwrap_or(&empty);
+        let mut fork = state.doc.fork();
+        fork.set_actor(log.actor());
+        let mut tx = fork.transaction();
+        let item = command.apply(&mut tx, &state.doc, &doc_id, &writer, ulid)?;
+        let options = automerge::transaction::CommitOptions::default()
+            .with_time(i64::try_from(now_ms / 1000).unwrap_or(i64::MAX));
+        let (hash, _) = tx.commit_with(options);
+        if hash.is_none() {
+            return Err(Refused::Invalid("nothing to change".into()));
+        }
+        let mut change = fork
+            .get_last_local_change()
+            .ok_or_else(|| Refused::Invalid("nothing to change".into()))?;
+        let ctx = rules::Context {
+            charter: &self.charter,
+            doc: &doc_id,
+            author,
+            timestamp_ms: now_ms,
+        };
+        rules::check(&ctx, &state.doc, &mut Staged::default(), &change).map_err(Refused::Rule)?;
+        let tip = self.tip(&log);
+        let entry = Entry {
+            network: self.charter.network.clone(),
+            author: key.public(),
+            incarnation,
+            seq: tip.map_or(1, |t| t.seq + 1),
+            prev: tip.map(|t| t.hash),
+            timestamp_ms: tip.map_or(now_ms, |t| t.timestamp_ms.max(now_ms)),
+            doc: doc_id,
+            change: change.bytes().into_owned(),
+        };
+        if entry.change.len() + 512 > log::MAX_ENTRY_BYTES {
+            return Err(Refused::Invalid(format!(
+                "the change is {} bytes, over the entry limit",
+                entry.change.len()
+            )));
+        }
+        Ok((entry.sign(key), item))
+    }
+
+    /// An incarnation this author has not used in any log known here.
+    pub fn fresh_incarnation(
+        &self,
+        author: &crate::identity::PublicKey,
+        rng: &mut dyn rand::RngCore,
+    ) -> u32 {
+        loop {
+            let candidate = rng.next_u32();
+            let used = self
+                .logs
+                .keys()
+                .chain(self.proofs.keys())
+                .any(|l| l.author == *author && l.incarnation == candidate);
+            if candidate != 0 && !used {
+                return candidate;
+            }
+        }
+    }
+
+    pub fn doc(&self, id: &DocId) -> Option<&Automerge> {
+        self.docs.get(id).map(|s| &s.doc)
+    }
+
+    pub fn docs(&self) -> impl Iterator<Item = (&DocId, &Automerge)> {
+        self.docs.iter().map(|(id, s)| (id, &s.doc))
+    }
+
+    /// Replaces a document by one loaded from a snapshot that covers the same changes.
+    fn install_snapshot(&mut self, id: DocId, doc: Automerge) {
+        let seqs = doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| (m.actor.into_owned(), m.seq))
+            .fold(HashMap::new(), |mut acc: HashMap<ActorId, u64>, (a, s)| {
+                let e = acc.entry(a).or_default();
+                *e = (*e).max(s);
+                acc
+            });
+        self.docs.insert(id, DocState { doc, seqs });
+    }
+
+    /// Each log's last accepted seq.
+    pub fn heights(&self) -> BTreeMap<LogId, u64> {
+        self.logs
+            .iter()
+            .map(|(log, entries)| (*log, entries.len() as u64))
+            .collect()
+    }
+
+    pub fn entry(&self, log: &LogId, seq: u64) -> Option<&SignedEntry> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.logs.get(log)?.get(index)
+    }
+
+    pub fn log_entries(&self, log: &LogId) -> &[SignedEntry] {
+        self.logs.get(log).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.accepted.len()
+    }
+
+    pub fn contains(&self, hash: &EntryHash) -> bool {
+        self.accepted.contains_key(hash)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn proofs(&self) -> impl Iterator<Item = &EquivocationProof> {
+        self.proofs.values()
+    }
+
+    pub fn rejected_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejected
+    }
+
+    /// The entries a peer with `heights` lacks, in log order, at most `max` of them.
+    /// Returns whether more remain.
+    pub fn entries_after(
+        &self,
+        heights: &HashMap<LogId, u64>,
+        max: usize,
+    ) -> (Vec<&SignedEntry>, bool) {
+        let mut out = Vec::new();
+        let mut logs: Vec<&LogId> = self.logs.keys().collect();
+        logs.sort();
+        for log in logs {
+            let have = heights.get(log).copied().unwrap_or(0);
+            let entries = &self.logs[log];
+            let from = usize::try_from(have)
+                .unwrap_or(usize::MAX)
+                .min(entries.len());
+            for e in &entries[from..] {
+                if out.len() == max {
+                    return (out, true);
+                }
+                out.push(e);
+            }
+        }
+        (out, false)
+    }
+}

@@ -1,0 +1,412 @@
+//! The only place that touches disk: one redb database in the node's data directory.
+//!
+//! Accepted entries, the hash index, per-document Automerge snapshots and equivocation
+//! proofs are written in one transaction per ingest, with immediate durability, so a write
+//! is acknowledged only after it is on disk. Opening re-checks every log chain and every
+//! signature, and checks each snapshot against the entries it must cover, so a flipped
+//! byte, a truncated file or a deleted entry is reported instead of served.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use automerge::{Automerge, Change, ChangeHash};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::charter::Charter;
+use crate::docs::DocId;
+use crate::log::{EquivocationProof, LogId, SignedEntry};
+use crate::replica::{Limits, Replica, Report};
+
+/// The tables of the store.
+mod tables {
+    use redb::TableDefinition;
+
+    /// (author 32 bytes, incarnation u32 BE, seq u64 BE) -> encoded entry.
+    pub const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+    /// Entry hash -> entry key.
+    pub const HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hashes");
+    /// Document id -> Automerge `save()` of the document.
+    pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+    /// Log id (author, incarnation) -> encoded equivocation proof.
+    pub const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");
+    /// Settings of the store itself: format version, network id.
+    pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+}
+
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// Store failures. `Corrupt` means the data on disk is not what was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store {path} is in use by another process")]
+    InUse { path: String },
+    #[error("store {path} cannot be opened: {reason}")]
+    Open { path: String, reason: String },
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store belongs to network {found:?}, not {expected:?}")]
+    WrongNetwork { expected: String, found: String },
+    #[error("store error: {0}")]
+    Db(String),
+    #[error(transparent)]
+    Replica(#[from] crate::replica::Error),
+}
+
+fn dberr<E: std::fmt::Display>(e: E) -> Error {
+    Error::Db(e.to_string())
+}
+
+/// The key of an entry: its log and seq, ordered so that a log's entries are contiguous.
+pub fn entry_key(log: &LogId, seq: u64) -> [u8; 44] {
+    let mut k = [0u8; 44];
+    k[..32].copy_from_slice(log.author.as_bytes());
+    k[32..36].copy_from_slice(&log.incarnation.to_be_bytes());
+    k[36..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn log_key(log: &LogId) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(log.author.as_bytes());
+    k[32..].copy_from_slice(&log.incarnation.to_be_bytes());
+    k
+}
+
+/// The durable store of one node.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// What `open` found, for progress reports.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+impl Store {
+    /// Opens the store at `path`, creating it when missing. Another process holding it is
+    /// refused.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let shown = path.display().to_string();
+        let database = match Database::create(path) {
+            Ok(database) => database,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(Error::InUse { path: shown });
+            }
+            Err(e) => {
+                return Err(Error::Open {
+                    path: shown,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let store = Store {
+            db: database,
+            path: path.to_owned(),
+        };
+        let tx = store.db.begin_write().map_err(dberr)?;
+        {
+            for t in [tables::ENTRIES, tables::HASHES, tables::PROOFS] {
+                tx.open_table(t).map_err(dberr)?;
+            }
+            tx.open_table(tables::SNAPSHOTS).map_err(dberr)?;
+            let mut meta = tx.open_table(tables::META).map_err(dberr)?;
+            let version = meta
+                .get("format")
+                .map_err(dberr)?
+                .map(|v| v.value().to_vec());
+            match version {
+                None => {
+                    meta.insert("format", FORMAT_VERSION).map_err(dberr)?;
+                }
+                Some(v) if v == FORMAT_VERSION => {}
+                Some(v) => {
+                    return Err(Error::Corrupt(format!(
+                        "unknown store format {:?}",
+                        String::from_utf8_lossy(&v)
+                    )));
+                }
+            }
+        }
+        tx.commit().map_err(dberr)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The size of the database file in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Loads and verifies everything: every entry decodes and sits under its own key, the
+    /// hash index matches, every log chain is whole, every signature verifies, every proof
+    /// re-checks, and every snapshot covers exactly its document's entries.
+    pub fn load(
+        &self,
+        charter: Arc<Charter>,
+        limits: Limits,
+        progress: Progress<'_>,
+    ) -> Result<Replica, Error> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let meta = tx.open_table(tables::META).map_err(dberr)?;
+        if let Some(found) = meta.get("network").map_err(dberr)? {
+            let found = String::from_utf8_lossy(found.value()).into_owned();
+            if found != charter.network {
+                return Err(Error::WrongNetwork {
+                    expected: charter.network.clone(),
+                    found,
+                });
+            }
+        }
+        let entries_table = tx.open_table(tables::ENTRIES).map_err(dberr)?;
+        let total = entries_table.len().map_err(dberr)? as usize;
+        let mut entries: Vec<SignedEntry> = Vec::with_capacity(total);
+        let mut prev_tip: Option<(LogId, u64, crate::log::EntryHash, u64)> = None;
+        for row in entries_table.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let e = SignedEntry::decode(v.value()).map_err(|err| {
+                Error::Corrupt(format!("entry under key {}: {err}", hex::encode(k.value())))
+            })?;
+            let log = e.entry.log();
+            if k.value() != entry_key(&log, e.entry.seq) {
+                return Err(Error::Corrupt(format!(
+                    "entry {} is stored under another key",
+                    e.hash()
+                )));
+            }
+            // Keys sort by log then seq, so each log's chain is read in order.
+            let expected = match prev_tip {
+                Some((l, seq, hash, ts)) if l == log => Some(crate::log::Tip {
+                    seq,
+                    hash,
+                    timestamp_ms: ts,
+                }),
+                _ => None,
+            };
+            crate::log::check_chain(&e.entry, expected.as_ref()).map_err(|err| {
+                Error::Corrupt(format!(
+                    "log {} of {} breaks at seq {}: {err}",
+                    log.incarnation,
+                    log.author.short(),
+                    e.entry.seq
+                ))
+            })?;
+            prev_tip = Some((log, e.entry.seq, e.hash(), e.entry.timestamp_ms));
+            entries.push(e);
+            if entries.len() % 1000 == 0 {
+                progress("reading entries", entries.len(), total);
+            }
+        }
+        progress("reading entries", entries.len(), total);
+
+        let hashes = tx.open_table(tables::HASHES).map_err(dberr)?;
+        if hashes.len().map_err(dberr)? as usize != entries.len() {
+            return Err(Error::Corrupt(format!(
+                "the hash index holds {} entries, the log {}",
+                hashes.len().map_err(dberr)?,
+                entries.len()
+            )));
+        }
+        for e in &entries {
+            let key = entry_key(&e.entry.log(), e.entry.seq);
+            match hashes.get(e.hash().0.as_slice()).map_err(dberr)? {
+                Some(v) if v.value() == key => {}
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "the hash index does not name entry {}",
+                        e.hash()
+                    )));
+                }
+            }
+        }
+
+        for (i, chunk) in entries.chunks(1024).enumerate() {
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|e| {
+                    (
+                        &e.entry.author,
+                        crate::identity::DOMAIN_ENTRY,
+                        e.body(),
+                        &e.signature,
+                    )
+                })
+                .collect();
+            if crate::identity::verify_batch(&items).is_err() {
+                let bad = chunk
+                    .iter()
+                    .find(|e| e.verify_signature().is_err())
+                    .map(|e| e.hash().to_string())
+                    .unwrap_or_default();
+                return Err(Error::Corrupt(format!("entry {bad} has a bad signature")));
+            }
+            progress(
+                "checking signatures",
+                (i * 1024 + chunk.len()).min(entries.len()),
+                entries.len(),
+            );
+        }
+
+        let mut proofs = Vec::new();
+        for row in tx
+            .open_table(tables::PROOFS)
+            .map_err(dberr)?
+            .iter()
+            .map_err(dberr)?
+        {
+            let (_, v) = row.map_err(dberr)?;
+            let proof = EquivocationProof::decode(v.value())
+                .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
+            proof
+                .verify(&charter)
+                .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
+            proofs.push(proof);
+        }
+
+        let mut snapshots = HashMap::new();
+        for row in tx
+            .open_table(tables::SNAPSHOTS)
+            .map_err(dberr)?
+            .iter()
+            .map_err(dberr)?
+        {
+            let (k, v) = row.map_err(dberr)?;
+            let id: DocId = k
+                .value()
+                .parse()
+                .map_err(|e| Error::Corrupt(format!("snapshot key: {e}")))?;
+            snapshots.insert(id, v.value().to_vec());
+        }
+        let replica = restore(charter, limits, entries, snapshots, proofs, progress)?;
+        Ok(replica)
+    }
+
+    /// Makes an ingest durable: its accepted entries, the snapshots of the documents it
+    /// touched and its proofs, in one transaction. After a rebuild, the whole store is
+    /// rewritten from the replica.
+    pub fn commit(&self, replica: &Replica, report: &Report) -> Result<(), Error> {
+        if report.accepted.is_empty() && report.new_proofs.is_empty() && !report.rebuilt {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
+            let mut hashes = tx.open_table(tables::HASHES).map_err(dberr)?;
+            let mut snapshots = tx.open_table(tables::SNAPSHOTS).map_err(dberr)?;
+            let mut proofs = tx.open_table(tables::PROOFS).map_err(dberr)?;
+            let mut meta = tx.open_table(tables::META).map_err(dberr)?;
+            meta.insert("network", replica.charter().network.as_bytes())
+                .map_err(dberr)?;
+            if report.rebuilt {
+                entries.retain(|_, _| false).map_err(dberr)?;
+                hashes.retain(|_, _| false).map_err(dberr)?;
+                snapshots.retain(|_, _| false).map_err(dberr)?;
+                let mut logs: Vec<LogId> = replica.heights().into_keys().collect();
+                logs.sort();
+                for log in logs {
+                    for e in replica.log_entries(&log) {
+                        let key = entry_key(&log, e.entry.seq);
+                        entries.insert(key.as_slice(), e.bytes()).map_err(dberr)?;
+                        hashes
+                            .insert(e.hash().0.as_slice(), key.as_slice())
+                            .map_err(dberr)?;
+                    }
+                }
+                for (id, doc) in replica.docs() {
+                    snapshots
+                        .insert(id.as_str(), doc.save().as_slice())
+                        .map_err(dberr)?;
+                }
+            } else {
+                for e in &report.accepted {
+                    let key = entry_key(&e.entry.log(), e.entry.seq);
+                    entries.insert(key.as_slice(), e.bytes()).map_err(dberr)?;
+                    hashes
+                        .insert(e.hash().0.as_slice(), key.as_slice())
+                        .map_err(dberr)?;
+                }
+                for id in &report.touched {
+                    if let Some(doc) = replica.doc(id) {
+                        snapshots
+                            .insert(id.as_str(), doc.save().as_slice())
+                            .map_err(dberr)?;
+                    }
+                }
+            }
+            for p in replica.proofs() {
+                proofs
+                    .insert(log_key(&p.log()).as_slice(), p.encode().as_slice())
+                    .map_err(dberr)?;
+            }
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// The entries stored, in key order, without any check: for audits of a damaged store.
+    pub fn raw_entry_count(&self) -> Result<u64, Error> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        tx.open_table(tables::ENTRIES)
+            .map_err(dberr)?
+            .len()
+            .map_err(dberr)
+    }
+}
+
+/// Builds a replica from verified entries and snapshots, checking that each snapshot
+/// covers exactly its document's entries. A snapshot is trusted only for what its heads
+/// prove: the same heads mean the same set of changes, since each change names its deps by
+/// hash.
+fn restore(
+    charter: Arc<Charter>,
+    limits: Limits,
+    entries: Vec<SignedEntry>,
+    snapshots: HashMap<DocId, Vec<u8>>,
+    proofs: Vec<EquivocationProof>,
+    progress: Progress<'_>,
+) -> Result<Replica, Error> {
+    let mut per_doc: BTreeMap<DocId, (HashSet<ChangeHash>, HashSet<ChangeHash>)> = BTreeMap::new();
+    for e in &entries {
+        let change = Change::from_bytes(e.entry.change.clone())
+            .map_err(|err| Error::Corrupt(format!("entry {}: {err}", e.hash())))?;
+        let (hashes, deps) = per_doc.entry(e.entry.doc.clone()).or_default();
+        hashes.insert(change.hash());
+        deps.extend(change.deps().iter().copied());
+    }
+    let mut docs = Vec::with_capacity(per_doc.len());
+    let total = per_doc.len();
+    for (i, (id, (hashes, deps))) in per_doc.into_iter().enumerate() {
+        let bytes = snapshots
+            .get(&id)
+            .ok_or_else(|| Error::Corrupt(format!("no snapshot of {id}")))?;
+        let doc =
+            Automerge::load(bytes).map_err(|e| Error::Corrupt(format!("snapshot of {id}: {e}")))?;
+        let mut expected: Vec<ChangeHash> = hashes.difference(&deps).copied().collect();
+        expected.sort();
+        let mut heads = doc.get_heads();
+        heads.sort();
+        if heads != expected {
+            return Err(Error::Corrupt(format!(
+                "snapshot of {id} does not match its entries"
+            )));
+        }
+        docs.push((id, doc));
+        if i % 100 == 0 {
+            progress("loading documents", i, total);
+        }
+    }
+    if docs.len() != snapshots.len() {
+        return Err(Error::Corrupt(
+            "a snapshot has no entries: an entry is missing".into(),
+        ));
+    }
+    progress("loading documents", total, total);
+    Ok(Replica::restore(charter, limits, entries, docs, proofs))
+}
