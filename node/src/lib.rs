@@ -11,3 +11,4 @@ pub mod identity;
 pub mod log;
 pub mod replica;
 pub mod store;
+pub mod testnet;

@@ -15,7 +15,9 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, mdns, noise, ping, tcp, yamux,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc::error::TrySendError;
@@ -24,8 +26,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use super::protocol::{self, AdmitBehaviour, AdmitRequest, AdmitResponse, SyncBehaviour, SyncRequest, SyncResponse};
-use super::{ADMISSION_TIMEOUT, Acceptance, Admit, Config, DENY_DURATION, Error, Event, MessageId, PeerInfo, Responder, Stats};
+use super::protocol::{
+    self, AdmitBehaviour, AdmitRequest, AdmitResponse, SyncBehaviour, SyncRequest, SyncResponse,
+};
+use super::{
+    ADMISSION_TIMEOUT, Acceptance, Admit, Config, DENY_DURATION, Error, Event, MessageId, PeerInfo,
+    Responder, Stats,
+};
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DIAL_BACKOFF_START: Duration = Duration::from_millis(500);
@@ -53,14 +60,38 @@ pub(super) struct Behaviour {
 
 /// Requests from a [`super::Handle`] or a [`Responder`] to the actor.
 pub(super) enum Command {
-    Publish { data: Vec<u8>, reply: oneshot::Sender<Result<(), Error>> },
-    Sync { peer: PeerId, request: SyncRequest, reply: oneshot::Sender<Result<SyncResponse, Error>> },
-    Respond { peer: PeerId, channel: ResponseChannel<SyncResponse>, response: SyncResponse },
-    ReportGossip { message_id: gossipsub::MessageId, source: PeerId, acceptance: Acceptance },
-    Disconnect { peer: PeerId, reason: String },
-    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
-    Stats { reply: oneshot::Sender<Stats> },
+    Publish {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Sync {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, Error>>,
+    },
+    Respond {
+        peer: PeerId,
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+    ReportGossip {
+        message_id: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: Acceptance,
+    },
+    Disconnect {
+        peer: PeerId,
+        reason: String,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
     Shutdown,
 }
 
@@ -110,7 +141,8 @@ impl Bucket {
             self.window_refused = 0;
         }
         self.window_requests += 1;
-        if self.streak >= FLOOD_SECONDS || self.window_requests > FLOOD_FACTOR.saturating_mul(rate) {
+        if self.streak >= FLOOD_SECONDS || self.window_requests > FLOOD_FACTOR.saturating_mul(rate)
+        {
             return Verdict::Flood;
         }
         if self.tokens >= 1.0 {
@@ -171,14 +203,18 @@ fn peer_span(peer: &PeerId) -> tracing::Span {
 }
 
 fn unix_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Exponential backoff with jitter: a random delay between three quarters and all of
 /// `500 ms * 2^attempt`, capped at 30 s.
 fn backoff(rng: &mut StdRng, attempt: u32) -> Duration {
-    let base = DIAL_BACKOFF_START.saturating_mul(1 << attempt.min(16)).min(DIAL_BACKOFF_CAP);
+    let base = DIAL_BACKOFF_START
+        .saturating_mul(1 << attempt.min(16))
+        .min(DIAL_BACKOFF_CAP);
     base.mul_f64(rng.random_range(0.75..=1.0))
 }
 
@@ -194,11 +230,16 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(config.max_gossip_bytes.saturating_add(GOSSIP_OVERHEAD))
-        .message_id_fn(|message: &gossipsub::Message| gossipsub::MessageId::new(blake3::hash(&message.data).as_bytes()))
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::new(blake3::hash(&message.data).as_bytes())
+        })
         .build()
         .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
-    let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(config.keypair.clone()), gossip_config)
-        .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
+    let mut gossipsub = gossipsub::Behaviour::new(
+        MessageAuthenticity::Signed(config.keypair.clone()),
+        gossip_config,
+    )
+    .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
     let score = gossipsub::PeerScoreParams {
         app_specific_weight: 1.0,
         ip_colocation_factor_weight: 0.0,
@@ -207,11 +248,14 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
     gossipsub
         .with_peer_score(score, gossipsub::PeerScoreThresholds::default())
         .map_err(|e| Error::Config(format!("gossipsub scoring: {e}")))?;
-    gossipsub.subscribe(topic).map_err(|e| Error::Config(format!("gossipsub subscription: {e}")))?;
+    gossipsub
+        .subscribe(topic)
+        .map_err(|e| Error::Config(format!("gossipsub subscription: {e}")))?;
 
     let mdns = if config.mdns {
         let peer = config.keypair.public().to_peer_id();
-        let mdns = mdns::tokio::Behaviour::new(mdns::Config::default(), peer).map_err(|e| Error::Transport(format!("mdns: {e}")))?;
+        let mdns = mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
+            .map_err(|e| Error::Transport(format!("mdns: {e}")))?;
         Some(mdns)
     } else {
         None
@@ -230,7 +274,11 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
     };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| Error::Transport(e.to_string()))?
@@ -252,14 +300,23 @@ impl Actor {
         for address in &config.listen {
             swarm
                 .listen_on(address.clone())
-                .map_err(|e| Error::Listen { address: address.clone(), reason: e.to_string() })?;
+                .map_err(|e| Error::Listen {
+                    address: address.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         let now = Instant::now();
         let dials = config
             .dial
             .iter()
             .filter(|address| !config.listen.contains(address))
-            .map(|address| Dial { address: address.clone(), peer: None, attempt: 0, next: Some(now), pending: None })
+            .map(|address| Dial {
+                address: address.clone(),
+                peer: None,
+                attempt: 0,
+                next: Some(now),
+                pending: None,
+            })
             .collect();
         Ok(Self {
             swarm,
@@ -347,7 +404,9 @@ impl Actor {
         }
         let behaviour = self.swarm.behaviour_mut();
         behaviour.deny.block_peer(peer);
-        behaviour.gossipsub.set_application_score(&peer, UNADMITTED_SCORE);
+        behaviour
+            .gossipsub
+            .set_application_score(&peer, UNADMITTED_SCORE);
         if self.swarm.disconnect_peer_id(peer).is_err() {
             debug!("refused peer was not connected");
         }
@@ -356,7 +415,12 @@ impl Actor {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
-        let expired: Vec<PeerId> = self.denied.iter().filter(|(_, until)| **until <= now).map(|(peer, _)| *peer).collect();
+        let expired: Vec<PeerId> = self
+            .denied
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
         for peer in expired {
             debug!(%peer, "deny listing expired");
             self.denied.remove(&peer);
@@ -365,22 +429,35 @@ impl Actor {
         let late: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(peer, p)| p.state.is_none() && p.deadline <= now && !self.denied.contains_key(peer))
+            .filter(|(peer, p)| {
+                p.state.is_none() && p.deadline <= now && !self.denied.contains_key(peer)
+            })
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
-            self.refuse(peer, format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs()));
+            self.refuse(
+                peer,
+                format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs()),
+            );
         }
     }
 
     fn dial_due(&mut self) {
         let now = Instant::now();
-        for dial in self.dials.iter_mut().filter(|dial| dial.next.is_some_and(|next| next <= now)) {
+        for dial in self
+            .dials
+            .iter_mut()
+            .filter(|dial| dial.next.is_some_and(|next| next <= now))
+        {
             dial.next = None;
-            if dial.pending.is_some() || dial.peer.is_some_and(|peer| self.swarm.is_connected(&peer)) {
+            if dial.pending.is_some()
+                || dial.peer.is_some_and(|peer| self.swarm.is_connected(&peer))
+            {
                 continue;
             }
-            let opts = DialOpts::unknown_peer_id().address(dial.address.clone()).build();
+            let opts = DialOpts::unknown_peer_id()
+                .address(dial.address.clone())
+                .build();
             let connection = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => dial.pending = Some(connection),
@@ -399,10 +476,17 @@ impl Actor {
                 let result = self.publish(data);
                 let _ = reply.send(result);
             }
-            Command::Sync { peer, request, reply } => {
+            Command::Sync {
+                peer,
+                request,
+                reply,
+            } => {
                 let size = request.encoded_len();
                 if size > self.max_frame_bytes {
-                    let _ = reply.send(Err(Error::TooLarge { size, limit: self.max_frame_bytes }));
+                    let _ = reply.send(Err(Error::TooLarge {
+                        size,
+                        limit: self.max_frame_bytes,
+                    }));
                 } else if !self.is_admitted(&peer) {
                     let _ = reply.send(Err(Error::NotAdmitted { peer }));
                 } else {
@@ -410,17 +494,35 @@ impl Actor {
                     self.pending.insert(id, (peer, reply));
                 }
             }
-            Command::Respond { peer, channel, response } => {
+            Command::Respond {
+                peer,
+                channel,
+                response,
+            } => {
                 let _span = peer_span(&peer).entered();
                 let size = response.encoded_len();
                 if size > self.max_frame_bytes {
                     self.stats.requests_refused += 1;
-                    warn!(size, limit = self.max_frame_bytes, "sync response too large, request refused");
-                } else if self.swarm.behaviour_mut().sync.send_response(channel, response).is_err() {
+                    warn!(
+                        size,
+                        limit = self.max_frame_bytes,
+                        "sync response too large, request refused"
+                    );
+                } else if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response)
+                    .is_err()
+                {
                     debug!("sync request gone before its response");
                 }
             }
-            Command::ReportGossip { message_id, source, acceptance } => {
+            Command::ReportGossip {
+                message_id,
+                source,
+                acceptance,
+            } => {
                 let acceptance = match acceptance {
                     Acceptance::Accept => MessageAcceptance::Accept,
                     Acceptance::Reject => MessageAcceptance::Reject,
@@ -459,18 +561,39 @@ impl Actor {
 
     fn publish(&mut self, data: Vec<u8>) -> Result<(), Error> {
         if data.len() > self.max_gossip_bytes {
-            return Err(Error::TooLarge { size: data.len(), limit: self.max_gossip_bytes });
+            return Err(Error::TooLarge {
+                size: data.len(),
+                limit: self.max_gossip_bytes,
+            });
         }
-        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
             Ok(message_id) => debug!(%message_id, "entry gossiped"),
-            Err(PublishError::NoPeersSubscribedToTopic) => debug!("no admitted peer subscribed, entry not gossiped"),
+            Err(PublishError::NoPeersSubscribedToTopic) => {
+                debug!("no admitted peer subscribed, entry not gossiped")
+            }
             Err(PublishError::Duplicate) => debug!("entry already gossiped"),
             Err(PublishError::MessageTooLarge) => {
-                return Err(Error::TooLarge { size: self.max_gossip_bytes, limit: self.max_gossip_bytes });
+                return Err(Error::TooLarge {
+                    size: self.max_gossip_bytes,
+                    limit: self.max_gossip_bytes,
+                });
             }
-            Err(PublishError::AllQueuesFull(peers)) => return Err(Error::Publish(format!("queues of all {peers} peers are full"))),
-            Err(PublishError::SigningError(e)) => return Err(Error::Publish(format!("signing failed: {e}"))),
-            Err(PublishError::TransformFailed(e)) => return Err(Error::Publish(format!("transform failed: {e}"))),
+            Err(PublishError::AllQueuesFull(peers)) => {
+                return Err(Error::Publish(format!(
+                    "queues of all {peers} peers are full"
+                )));
+            }
+            Err(PublishError::SigningError(e)) => {
+                return Err(Error::Publish(format!("signing failed: {e}")));
+            }
+            Err(PublishError::TransformFailed(e)) => {
+                return Err(Error::Publish(format!("transform failed: {e}")));
+            }
         }
         Ok(())
     }
@@ -482,16 +605,35 @@ impl Actor {
                 self.dials.retain(|dial| dial.address != address);
                 self.emit(Event::Listening { address });
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 self.on_connected(peer_id, connection_id, &endpoint, num_established.get());
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
                 let _span = peer_span(&peer_id).entered();
                 debug!(?cause, "disconnected");
                 self.on_disconnected(peer_id);
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => self.on_dial_failed(connection_id, &error),
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => self.on_dial_failed(connection_id, &error),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
                 debug!(address = %send_back_addr, %error, "incoming connection failed");
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
@@ -500,9 +642,19 @@ impl Actor {
         }
     }
 
-    fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint, count: u32) {
+    fn on_connected(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+        count: u32,
+    ) {
         let _span = peer_span(&peer).entered();
-        if let Some(dial) = self.dials.iter_mut().find(|dial| dial.pending == Some(connection)) {
+        if let Some(dial) = self
+            .dials
+            .iter_mut()
+            .find(|dial| dial.pending == Some(connection))
+        {
             dial.peer = Some(peer);
             dial.attempt = 0;
             dial.pending = None;
@@ -524,8 +676,13 @@ impl Actor {
             },
         );
         let behaviour = self.swarm.behaviour_mut();
-        behaviour.gossipsub.set_application_score(&peer, UNADMITTED_SCORE);
-        let request = AdmitRequest { charter_hash: self.charter_hash, certificate: self.certificate.clone() };
+        behaviour
+            .gossipsub
+            .set_application_score(&peer, UNADMITTED_SCORE);
+        let request = AdmitRequest {
+            charter_hash: self.charter_hash,
+            certificate: self.certificate.clone(),
+        };
         behaviour.admit.send_request(&peer, request);
     }
 
@@ -534,23 +691,30 @@ impl Actor {
             self.emit(Event::PeerGone { peer });
         }
         let now = Instant::now();
-        for dial in self.dials.iter_mut().filter(|dial| dial.peer == Some(peer) && dial.pending.is_none()) {
+        for dial in self
+            .dials
+            .iter_mut()
+            .filter(|dial| dial.peer == Some(peer) && dial.pending.is_none())
+        {
             dial.next = Some(now + backoff(&mut self.rng, dial.attempt));
             dial.attempt = dial.attempt.saturating_add(1);
         }
     }
 
     fn on_dial_failed(&mut self, connection: ConnectionId, error: &DialError) {
-        let Some(index) = self.dials.iter().position(|dial| dial.pending == Some(connection)) else {
+        if let DialError::LocalPeerId { address } = error {
+            debug!(%address, "charter address is our own, not dialling it again");
+            self.dials.retain(|dial| dial.pending != Some(connection));
+            return;
+        }
+        let pending = self
+            .dials
+            .iter_mut()
+            .find(|dial| dial.pending == Some(connection));
+        let Some(dial) = pending else {
             debug!(%error, "dial failed");
             return;
         };
-        if let DialError::LocalPeerId { address } = error {
-            debug!(%address, "charter address is our own, not dialling it again");
-            self.dials.swap_remove(index);
-            return;
-        }
-        let dial = &mut self.dials[index];
         let delay = backoff(&mut self.rng, dial.attempt);
         debug!(address = %dial.address, %error, ?delay, "dial failed, retrying");
         dial.pending = None;
@@ -568,40 +732,74 @@ impl Actor {
                     if self.denied.contains_key(&peer) || self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    if let Err(error) = self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![address]).build()) {
+                    if let Err(error) = self
+                        .swarm
+                        .dial(DialOpts::peer_id(peer).addresses(vec![address]).build())
+                    {
                         debug!(%peer, %error, "dialling discovered peer failed");
                     }
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => trace!(%peer, ?result, "ping"),
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
+                trace!(%peer, ?result, "ping")
+            }
             BehaviourEvent::Deny(never) | BehaviourEvent::Limits(never) => match never {},
         }
     }
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
         match event {
-            gossipsub::Event::Message { propagation_source: source, message_id, message } => {
+            gossipsub::Event::Message {
+                propagation_source: source,
+                message_id,
+                message,
+            } => {
                 if !self.is_admitted(&source) {
                     let _span = peer_span(&source).entered();
                     debug!(%message_id, "gossip from a peer not admitted rejected");
                     let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-                    gossipsub.report_message_validation_result(&message_id, &source, MessageAcceptance::Reject);
+                    gossipsub.report_message_validation_result(
+                        &message_id,
+                        &source,
+                        MessageAcceptance::Reject,
+                    );
                     return;
                 }
-                let event = Event::Gossip { source, message_id: MessageId(message_id.clone()), data: message.data };
-                let delivered = self.backlog.is_empty() && matches!(self.events.try_send(event), Ok(()) | Err(TrySendError::Closed(_)));
+                let event = Event::Gossip {
+                    source,
+                    message_id: MessageId(message_id.clone()),
+                    data: message.data,
+                };
+                let delivered = self.backlog.is_empty()
+                    && matches!(
+                        self.events.try_send(event),
+                        Ok(()) | Err(TrySendError::Closed(_))
+                    );
                 if !delivered {
                     self.stats.gossip_dropped += 1;
                     warn!(%source, %message_id, "event channel full, gossip dropped");
                     let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-                    gossipsub.report_message_validation_result(&message_id, &source, MessageAcceptance::Ignore);
+                    gossipsub.report_message_validation_result(
+                        &message_id,
+                        &source,
+                        MessageAcceptance::Ignore,
+                    );
                 }
             }
-            gossipsub::Event::Subscribed { peer_id, topic } => debug!(peer = %peer_id, %topic, "peer subscribed"),
-            gossipsub::Event::Unsubscribed { peer_id, topic } => debug!(peer = %peer_id, %topic, "peer unsubscribed"),
-            gossipsub::Event::GossipsubNotSupported { peer_id } => debug!(peer = %peer_id, "peer does not support gossipsub"),
-            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer subscribed")
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer unsubscribed")
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                debug!(peer = %peer_id, "peer does not support gossipsub")
+            }
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
                 warn!(peer = %peer_id, ?failed_messages, "peer is too slow for gossip");
             }
         }
@@ -610,9 +808,20 @@ impl Actor {
     fn on_admit(&mut self, event: request_response::Event<AdmitRequest, AdmitResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let response = AdmitResponse { charter_hash: self.charter_hash, certificate: self.certificate.clone() };
-                    if self.swarm.behaviour_mut().admit.send_response(channel, response).is_err() {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = AdmitResponse {
+                        charter_hash: self.charter_hash,
+                        certificate: self.certificate.clone(),
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .admit
+                        .send_response(channel, response)
+                        .is_err()
+                    {
                         debug!(%peer, "admission request gone before its response");
                     }
                     self.verify(peer, &request.charter_hash, &request.certificate);
@@ -634,7 +843,9 @@ impl Actor {
     /// Admits a connected peer once it presents a valid certificate for our charter.
     fn verify(&mut self, peer: PeerId, charter_hash: &[u8; 32], certificate: &[u8]) {
         let _span = peer_span(&peer).entered();
-        if self.denied.contains_key(&peer) || self.peers.get(&peer).is_none_or(|p| p.state.is_some()) {
+        if self.denied.contains_key(&peer)
+            || self.peers.get(&peer).is_none_or(|p| p.state.is_some())
+        {
             return;
         }
         let verdict = if *charter_hash != self.charter_hash {
@@ -649,7 +860,10 @@ impl Actor {
                     p.state = Some(state.clone());
                     p.announced = true;
                 }
-                self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, 0.0);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .set_application_score(&peer, 0.0);
                 self.emit(Event::PeerAdmitted { peer, state });
             }
             Err(reason) => self.refuse(peer, reason),
@@ -659,23 +873,45 @@ impl Actor {
     fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => self.on_sync_request(peer, request, channel),
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_sync_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     if let Some((_, reply)) = self.pending.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 let _span = peer_span(&peer).entered();
                 debug!(%error, "sync request failed");
                 if let Some((peer, reply)) = self.pending.remove(&request_id) {
                     let error = match error {
                         OutboundFailure::Timeout => Error::Timeout { peer },
-                        OutboundFailure::DialFailure => Error::Sync { peer, reason: "dial failure".to_owned() },
-                        OutboundFailure::ConnectionClosed => Error::Sync { peer, reason: "connection closed".to_owned() },
-                        OutboundFailure::UnsupportedProtocols => Error::Sync { peer, reason: "protocol not supported".to_owned() },
-                        OutboundFailure::Io(e) => Error::Sync { peer, reason: format!("refused or unreadable response: {e}") },
+                        OutboundFailure::DialFailure => Error::Sync {
+                            peer,
+                            reason: "dial failure".to_owned(),
+                        },
+                        OutboundFailure::ConnectionClosed => Error::Sync {
+                            peer,
+                            reason: "connection closed".to_owned(),
+                        },
+                        OutboundFailure::UnsupportedProtocols => Error::Sync {
+                            peer,
+                            reason: "protocol not supported".to_owned(),
+                        },
+                        OutboundFailure::Io(e) => Error::Sync {
+                            peer,
+                            reason: format!("refused or unreadable response: {e}"),
+                        },
                     };
                     let _ = reply.send(Err(error));
                 }
@@ -687,9 +923,18 @@ impl Actor {
         }
     }
 
-    fn on_sync_request(&mut self, peer: PeerId, request: SyncRequest, channel: ResponseChannel<SyncResponse>) {
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
         let _span = peer_span(&peer).entered();
-        let Some(p) = self.peers.get_mut(&peer).filter(|_| !self.denied.contains_key(&peer)) else {
+        let Some(p) = self
+            .peers
+            .get_mut(&peer)
+            .filter(|_| !self.denied.contains_key(&peer))
+        else {
             self.stats.requests_refused += 1;
             return;
         };
@@ -715,6 +960,15 @@ impl Actor {
         let Some(commands) = self.responders.upgrade() else {
             return;
         };
-        self.emit(Event::SyncRequested { peer, state, request, reply: Responder { peer, channel, commands } });
+        self.emit(Event::SyncRequested {
+            peer,
+            state,
+            request,
+            reply: Responder {
+                peer,
+                channel,
+                commands,
+            },
+        });
     }
 }

@@ -19,6 +19,7 @@ use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use behaviour::Command;
 
@@ -35,7 +36,12 @@ const EVENT_CAPACITY: usize = 1024;
 /// Decides whether a connected node belongs to the network.
 pub trait Admit: Send + Sync + 'static {
     /// Returns the admitted peer's state code, or a one-line reason for refusal.
-    fn admit(&self, peer: &PeerId, certificate: &[u8], charter_hash: &[u8; 32]) -> Result<String, String>;
+    fn admit(
+        &self,
+        peer: &PeerId,
+        certificate: &[u8],
+        charter_hash: &[u8; 32],
+    ) -> Result<String, String>;
 }
 
 /// Everything the network actor needs to start.
@@ -186,9 +192,18 @@ pub enum Event {
     /// A peer was refused, disconnected and deny-listed for a while.
     PeerRefused { peer: PeerId, reason: String },
     /// An admitted peer forwarded a gossip message; answer with [`Handle::report_gossip`].
-    Gossip { source: PeerId, message_id: MessageId, data: Vec<u8> },
+    Gossip {
+        source: PeerId,
+        message_id: MessageId,
+        data: Vec<u8>,
+    },
     /// An admitted peer asks for entries; answer with [`Responder::send`].
-    SyncRequested { peer: PeerId, state: String, request: SyncRequest, reply: Responder },
+    SyncRequested {
+        peer: PeerId,
+        state: String,
+        request: SyncRequest,
+        reply: Responder,
+    },
 }
 
 /// Answers one [`Event::SyncRequested`]; dropping it refuses the request.
@@ -207,7 +222,11 @@ impl Responder {
 
     /// Sends the response; it is refused if it encodes to more than `max_frame_bytes`.
     pub async fn send(self, response: SyncResponse) {
-        let command = Command::Respond { peer: self.peer, channel: self.channel, response };
+        let command = Command::Respond {
+            peer: self.peer,
+            channel: self.channel,
+            response,
+        };
         if self.commands.send(command).await.is_err() {
             tracing::debug!(peer = %self.peer, "network stopped before the sync response was sent");
         }
@@ -245,14 +264,23 @@ pub struct Handle {
 }
 
 impl Handle {
-    async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
         let (reply, response) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| Error::Stopped)?;
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
         response.await.map_err(|_| Error::Stopped)
     }
 
     async fn tell(&self, command: Command) -> Result<(), Error> {
-        self.commands.send(command).await.map_err(|_| Error::Stopped)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Stopped)
     }
 
     /// Our own peer identity.
@@ -262,17 +290,33 @@ impl Handle {
 
     /// Gossips an encoded entry to admitted peers; having no peers is not an error.
     pub async fn publish(&self, entry: Vec<u8>) -> Result<(), Error> {
-        self.call(|reply| Command::Publish { data: entry, reply }).await?
+        self.call(|reply| Command::Publish { data: entry, reply })
+            .await?
     }
 
     /// Asks an admitted peer for entries and waits for its response (at most 30 s).
     pub async fn sync(&self, peer: PeerId, request: SyncRequest) -> Result<SyncResponse, Error> {
-        self.call(|reply| Command::Sync { peer, request, reply }).await?
+        self.call(|reply| Command::Sync {
+            peer,
+            request,
+            reply,
+        })
+        .await?
     }
 
     /// Reports the verdict on an [`Event::Gossip`] message.
-    pub async fn report_gossip(&self, message_id: MessageId, source: PeerId, accept: Acceptance) -> Result<(), Error> {
-        self.tell(Command::ReportGossip { message_id: message_id.0, source, acceptance: accept }).await
+    pub async fn report_gossip(
+        &self,
+        message_id: MessageId,
+        source: PeerId,
+        accept: Acceptance,
+    ) -> Result<(), Error> {
+        self.tell(Command::ReportGossip {
+            message_id: message_id.0,
+            source,
+            acceptance: accept,
+        })
+        .await
     }
 
     /// Disconnects a peer and deny-lists it for a while; emits [`Event::PeerRefused`].
@@ -313,11 +357,23 @@ pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// The actor stops on [`Handle::shutdown`], when `cancel` is cancelled, or
 /// when every handle and responder has been dropped.
-pub fn spawn(config: Config, cancel: CancellationToken) -> Result<(Handle, mpsc::Receiver<Event>, JoinHandle<()>), Error> {
+pub fn spawn(
+    config: Config,
+    cancel: CancellationToken,
+) -> Result<(Handle, mpsc::Receiver<Event>, JoinHandle<()>), Error> {
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
     let local_peer_id = config.keypair.public().to_peer_id();
-    let actor = behaviour::Actor::new(config, command_rx, command_tx.downgrade(), event_tx, cancel)?;
-    let task = tokio::spawn(actor.run());
-    Ok((Handle { commands: command_tx, local_peer_id }, event_rx, task))
+    let actor =
+        behaviour::Actor::new(config, command_rx, command_tx.downgrade(), event_tx, cancel)?;
+    let span = tracing::info_span!("network", local = %local_peer_id);
+    let task = tokio::spawn(actor.run().instrument(span));
+    Ok((
+        Handle {
+            commands: command_tx,
+            local_peer_id,
+        },
+        event_rx,
+        task,
+    ))
 }

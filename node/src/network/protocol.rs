@@ -157,7 +157,14 @@ mod tests {
     #[test]
     fn encoded_len_bounds_the_real_encoding() -> std::io::Result<()> {
         let request = SyncRequest {
-            heights: vec![LogHeight { author: [7; 32], incarnation: u32::MAX, seq: u64::MAX }; 2],
+            heights: vec![
+                LogHeight {
+                    author: [7; 32],
+                    incarnation: u32::MAX,
+                    seq: u64::MAX
+                };
+                2
+            ],
             max_entries: 100,
             proofs: vec![ByteBuf::from(vec![1; 32]); 3],
         };

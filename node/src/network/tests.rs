@@ -18,10 +18,16 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Certificates(Option<&'static str>);
 
 impl Admit for Certificates {
-    fn admit(&self, _peer: &PeerId, certificate: &[u8], _charter_hash: &[u8; 32]) -> Result<String, String> {
+    fn admit(
+        &self,
+        _peer: &PeerId,
+        certificate: &[u8],
+        _charter_hash: &[u8; 32],
+    ) -> Result<String, String> {
         match self.0 {
             Some(reason) => Err(reason.to_owned()),
-            None => String::from_utf8(certificate.to_vec()).map_err(|_| "unreadable certificate".to_owned()),
+            None => String::from_utf8(certificate.to_vec())
+                .map_err(|_| "unreadable certificate".to_owned()),
         }
     }
 }
@@ -32,13 +38,22 @@ struct Node {
     task: JoinHandle<()>,
     address: Multiaddr,
     id: PeerId,
+    cancel: CancellationToken,
 }
 
 fn config(state: &str, refuse: Option<&'static str>, dial: Option<&Node>) -> Config {
     let admission = Arc::new(Certificates(refuse));
-    let mut config = Config::new(Keypair::generate_ed25519(), "test", state.as_bytes().to_vec(), [1; 32], admission);
+    let mut config = Config::new(
+        Keypair::generate_ed25519(),
+        "test",
+        state.as_bytes().to_vec(),
+        [1; 32],
+        admission,
+    );
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")];
-    config.dial = dial.map(|node| vec![node.address.clone()]).unwrap_or_default();
+    config.dial = dial
+        .map(|node| vec![node.address.clone()])
+        .unwrap_or_default();
     config
 }
 
@@ -47,7 +62,10 @@ async fn within<T>(future: impl Future<Output = T>) -> T {
 }
 
 /// Waits for the first event `pick` accepts, dropping the others.
-async fn next<T>(events: &mut mpsc::Receiver<Event>, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+async fn next<T>(
+    events: &mut mpsc::Receiver<Event>,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
     within(async {
         loop {
             if let Some(found) = pick(events.recv().await.expect("network running")) {
@@ -59,15 +77,26 @@ async fn next<T>(events: &mut mpsc::Receiver<Event>, mut pick: impl FnMut(Event)
 }
 
 async fn start(config: Config) -> Node {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
-    let (handle, mut events, task) = spawn(config, CancellationToken::new()).expect("network starts");
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let cancel = CancellationToken::new();
+    let (handle, mut events, task) = spawn(config, cancel.clone()).expect("network starts");
     let address = next(&mut events, |event| match event {
         Event::Listening { address } => Some(address),
         _ => None,
     })
     .await;
     let id = handle.local_peer_id();
-    Node { handle, events, task, address, id }
+    Node {
+        handle,
+        events,
+        task,
+        address,
+        id,
+        cancel,
+    }
 }
 
 async fn admitted(node: &mut Node, peer: PeerId) -> String {
@@ -102,7 +131,13 @@ fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
             if let Event::SyncRequested { request, reply, .. } = event {
                 let entry = ByteBuf::from(vec![7; 1024 * request.proofs.len()]);
                 let count = usize::try_from(request.max_entries).expect("small");
-                reply.send(SyncResponse { entries: vec![entry; count], proofs: Vec::new(), more: false }).await;
+                reply
+                    .send(SyncResponse {
+                        entries: vec![entry; count],
+                        proofs: Vec::new(),
+                        more: false,
+                    })
+                    .await;
             }
         }
     })
@@ -110,7 +145,11 @@ fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
 
 fn request(max_entries: u32, proofs: usize) -> SyncRequest {
     SyncRequest {
-        heights: vec![LogHeight { author: [3; 32], incarnation: 1, seq: 42 }],
+        heights: vec![LogHeight {
+            author: [3; 32],
+            incarnation: 1,
+            seq: 42,
+        }],
         max_entries,
         proofs: vec![ByteBuf::from(vec![9; 1024]); proofs],
     }
@@ -118,7 +157,9 @@ fn request(max_entries: u32, proofs: usize) -> SyncRequest {
 
 #[tokio::test]
 async fn admitted_peers_sync_and_gossip() {
-    let (mut a, mut b) = pair(config("AA", None, None), |a| config("BB", None, Some(a))).await;
+    let first = config("AA", None, None);
+    let keypair = first.keypair.clone();
+    let (mut a, mut b) = pair(first, |a| config("BB", None, Some(a))).await;
 
     let sync = tokio::spawn({
         let handle = b.handle.clone();
@@ -126,13 +167,22 @@ async fn admitted_peers_sync_and_gossip() {
         async move { handle.sync(a, request(2, 1)).await }
     });
     let (state, asked, reply) = next(&mut a.events, |event| match event {
-        Event::SyncRequested { peer, state, request, reply } if peer == b.id => Some((state, request, reply)),
+        Event::SyncRequested {
+            peer,
+            state,
+            request,
+            reply,
+        } if peer == b.id => Some((state, request, reply)),
         _ => None,
     })
     .await;
     assert_eq!(state, "BB");
     assert_eq!(asked, request(2, 1));
-    let answer = SyncResponse { entries: vec![ByteBuf::from(b"entry".to_vec())], proofs: Vec::new(), more: true };
+    let answer = SyncResponse {
+        entries: vec![ByteBuf::from(b"entry".to_vec())],
+        proofs: Vec::new(),
+        more: true,
+    };
     reply.send(answer.clone()).await;
     assert_eq!(within(sync).await.expect("task").expect("sync"), answer);
 
@@ -142,7 +192,11 @@ async fn admitted_peers_sync_and_gossip() {
     for _ in 0..40 {
         a.handle.publish(entry.clone()).await.expect("publish");
         let gossip = next(&mut b.events, |event| match event {
-            Event::Gossip { source, message_id, data } => Some((source, message_id, data)),
+            Event::Gossip {
+                source,
+                message_id,
+                data,
+            } => Some((source, message_id, data)),
             _ => None,
         });
         if let Ok(found) = timeout(Duration::from_millis(500), gossip).await {
@@ -152,7 +206,10 @@ async fn admitted_peers_sync_and_gossip() {
     }
     let (source, message_id, data) = delivered.expect("gossip delivered");
     assert_eq!((source, data), (a.id, entry));
-    b.handle.report_gossip(message_id, source, Acceptance::Accept).await.expect("report");
+    b.handle
+        .report_gossip(message_id, source, Acceptance::Accept)
+        .await
+        .expect("report");
 
     let peers = a.handle.peers().await.expect("peers");
     assert_eq!(peers.len(), 1);
@@ -165,8 +222,20 @@ async fn admitted_peers_sync_and_gossip() {
     a.handle.shutdown().await;
     within(a.task).await.expect("actor joins");
     assert!(matches!(a.handle.peers().await, Err(Error::Stopped)));
-    next(&mut b.events, |event| matches!(event, Event::PeerGone { peer } if peer == a.id).then_some(())).await;
-    b.task.abort();
+    next(&mut b.events, |event| {
+        matches!(event, Event::PeerGone { peer } if peer == a.id).then_some(())
+    })
+    .await;
+
+    // `b` re-dials the charter address and admits `a` again once it is back.
+    let mut again = config("AA", None, None);
+    again.keypair = keypair;
+    again.listen = vec![a.address.clone()];
+    let mut a = start(again).await;
+    assert_eq!(admitted(&mut b, a.id).await, "AA");
+    assert_eq!(admitted(&mut a, b.id).await, "BB");
+    b.handle.shutdown().await;
+    within(b.task).await.expect("actor joins");
 }
 
 #[tokio::test]
@@ -179,18 +248,26 @@ async fn refused_peers_get_nothing() {
 
     assert_eq!(refused(&mut b, a.id).await, "certificate revoked");
     assert_eq!(refused(&mut a, c.id).await, "different charter hash");
-    assert!(matches!(b.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+    assert!(matches!(
+        b.handle.sync(a.id, request(1, 0)).await,
+        Err(Error::NotAdmitted { .. })
+    ));
     // `a` may have admitted `b` already, but `b` refuses it and its requests.
     assert!(a.handle.sync(b.id, request(1, 0)).await.is_err());
     assert!(a.handle.stats().await.expect("stats").refused_peers >= 1);
-    assert!(matches!(c.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+    assert!(matches!(
+        c.handle.sync(a.id, request(1, 0)).await,
+        Err(Error::NotAdmitted { .. })
+    ));
 
     // Refused peers stay out: `b` re-dials `a` and is dropped by its own deny list.
     let peers = b.handle.peers().await.expect("peers");
     assert!(peers.iter().all(|p| !p.admitted));
+    // Cancelling the token stops the actor as well as a shutdown does.
     for node in [a, b, c] {
-        node.handle.shutdown().await;
+        node.cancel.cancel();
         within(node.task).await.expect("actor joins");
+        assert!(matches!(node.handle.stats().await, Err(Error::Stopped)));
     }
 }
 
@@ -215,12 +292,18 @@ async fn request_flood_cuts_the_peer_off() {
     .await;
     assert_eq!(reason, "request flood");
     for request in flood {
-        assert!(within(request).await.expect("task").is_err(), "unanswered requests fail");
+        assert!(
+            within(request).await.expect("task").is_err(),
+            "unanswered requests fail"
+        );
     }
     let stats = a.handle.stats().await.expect("stats");
     assert_eq!((stats.flood_cutoffs, stats.refused_peers), (1, 1));
     assert!(stats.requests_refused >= 5, "{stats:?}");
-    assert!(matches!(b.handle.sync(a.id, request(1, 0)).await, Err(Error::NotAdmitted { .. })));
+    assert!(matches!(
+        b.handle.sync(a.id, request(1, 0)).await,
+        Err(Error::NotAdmitted { .. })
+    ));
 }
 
 #[tokio::test]
@@ -243,13 +326,33 @@ async fn oversized_frames_are_refused() {
     assert!(matches!(too_big, Err(Error::Sync { .. })), "{too_big:?}");
     // A 2 MiB request exceeds our own limit and is never sent.
     let local = b.handle.sync(a.id, request(1, 2048)).await;
-    assert!(matches!(local, Err(Error::TooLarge { limit: 1_048_576, .. })), "{local:?}");
+    assert!(
+        matches!(
+            local,
+            Err(Error::TooLarge {
+                limit: 1_048_576,
+                ..
+            })
+        ),
+        "{local:?}"
+    );
 
-    let served = b.handle.sync(a.id, request(3, 2)).await.expect("served after refusals");
+    let served = b
+        .handle
+        .sync(a.id, request(3, 2))
+        .await
+        .expect("served after refusals");
     assert_eq!(served.entries.len(), 3);
     assert_eq!(served.entries[0].len(), 2048);
     let stats = a.handle.stats().await.expect("stats");
-    assert_eq!((stats.requests_served, stats.requests_refused, stats.refused_peers), (1, 1, 0));
+    assert_eq!(
+        (
+            stats.requests_served,
+            stats.requests_refused,
+            stats.refused_peers
+        ),
+        (1, 1, 0)
+    );
     a.handle.shutdown().await;
     within(a.task).await.expect("actor joins");
     within(server).await.expect("server stops with the actor");
