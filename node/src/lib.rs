@@ -6,6 +6,7 @@
 
 pub mod charter;
 pub mod codec;
+pub mod config;
 pub mod docs;
 pub mod identity;
 pub mod log;

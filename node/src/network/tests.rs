@@ -357,3 +357,34 @@ async fn oversized_frames_are_refused() {
     within(a.task).await.expect("actor joins");
     within(server).await.expect("server stops with the actor");
 }
+
+#[tokio::test]
+async fn silent_peers_are_refused_after_the_admission_timeout() {
+    use libp2p::futures::StreamExt as _;
+
+    let mut a = start(config("AA", None, None)).await;
+    // A bare libp2p node that connects but never speaks the admission protocol.
+    let mut silent = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            Default::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("transport")
+        .with_behaviour(|_| libp2p::ping::Behaviour::default())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(WAIT))
+        .build();
+    let id = *silent.local_peer_id();
+    silent.dial(a.address.clone()).expect("dial");
+    let driver = tokio::spawn(async move {
+        loop {
+            silent.select_next_some().await;
+        }
+    });
+    assert_eq!(refused(&mut a, id).await, "no admission within 10 s");
+    let peers = a.handle.peers().await.expect("peers");
+    assert!(peers.iter().all(|p| p.peer != id || !p.admitted));
+    driver.abort();
+}

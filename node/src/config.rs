@@ -1,0 +1,248 @@
+//! A node's settings: `DATA_DIR/node.toml`, overridden by `SPOC_*` environment variables.
+//!
+//! Paths in the file are relative to the data directory. The environment is passed in as a
+//! function, so tests never touch the process environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The settings file inside a data directory.
+pub const FILE: &str = "node.toml";
+/// The API token file inside a data directory.
+pub const TOKEN_FILE: &str = "api.token";
+/// The store inside a data directory.
+pub const STORE_FILE: &str = "store.redb";
+
+/// A bad setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} line {line}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("bad setting {name}: {message}")]
+    Value { name: String, message: String },
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<Vec<String>>,
+    api: Option<String>,
+    charter: Option<PathBuf>,
+    key: Option<PathBuf>,
+    node_key: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    mdns: Option<bool>,
+    key_passphrase_file: Option<PathBuf>,
+}
+
+/// The settings of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: Vec<String>,
+    pub api: SocketAddr,
+    pub charter: PathBuf,
+    pub key: PathBuf,
+    pub node_key: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub mdns: bool,
+    /// A file holding the national key's passphrase; `SPOC_KEY_PASSPHRASE` may give it too.
+    pub key_passphrase_file: Option<PathBuf>,
+}
+
+fn value(name: &str, message: impl Into<String>) -> Error {
+    Error::Value {
+        name: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Reads `data_dir/node.toml` (which must exist) and applies the environment.
+    pub fn load(data_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Error> {
+        let path = data_dir.join(FILE);
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Read {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(data_dir, &shown, &text, env)
+    }
+
+    /// Parses settings text; `shown` names the file in errors.
+    pub fn parse(
+        data_dir: &Path,
+        shown: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, Error> {
+        let raw: Raw = toml::from_str(text).map_err(|e| Error::At {
+            path: shown.to_owned(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        let listen = match env("SPOC_LISTEN") {
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => raw
+                .listen
+                .unwrap_or_else(|| vec!["/ip4/0.0.0.0/tcp/4101".into()]),
+        };
+        for l in &listen {
+            if !l.starts_with('/') {
+                return Err(value("listen", format!("{l:?} is not a multiaddr")));
+            }
+        }
+        let api_text = env("SPOC_API")
+            .or(raw.api)
+            .unwrap_or_else(|| "127.0.0.1:8101".into());
+        let api: SocketAddr = api_text.parse().map_err(|_| {
+            value(
+                "api",
+                format!("{api_text:?} is not an address (127.0.0.1:PORT)"),
+            )
+        })?;
+        if !api.ip().is_loopback() {
+            return Err(value("api", format!("{api} is not a loopback address")));
+        }
+        let path = |env_name: &str, raw: Option<PathBuf>, default: &str| -> PathBuf {
+            let p = env(env_name)
+                .map(PathBuf::from)
+                .or(raw)
+                .unwrap_or_else(|| default.into());
+            if p.is_absolute() { p } else { data_dir.join(p) }
+        };
+        let charter = path("SPOC_CHARTER", raw.charter, "charter.toml");
+        let key = path("SPOC_KEY", raw.key, "national.key");
+        let node_key = path("SPOC_NODE_KEY", raw.node_key, "node.key");
+        let key_passphrase_file = raw
+            .key_passphrase_file
+            .map(|p| if p.is_absolute() { p } else { data_dir.join(p) });
+        let log_level = env("SPOC_LOG_LEVEL")
+            .or(raw.log_level)
+            .unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(value(
+                "log_level",
+                format!("{log_level:?} is not a log filter"),
+            ));
+        }
+        let log_format = match env("SPOC_LOG_FORMAT")
+            .or(raw.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(value(
+                    "log_format",
+                    format!("{other:?} is not text or json"),
+                ));
+            }
+        };
+        let mdns = match env("SPOC_MDNS") {
+            Some(v) => match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(value(
+                        "SPOC_MDNS",
+                        format!("{other:?} is not true or false"),
+                    ));
+                }
+            },
+            None => raw.mdns.unwrap_or(false),
+        };
+        Ok(Settings {
+            data_dir: data_dir.to_owned(),
+            listen,
+            api,
+            charter,
+            key,
+            node_key,
+            log_level,
+            log_format,
+            mdns,
+            key_passphrase_file,
+        })
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join(TOKEN_FILE)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(STORE_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_paths_and_overrides() {
+        let dir = Path::new("/data/ie");
+        let s = Settings::parse(dir, "node.toml", "api = \"127.0.0.1:9000\"\n", &no_env).unwrap();
+        assert_eq!(s.api.port(), 9000);
+        assert_eq!(s.charter, dir.join("charter.toml"));
+        assert_eq!(s.log_format, LogFormat::Text);
+        let env = |k: &str| match k {
+            "SPOC_API" => Some("127.0.0.1:9100".to_owned()),
+            "SPOC_LOG_FORMAT" => Some("json".to_owned()),
+            "SPOC_LISTEN" => Some("/ip4/127.0.0.1/tcp/1,/ip4/127.0.0.1/tcp/2".to_owned()),
+            _ => None,
+        };
+        let s = Settings::parse(dir, "node.toml", "api = \"127.0.0.1:9000\"\n", &env).unwrap();
+        assert_eq!(s.api.port(), 9100);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.listen.len(), 2);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = Path::new("/d");
+        let err = |t: &str| {
+            Settings::parse(dir, "node.toml", t, &no_env)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("api = \"0.0.0.0:80\""),
+            "bad setting api: 0.0.0.0:80 is not a loopback address"
+        );
+        assert!(err("api = 5").starts_with("node.toml line 1:"));
+        assert!(err("\nlisten_on = []").starts_with("node.toml line 2:"));
+        assert!(err("log_format = \"xml\"").contains("log_format"));
+        assert!(err("listen = [\"tcp:80\"]").contains("not a multiaddr"));
+    }
+}
