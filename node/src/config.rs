@@ -40,6 +40,7 @@ pub enum LogFormat {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    state: Option<String>,
     listen: Option<Vec<String>>,
     api: Option<String>,
     charter: Option<PathBuf>,
@@ -55,6 +56,8 @@ struct Raw {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// The state this node serves; its national key must be the charter's key for it.
+    pub state: Option<String>,
     pub listen: Vec<String>,
     pub api: SocketAddr,
     pub charter: PathBuf,
@@ -178,8 +181,10 @@ impl Settings {
             },
             None => raw.mdns.unwrap_or(false),
         };
+        let state = env("SPOC_STATE").or(raw.state);
         Ok(Settings {
             data_dir: data_dir.to_owned(),
+            state,
             listen,
             api,
             charter,

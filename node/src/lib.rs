@@ -4,12 +4,15 @@
 //! valid and what the documents say; `store` makes it durable. See ARCHITECTURE.md for the
 //! bird's-eye view and the invariants.
 
+pub mod api;
 pub mod charter;
 pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod docs;
 pub mod identity;
 pub mod log;
 pub mod replica;
+pub mod service;
 pub mod store;
 pub mod testnet;

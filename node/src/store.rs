@@ -350,6 +350,50 @@ impl Store {
         tx.commit().map_err(dberr)
     }
 
+    /// Everything `load` checks, and then every rule again: all entries are replayed into a
+    /// fresh replica, which must accept each of them and build the same documents.
+    /// Returns the number of entries and documents.
+    pub fn verify(
+        &self,
+        charter: Arc<Charter>,
+        progress: Progress<'_>,
+    ) -> Result<(usize, usize), Error> {
+        let loaded = self.load(charter.clone(), Limits::default(), progress)?;
+        let mut fresh = Replica::new(
+            charter,
+            Limits {
+                max_pending_entries: usize::MAX,
+                max_pending_bytes: usize::MAX,
+            },
+        );
+        let mut entries = Vec::with_capacity(loaded.entry_count());
+        for log in loaded.heights().into_keys() {
+            entries.extend(loaded.log_entries(&log).iter().cloned());
+        }
+        progress("checking rules", 0, entries.len());
+        let report = fresh.ingest_verified(entries)?;
+        if let Some((hash, invalid)) = report.rejected.first() {
+            return Err(Error::Corrupt(format!("entry {hash}: {invalid}")));
+        }
+        if fresh.pending_count() > 0 {
+            return Err(Error::Corrupt(format!(
+                "{} entries lack their causal past",
+                fresh.pending_count()
+            )));
+        }
+        for (id, doc) in loaded.docs() {
+            let mut a = doc.get_heads();
+            let mut b = fresh.doc(id).map(|d| d.get_heads()).unwrap_or_default();
+            a.sort();
+            b.sort();
+            if a != b {
+                return Err(Error::Corrupt(format!("{id} does not match its entries")));
+            }
+        }
+        progress("checking rules", loaded.entry_count(), loaded.entry_count());
+        Ok((loaded.entry_count(), loaded.docs().count()))
+    }
+
     /// The entries stored, in key order, without any check: for audits of a damaged store.
     pub fn raw_entry_count(&self) -> Result<u64, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;

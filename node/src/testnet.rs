@@ -156,9 +156,9 @@ pub fn generate(
         SecretKey::generate(rng).save(&dir.join("node.key"), None)?;
         let settings = format!(
             "# spocnet node settings; SPOC_* environment variables override them.\n\
-             listen = [\"{}\"]\napi = \"{}\"\ncharter = \"charter.toml\"\nkey = \"national.key\"\n\
+             state = \"{}\"\nlisten = [\"{}\"]\napi = \"{}\"\ncharter = \"charter.toml\"\nkey = \"national.key\"\n\
              node_key = \"node.key\"\nlog_level = \"info\"\nlog_format = \"text\"\nmdns = false\n",
-            node.listen, node.api
+            node.state, node.listen, node.api
         );
         let path = dir.join("node.toml");
         std::fs::write(&path, settings).map_err(io(&path))?;

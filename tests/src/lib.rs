@@ -1,1 +1,288 @@
-//! stub
+//! The multi-node harness: real `spoc-node` processes on loopback, and the `spoc` CLI.
+//!
+//! A `Testnet` lays out data directories with `spoc testnet`; a `Proc` is one running
+//! node, whose readiness is awaited on its own log line, never on a timer. Every process
+//! is killed when its `Proc` is dropped, so a failing test leaves nothing behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// How long a node may take to start or stop before a test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory of the workspace's built binaries (next to the test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary, e.g. `spoc-node` or `spoc`.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built: run `cargo build --workspace` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The output of one `spoc` run.
+#[derive(Debug)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {:?} (stderr {:?})", self.stdout, self.stderr))
+    }
+
+    pub fn ok(self) -> Result<Output> {
+        if self.status != 0 {
+            bail!("spoc exited {}: {}", self.status, self.stderr.trim());
+        }
+        Ok(self)
+    }
+}
+
+/// Runs `spoc ARGS` with `--data-dir` set when given.
+pub fn spoc(data_dir: Option<&Path>, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(bin("spoc")?);
+    if let Some(d) = data_dir {
+        cmd.arg("--data-dir").arg(d);
+    }
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running spoc")?;
+    Ok(Output {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// One node of a testnet, as `spoc testnet --json` describes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NodeInfo {
+    pub state: String,
+    pub data_dir: PathBuf,
+    pub api: String,
+    pub listen: String,
+}
+
+/// A testnet in a temporary directory.
+#[derive(Debug)]
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl Testnet {
+    /// Lays out `n` nodes with `spoc testnet --nodes N --out DIR --json`.
+    pub fn new(n: usize) -> Result<Testnet> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("net");
+        let o = spoc(
+            None,
+            &[
+                "testnet",
+                "--nodes",
+                &n.to_string(),
+                "--out",
+                out.to_str().ok_or_else(|| anyhow!("path"))?,
+                "--json",
+            ],
+        )?
+        .ok()?;
+        let nodes: Vec<NodeInfo> = serde_json::from_str(&o.stdout)?;
+        Ok(Testnet { dir, nodes })
+    }
+
+    pub fn node(&self, state: &str) -> Result<&NodeInfo> {
+        self.nodes
+            .iter()
+            .find(|n| n.state == state)
+            .ok_or_else(|| anyhow!("no node {state}"))
+    }
+}
+
+/// A running `spoc-node` process.
+#[derive(Debug)]
+pub struct Proc {
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    pub api: String,
+    token: String,
+}
+
+impl Proc {
+    /// Starts a node and waits for its "node running" log line.
+    pub fn start(info: &NodeInfo) -> Result<Proc> {
+        Self::start_with(info, &[])
+    }
+
+    pub fn start_with(info: &NodeInfo, env: &[(&str, &str)]) -> Result<Proc> {
+        let mut cmd = Command::new(bin("spoc-node")?);
+        cmd.arg("--data-dir")
+            .arg(&info.data_dir)
+            .env("SPOC_LOG_FORMAT", "text")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("starting spoc-node")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        // The reader thread ends when the process closes its stderr.
+        let (tx, rx) = mpsc::sync_channel(4096);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.try_send(line).is_err() {
+                    // A test that stops reading the log loses lines, never blocks the node.
+                }
+            }
+        });
+        let mut proc = Proc {
+            data_dir: info.data_dir.clone(),
+            child: Some(child),
+            log: rx,
+            api: info.api.clone(),
+            token: String::new(),
+        };
+        proc.wait_log("node running", START_TIMEOUT)?;
+        proc.token = std::fs::read_to_string(info.data_dir.join("api.token"))?
+            .trim()
+            .to_owned();
+        Ok(proc)
+    }
+
+    /// Waits for a log line containing `needle`; fails if the process exits first.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no log line {needle:?} within {timeout:?}; saw: {seen:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "node exited before {needle:?}; its log: {}",
+                        seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(120)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    /// GET an API path, as JSON.
+    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let mut r = self
+            .agent()
+            .get(&format!("http://{}{path}", self.api))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()?;
+        let status = r.status().as_u16();
+        let body: Value = r.body_mut().read_json()?;
+        Ok((status, body))
+    }
+
+    /// POST JSON to an API path.
+    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let mut r = self
+            .agent()
+            .post(&format!("http://{}{path}", self.api))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body)?;
+        let status = r.status().as_u16();
+        let body: Value = r.body_mut().read_json()?;
+        Ok((status, body))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and wait for the process to go.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Result<i32> {
+        let mut c = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(c.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(c.wait()?.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `spoc-node` expecting it to refuse to start; returns its one-line reason.
+pub fn refused_start(data_dir: &Path, env: &[(&str, &str)]) -> Result<String> {
+    let mut cmd = Command::new(bin("spoc-node")?);
+    cmd.arg("--data-dir").arg(data_dir).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    if out.status.success() {
+        bail!("spoc-node started and exited 0");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("spoc-node: "))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no one-line reason in {stderr:?}"))
+}

@@ -106,3 +106,51 @@ pub fn summary(id: &DocId, doc: &Automerge) -> Value {
         }),
     }
 }
+
+/// A one-line description of what a change did, for the audit trail: its map puts and
+/// makes by key, and its text edits counted.
+pub fn change_summary(change_bytes: &[u8]) -> String {
+    let Ok(change) = automerge::Change::from_bytes(change_bytes.to_vec()) else {
+        return "undecodable change".into();
+    };
+    let expanded = change.decode();
+    let mut parts: Vec<String> = Vec::new();
+    let mut text_ops = 0usize;
+    for op in &expanded.operations {
+        use automerge::legacy::{Key, OpType};
+        let key = match &op.key {
+            Key::Map(k) => k.to_string(),
+            Key::Seq(_) => {
+                text_ops += 1;
+                continue;
+            }
+        };
+        let part = match &op.action {
+            OpType::Make(t) => format!("make {key} ({t})"),
+            OpType::Put(v) => {
+                let mut value = v.to_string();
+                if value.chars().count() > 40 {
+                    value = value.chars().take(39).collect::<String>() + "…";
+                }
+                format!("put {key}={value}")
+            }
+            OpType::Delete => format!("delete {key}"),
+            OpType::Increment(n) => format!("increment {key} by {n}"),
+            OpType::MarkBegin(_) | OpType::MarkEnd(_) => format!("mark {key}"),
+        };
+        parts.push(part);
+    }
+    if text_ops > 0 {
+        parts.push(format!("{text_ops} text edits"));
+    }
+    let total = parts.len();
+    if total > 5 {
+        parts.truncate(5);
+        parts.push(format!("(+{} more)", total - 5));
+    }
+    if parts.is_empty() {
+        "empty change".into()
+    } else {
+        parts.join("; ")
+    }
+}

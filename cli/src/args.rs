@@ -1,0 +1,508 @@
+//! The command line: every command, option and argument of `spoc`, as clap derive types.
+//!
+//! Values that the document rules restrict (stances, statuses, verdicts) take their
+//! possible values from `spoc_node::docs`, so the CLI offers exactly what the node accepts.
+
+use std::path::PathBuf;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
+use spoc_node::docs::rules::{
+    AGENDA_STATUSES, EXPERT_STATUSES, MEETING_STATUSES, OBSTACLE_STATUSES, STANCES,
+};
+
+/// The operator CLI of a spocnet node.
+#[derive(Parser, Debug)]
+#[command(name = "spoc", version, propagate_version = true)]
+pub struct Cli {
+    /// The node's data directory (node.toml, api.token); commands that talk to the node
+    /// need it.
+    #[arg(long, global = true, env = "SPOC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only results: no progress, hints or confirmations.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a national key and print its public key.
+    Keygen(KeygenArgs),
+    /// Write, show or check a charter.
+    #[command(subcommand)]
+    Charter(CharterCmd),
+    /// Lay out the data directories of a local test network.
+    Testnet(TestnetArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
+    /// Show the node's state, logs and peers.
+    Status,
+    /// Meetings: convene, agenda, decisions, attendance, minutes.
+    #[command(subcommand)]
+    Meeting(MeetingCmd),
+    /// Obstacles to cooperation: report, endorse, discuss, resolve.
+    #[command(subcommand)]
+    Obstacle(ObstacleCmd),
+    /// Good practices: share, endorse, discuss.
+    #[command(subcommand)]
+    Practice(PracticeCmd),
+    /// The fact sheet of a SPOC.
+    #[command(subcommand)]
+    Factsheet(FactsheetCmd),
+    /// Training: expert nominations and opportunities.
+    #[command(subcommand)]
+    Training(TrainingCmd),
+    /// Show the audit trail of signed changes.
+    Log(LogArgs),
+    /// Re-check every signature, chain and rule in the node's store.
+    Verify,
+    /// Draft the Presidency's note for a term.
+    Report(ReportArgs),
+    /// Export a document as a standard Automerge file.
+    Export(ExportArgs),
+    /// Show the peers the node is connected to.
+    Peers,
+}
+
+/// `spoc keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// The key file to create (mode 0600); an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Protect the key with the passphrase held in this file.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `spoc charter ...`.
+#[derive(Subcommand, Debug)]
+pub enum CharterCmd {
+    /// Write the template charter: the reference participants and Presidency calendar.
+    New {
+        /// The file to create; stdout if absent.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show a charter's participants, Presidency calendar and hash.
+    Show {
+        /// The charter file; the data directory's charter if absent.
+        file: Option<PathBuf>,
+    },
+    /// Check a charter and print its hash.
+    Verify {
+        /// The charter file.
+        file: PathBuf,
+    },
+}
+
+/// `spoc testnet`.
+#[derive(Args, Debug)]
+pub struct TestnetArgs {
+    /// How many states (1 to 31), today's Presidency first.
+    #[arg(long, value_name = "N")]
+    pub nodes: usize,
+    /// The directory to lay out; it must be empty or absent.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Declares the argument group that names the document a command writes to: a positional
+/// id or the equivalent flag, exactly one of the two.
+macro_rules! target {
+    ($name:ident, $flag:literal, $value:literal, $what:literal) => {
+        #[doc = concat!("The ", $what, " a command writes to.")]
+        #[derive(Args, Debug, Clone)]
+        #[group(required = true, multiple = false)]
+        pub struct $name {
+            #[doc = concat!("The ", $what, " (its document id).")]
+            #[arg(value_name = $value)]
+            pub positional: Option<String>,
+            #[doc = concat!("The ", $what, " (its document id).")]
+            #[arg(long = $flag, value_name = "ID")]
+            pub flag: Option<String>,
+        }
+
+        impl $name {
+            /// The id, from whichever form was given.
+            pub fn id(&self) -> String {
+                self.flag
+                    .clone()
+                    .or_else(|| self.positional.clone())
+                    .unwrap_or_default()
+            }
+        }
+    };
+}
+
+target!(MeetingRef, "meeting", "MEETING", "meeting");
+target!(ObstacleRef, "obstacle", "OBSTACLE", "obstacle");
+target!(PracticeRef, "practice", "PRACTICE", "practice");
+target!(TrainingRef, "item", "ITEM", "training item");
+
+/// `spoc meeting ...`.
+#[derive(Subcommand, Debug)]
+pub enum MeetingCmd {
+    /// Convene a meeting (the Presidency only).
+    Convene {
+        #[arg(long)]
+        title: String,
+        /// The first day, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        venue: String,
+        #[arg(long, value_parser = ["physical", "hybrid", "virtual"])]
+        format: Option<String>,
+        /// The last day, YYYY-MM-DD, for a meeting of several days.
+        #[arg(long)]
+        end_date: Option<String>,
+        /// The meeting's number in the series.
+        #[arg(long)]
+        number: Option<u64>,
+    },
+    /// Propose an agenda item.
+    Propose {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Decide on an agenda item (the Presidency only).
+    Decide {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        /// The agenda item key.
+        #[arg(long, value_name = "KEY")]
+        item: String,
+        #[arg(long, value_parser = PossibleValuesParser::new(AGENDA_STATUSES[1..].iter().copied()))]
+        decision: String,
+        /// Why; required to reject.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Record the own state's attendance: present unless --absent.
+    Attend {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        #[arg(long)]
+        absent: bool,
+        /// How many delegates attend.
+        #[arg(long, value_name = "N")]
+        delegates: Option<u32>,
+    },
+    /// Write the minutes of the meeting, or of one agenda item.
+    Minutes {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        #[arg(long)]
+        text: String,
+        /// The agenda item key.
+        #[arg(long, value_name = "KEY")]
+        item: Option<String>,
+    },
+    /// Move the meeting to its next status.
+    Status {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        #[arg(long, value_parser = MEETING_STATUSES)]
+        status: String,
+    },
+    /// Comment on the meeting, or on one agenda item.
+    Comment {
+        #[command(flatten)]
+        meeting: MeetingRef,
+        #[arg(long)]
+        text: String,
+        /// The agenda item key.
+        #[arg(long, value_name = "KEY")]
+        item: Option<String>,
+    },
+    /// List the meetings.
+    List,
+    /// Show one meeting.
+    Show {
+        /// The meeting's document id.
+        id: String,
+    },
+}
+
+/// `spoc obstacle ...`.
+#[derive(Subcommand, Debug)]
+pub enum ObstacleCmd {
+    /// Report an obstacle.
+    Report {
+        #[arg(long)]
+        title: String,
+        #[arg(long = "type", value_name = "TYPE", value_parser = ["legal", "pragmatic"])]
+        kind: String,
+        #[arg(long)]
+        description: String,
+        #[arg(long)]
+        subtype: Option<String>,
+        /// The legal instrument concerned.
+        #[arg(long)]
+        instrument: Option<String>,
+        #[arg(long)]
+        article: Option<String>,
+        /// The cooperation channel concerned.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The states concerned, by code: FI,SE.
+        #[arg(long, value_name = "CODES", value_delimiter = ',')]
+        states_concerned: Vec<String>,
+        /// The impact, from 1 to 4.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+        impact: Option<u8>,
+        /// A proposed solution.
+        #[arg(long)]
+        solution: Option<String>,
+    },
+    /// Edit an obstacle the own state reported.
+    Edit {
+        #[command(flatten)]
+        obstacle: ObstacleRef,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        solution: Option<String>,
+    },
+    /// Support, object to or abstain on an obstacle.
+    Endorse {
+        #[command(flatten)]
+        obstacle: ObstacleRef,
+        #[arg(long, value_parser = STANCES)]
+        stance: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Comment on an obstacle.
+    Comment {
+        #[command(flatten)]
+        obstacle: ObstacleRef,
+        #[arg(long)]
+        text: String,
+    },
+    /// Move an obstacle to another status.
+    Status {
+        #[command(flatten)]
+        obstacle: ObstacleRef,
+        #[arg(long, value_parser = OBSTACLE_STATUSES)]
+        status: String,
+        /// The decision behind it, meetings/STATE/ID#ITEM; required to resolve or close.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// List the obstacles.
+    List,
+    /// Show one obstacle.
+    Show {
+        /// The obstacle's document id.
+        id: String,
+    },
+}
+
+/// `spoc practice ...`.
+#[derive(Subcommand, Debug)]
+pub enum PracticeCmd {
+    /// Share a good practice.
+    Share {
+        #[arg(long)]
+        title: String,
+        /// The problem it solves.
+        #[arg(long)]
+        problem: String,
+        /// The practice itself.
+        #[arg(long)]
+        practice: String,
+        #[arg(long)]
+        prerequisites: Option<String>,
+        #[arg(long)]
+        results: Option<String>,
+        #[arg(long)]
+        transferability: Option<String>,
+        /// A functional mailbox, never a person's address.
+        #[arg(long, value_name = "MAILBOX")]
+        contact: Option<String>,
+        #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Obstacles it answers, by document id: ID,ID.
+        #[arg(long, value_name = "IDS", value_delimiter = ',')]
+        related_obstacles: Vec<String>,
+    },
+    /// Support, object to or abstain on a practice.
+    Endorse {
+        #[command(flatten)]
+        practice: PracticeRef,
+        #[arg(long, value_parser = STANCES)]
+        stance: String,
+    },
+    /// Comment on a practice.
+    Comment {
+        #[command(flatten)]
+        practice: PracticeRef,
+        #[arg(long)]
+        text: String,
+    },
+    /// List the practices.
+    List,
+    /// Show one practice.
+    Show {
+        /// The practice's document id.
+        id: String,
+    },
+}
+
+/// `spoc factsheet ...`.
+#[derive(Subcommand, Debug)]
+pub enum FactsheetCmd {
+    /// Set fields of the own state's fact sheet.
+    Set(FactsheetSetArgs),
+    /// Show a state's fact sheet.
+    Show {
+        /// The state code; the node's own state if absent.
+        state: Option<String>,
+    },
+}
+
+/// `spoc factsheet set`: fields by `--field KEY=VALUE` or by their own flags.
+#[derive(Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("fields")
+        .required(true)
+        .multiple(true)
+        .args(["field", "composition", "availability_24_7", "languages",
+               "judicial_authorisation", "contacts", "notes"])
+))]
+pub struct FactsheetSetArgs {
+    /// A field to set, KEY=VALUE; repeat for more.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_field)]
+    pub field: Vec<(String, String)>,
+    #[arg(long)]
+    pub composition: Option<String>,
+    #[arg(long = "availability-24-7", value_name = "AVAILABILITY")]
+    pub availability_24_7: Option<String>,
+    #[arg(long)]
+    pub languages: Option<String>,
+    #[arg(long)]
+    pub judicial_authorisation: Option<String>,
+    /// Functional contacts, never a person's details.
+    #[arg(long)]
+    pub contacts: Option<String>,
+    #[arg(long)]
+    pub notes: Option<String>,
+}
+
+/// Parses `KEY=VALUE`, with a key the fact sheet holds.
+pub fn parse_field(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let key = key.trim();
+    if !spoc_node::docs::command::FACTSHEET_FIELDS.contains(&key) {
+        return Err(format!(
+            "unknown field {key:?} (one of {})",
+            spoc_node::docs::command::FACTSHEET_FIELDS.join(", ")
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `spoc training ...`.
+#[derive(Subcommand, Debug)]
+pub enum TrainingCmd {
+    /// Nominate an expert, by role (no personal data).
+    Nominate {
+        /// The expert's role.
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        expertise: String,
+        #[arg(long, value_name = "CODES", value_delimiter = ',')]
+        languages: Vec<String>,
+    },
+    /// Announce a training opportunity.
+    Opportunity {
+        #[arg(long)]
+        title: String,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        description: String,
+    },
+    /// Assess a nominated expert (the training core group only).
+    Assess {
+        #[command(flatten)]
+        item: TrainingRef,
+        #[arg(long, value_parser = PossibleValuesParser::new(EXPERT_STATUSES[1..].iter().copied()))]
+        verdict: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List the training items.
+    List,
+    /// Show one training item.
+    Show {
+        /// The training item's document id.
+        id: String,
+    },
+}
+
+/// `spoc log`.
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Only the changes of this state.
+    #[arg(long, value_name = "CODE")]
+    pub author: Option<String>,
+    /// Only the changes of this document.
+    #[arg(long, value_name = "ID")]
+    pub doc: Option<String>,
+    /// At most this many changes.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+/// `spoc report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The half-year, YYYY-H1 or YYYY-H2.
+    #[arg(long, value_parser = parse_term)]
+    pub term: String,
+    /// Write the markdown to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Checks a half-year label.
+pub fn parse_term(text: &str) -> Result<String, String> {
+    match spoc_node::charter::parse_half_year(text) {
+        Some(_) => Ok(text.to_owned()),
+        None => Err(format!("{text:?} is not a half-year (YYYY-H1 or YYYY-H2)")),
+    }
+}
+
+/// `spoc export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The document id.
+    #[arg(long, value_name = "ID")]
+    pub doc: String,
+    /// The file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}

@@ -1,0 +1,235 @@
+//! The local HTTP+JSON API, the only place that knows HTTP. See `docs/api.md`.
+//!
+//! Every route needs the bearer token. Bodies are read as bytes under a 1 MiB limit and
+//! parsed here, so that every refusal, malformed JSON included, is one JSON line.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::docs::command::Command;
+use crate::docs::{Collection, DocId};
+use crate::service::{Failure, Handle};
+
+/// The largest request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Requests served, by route, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    fn count(&self, route: &str) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry(route.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP spoc_api_requests_total API requests, by route.\n# TYPE spoc_api_requests_total counter\n",
+        );
+        if let Ok(m) = self.requests.lock() {
+            for (route, n) in m.iter() {
+                out.push_str(&format!(
+                    "spoc_api_requests_total{{route=\"{route}\"}} {n}\n"
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    node: Handle,
+    token: Arc<str>,
+    counters: Arc<Counters>,
+}
+
+/// An API error: a status and one line.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            Failure::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            Failure::Refused(m) => ApiError(StatusCode::CONFLICT, m),
+            Failure::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+        }
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(
+    State(app): State<App>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if same(t.as_bytes(), app.token.as_bytes()) => {
+            app.counters.count(request.uri().path());
+            next.run(request).await
+        }
+        _ => {
+            app.counters.count("unauthorised");
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The API's routes over a node handle.
+pub fn router(node: Handle, token: String, counters: Arc<Counters>) -> Router {
+    let app = App {
+        node,
+        token: token.into(),
+        counters,
+    };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/commands", post(command))
+        .route("/v1/docs", get(list))
+        .route("/v1/doc", get(doc))
+        .route("/v1/log", get(log))
+        .route("/v1/verify", post(verify))
+        .route("/v1/report", get(report))
+        .route("/v1/export", get(export))
+        .route("/v1/peers", get(peers))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn status(State(app): State<App>) -> Answer {
+    Ok(Json(app.node.status().await?).into_response())
+}
+
+async fn command(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Answer {
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let command: Command =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad command: {e}")))?;
+    let ack = app.node.write(command).await?;
+    Ok(Json(ack).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    collection: String,
+}
+
+async fn list(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let collection: Collection = q
+        .collection
+        .parse()
+        .map_err(|e: crate::docs::DocIdError| bad(e.to_string()))?;
+    Ok(Json(app.node.list(collection).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct IdQuery {
+    id: String,
+}
+
+fn doc_id(q: Result<Query<IdQuery>, QueryRejection>) -> Result<DocId, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    q.id.parse()
+        .map_err(|e: crate::docs::DocIdError| bad(e.to_string()))
+}
+
+async fn doc(State(app): State<App>, q: Result<Query<IdQuery>, QueryRejection>) -> Answer {
+    Ok(Json(app.node.doc(doc_id(q)?).await?).into_response())
+}
+
+async fn export(State(app): State<App>, q: Result<Query<IdQuery>, QueryRejection>) -> Answer {
+    let bytes = app.node.export(doc_id(q)?).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    author: Option<String>,
+    doc: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn log(State(app): State<App>, q: Result<Query<LogQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    Ok(Json(app.node.log(q.author, q.doc, q.limit).await?).into_response())
+}
+
+async fn verify(State(app): State<App>) -> Answer {
+    Ok(Json(app.node.verify().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct TermQuery {
+    term: String,
+}
+
+async fn report(State(app): State<App>, q: Result<Query<TermQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    Ok(Json(app.node.report(q.term).await?).into_response())
+}
+
+async fn peers(State(app): State<App>) -> Answer {
+    let status = app.node.status().await?;
+    Ok(Json(
+        status
+            .get("peers")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new())),
+    )
+    .into_response())
+}
+
+async fn metrics(State(app): State<App>) -> Answer {
+    let mut text = app.node.metrics().await?;
+    text.push_str(&app.counters.render());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

@@ -1,0 +1,587 @@
+//! The node actor: the one owner of the replica and the store.
+//!
+//! It runs on its own thread, so that a durable commit (an fsync) never blocks the async
+//! runtime, and takes requests one at a time from a bounded channel. Callers hold a
+//! cloneable `Handle`; each request carries a oneshot for its answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::charter::Charter;
+use crate::docs::command::{Command, Refused};
+use crate::docs::{Collection, DocId, view};
+use crate::identity::SecretKey;
+use crate::log::{EquivocationProof, LogId, SignedEntry};
+use crate::replica::{Limits, Replica, Report};
+use crate::store::Store;
+
+use super::{Clock, report};
+
+/// Why a request failed, as the API reports it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Failure {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Refused> for Failure {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Invalid(m) => Failure::BadRequest(m),
+            Refused::NotFound { .. } => Failure::NotFound(r.to_string()),
+            Refused::Rule(m) => Failure::Refused(m),
+        }
+    }
+}
+
+/// The answer to a write, once it is signed and durable.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WriteAck {
+    pub id: String,
+    pub entry: String,
+    pub seq: u64,
+}
+
+/// What the network glue learns from an ingest.
+#[derive(Debug, Default, Clone)]
+pub struct IngestSummary {
+    pub accepted: Vec<SignedEntry>,
+    pub rejected: usize,
+    pub new_proofs: Vec<EquivocationProof>,
+    /// Logs with entries waiting for a predecessor that has not arrived.
+    pub gaps: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Failure>>;
+
+/// The requests the actor serves.
+pub(crate) enum Request {
+    Write(Command, Reply<WriteAck>),
+    Status(Reply<Value>),
+    List(Collection, Reply<Vec<Value>>),
+    Doc(DocId, Reply<Value>),
+    Export(DocId, Reply<Vec<u8>>),
+    Log {
+        author: Option<String>,
+        doc: Option<String>,
+        limit: Option<usize>,
+        reply: Reply<Vec<Value>>,
+    },
+    Verify(Reply<Value>),
+    Report(String, Reply<Value>),
+    Metrics(Reply<String>),
+    Ingest {
+        entries: Vec<SignedEntry>,
+        proofs: Vec<EquivocationProof>,
+        reply: Reply<IngestSummary>,
+    },
+    Heights(Reply<Vec<(LogId, u64)>>),
+    EntriesAfter {
+        heights: HashMap<LogId, u64>,
+        max: usize,
+        reply: Reply<(Vec<Vec<u8>>, bool)>,
+    },
+    Proofs(Reply<Vec<EquivocationProof>>),
+}
+
+/// A cloneable handle on the node actor.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+macro_rules! ask {
+    ($self:ident, $variant:ident $(, $arg:expr)*) => {{
+        let (reply, rx) = oneshot::channel();
+        $self
+            .tx
+            .send(Request::$variant($($arg,)* reply))
+            .await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+    }};
+}
+
+impl Handle {
+    pub async fn write(&self, command: Command) -> Result<WriteAck, Failure> {
+        ask!(self, Write, command)
+    }
+    pub async fn status(&self) -> Result<Value, Failure> {
+        ask!(self, Status)
+    }
+    pub async fn list(&self, collection: Collection) -> Result<Vec<Value>, Failure> {
+        ask!(self, List, collection)
+    }
+    pub async fn doc(&self, id: DocId) -> Result<Value, Failure> {
+        ask!(self, Doc, id)
+    }
+    pub async fn export(&self, id: DocId) -> Result<Vec<u8>, Failure> {
+        ask!(self, Export, id)
+    }
+    pub async fn verify(&self) -> Result<Value, Failure> {
+        ask!(self, Verify)
+    }
+    pub async fn report(&self, term: String) -> Result<Value, Failure> {
+        ask!(self, Report, term)
+    }
+    pub async fn metrics(&self) -> Result<String, Failure> {
+        ask!(self, Metrics)
+    }
+    pub async fn heights(&self) -> Result<Vec<(LogId, u64)>, Failure> {
+        ask!(self, Heights)
+    }
+    pub async fn proofs(&self) -> Result<Vec<EquivocationProof>, Failure> {
+        ask!(self, Proofs)
+    }
+    pub async fn log(
+        &self,
+        author: Option<String>,
+        doc: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Value>, Failure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Log {
+                author,
+                doc,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+    }
+    pub async fn ingest(
+        &self,
+        entries: Vec<SignedEntry>,
+        proofs: Vec<EquivocationProof>,
+    ) -> Result<IngestSummary, Failure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Ingest {
+                entries,
+                proofs,
+                reply,
+            })
+            .await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+    }
+    pub async fn entries_after(
+        &self,
+        heights: HashMap<LogId, u64>,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::EntriesAfter {
+                heights,
+                max,
+                reply,
+            })
+            .await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+    }
+}
+
+/// Extra facts for the status, set by the service.
+pub(crate) type StatusExtra = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// The state the actor owns.
+pub(crate) struct Actor {
+    pub charter: Arc<Charter>,
+    pub replica: Replica,
+    pub store: Store,
+    pub key: SecretKey,
+    pub code: String,
+    pub incarnation: u32,
+    pub clock: Arc<dyn Clock>,
+    pub status_extra: StatusExtra,
+    pub accepted_local: u64,
+    pub fatal: tokio_util::sync::CancellationToken,
+}
+
+/// Starts the actor thread; it stops when every handle is dropped, and the returned join
+/// handle gives back any fatal error (a failed durable commit).
+pub(crate) fn spawn(
+    actor: Actor,
+    capacity: usize,
+) -> (Handle, std::thread::JoinHandle<Result<(), Failure>>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let join = std::thread::Builder::new()
+        .name("spoc-node-actor".into())
+        .spawn(move || actor.run(rx));
+    match join {
+        Ok(join) => (Handle { tx }, join),
+        // Without a thread there is no node; the handle's requests then fail.
+        Err(e) => {
+            let message = format!("cannot start the node thread: {e}");
+            let join = std::thread::spawn(move || Err(Failure::Internal(message)));
+            (Handle { tx }, join)
+        }
+    }
+}
+
+fn code_of(charter: &Charter, log: &LogId) -> String {
+    charter
+        .participant_by_key(&log.author)
+        .map_or_else(|| log.author.short(), |p| p.code.clone())
+}
+
+impl Actor {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), Failure> {
+        let _span = tracing::info_span!("node", state = %self.code, incarnation = self.incarnation)
+            .entered();
+        while let Some(request) = rx.blocking_recv() {
+            if let Err(f) = self.serve(request) {
+                self.fatal.cancel();
+                return Err(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits an ingest durably; a failed commit is fatal, since memory and disk would
+    /// then disagree.
+    fn commit(&mut self, report: &Report) -> Result<(), Failure> {
+        self.store.commit(&self.replica, report).map_err(|e| {
+            tracing::error!(error = %e, "durable commit failed; stopping");
+            Failure::Internal(format!("durable commit failed: {e}"))
+        })
+    }
+
+    fn serve(&mut self, request: Request) -> Result<(), Failure> {
+        match request {
+            Request::Write(command, reply) => {
+                let result = self.write(&command);
+                let fatal = matches!(result, Err(Failure::Internal(_)));
+                let _ = reply.send(result.clone());
+                if fatal {
+                    return result.map(|_| ());
+                }
+            }
+            Request::Ingest {
+                entries,
+                proofs,
+                reply,
+            } => {
+                let result = self.ingest(entries, proofs);
+                let fatal = result.as_ref().err().cloned();
+                let _ = reply.send(result);
+                if let Some(f) = fatal {
+                    return Err(f);
+                }
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Request::List(collection, reply) => {
+                let items = self
+                    .replica
+                    .docs()
+                    .filter(|(id, _)| id.collection() == collection)
+                    .map(|(id, doc)| view::summary(id, doc))
+                    .collect();
+                let _ = reply.send(Ok(items));
+            }
+            Request::Doc(id, reply) => {
+                let result = self
+                    .replica
+                    .doc(&id)
+                    .map(|doc| view::document(&id, doc))
+                    .ok_or_else(|| Failure::NotFound(format!("no document {id}")));
+                let _ = reply.send(result);
+            }
+            Request::Export(id, reply) => {
+                let result = self
+                    .replica
+                    .doc(&id)
+                    .map(|doc| doc.save())
+                    .ok_or_else(|| Failure::NotFound(format!("no document {id}")));
+                let _ = reply.send(result);
+            }
+            Request::Log {
+                author,
+                doc,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.audit(author, doc, limit)));
+            }
+            Request::Verify(reply) => {
+                let _ = reply.send(Ok(self.verify()));
+            }
+            Request::Report(term, reply) => {
+                let _ = reply.send(report::draft(&self.replica, &term));
+            }
+            Request::Metrics(reply) => {
+                let _ = reply.send(Ok(self.metrics()));
+            }
+            Request::Heights(reply) => {
+                let _ = reply.send(Ok(self.replica.heights().into_iter().collect()));
+            }
+            Request::EntriesAfter {
+                heights,
+                max,
+                reply,
+            } => {
+                let (entries, more) = self.replica.entries_after(&heights, max);
+                let bytes = entries.into_iter().map(|e| e.bytes().to_vec()).collect();
+                let _ = reply.send(Ok((bytes, more)));
+            }
+            Request::Proofs(reply) => {
+                let _ = reply.send(Ok(self.replica.proofs().cloned().collect()));
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, command: &Command) -> Result<WriteAck, Failure> {
+        let now = self.clock.now_ms();
+        let (entry, id) =
+            self.replica
+                .prepare(&self.key, self.incarnation, command, now, ulid::Ulid::new())?;
+        let hash = entry.hash();
+        let seq = entry.entry.seq;
+        let report = self
+            .replica
+            .ingest(vec![entry])
+            .map_err(|e| Failure::Internal(e.to_string()))?;
+        if let Some((_, invalid)) = report.rejected.first() {
+            // The rules passed before signing, so this is a bug; nothing was stored.
+            return Err(Failure::Refused(invalid.to_string()));
+        }
+        self.commit(&report)?;
+        self.accepted_local += 1;
+        tracing::info!(doc = %id, seq, entry = %hash, "write committed");
+        Ok(WriteAck {
+            id,
+            entry: hash.to_string(),
+            seq,
+        })
+    }
+
+    fn ingest(
+        &mut self,
+        entries: Vec<SignedEntry>,
+        proofs: Vec<EquivocationProof>,
+    ) -> Result<IngestSummary, Failure> {
+        let mut summary = IngestSummary::default();
+        if !proofs.is_empty() {
+            let report = self
+                .replica
+                .add_proofs(proofs)
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            self.commit(&report)?;
+            summary.new_proofs.extend(report.new_proofs);
+        }
+        if !entries.is_empty() {
+            let report = self
+                .replica
+                .ingest(entries)
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            self.commit(&report)?;
+            for (hash, invalid) in &report.rejected {
+                tracing::warn!(entry = %hash, reason = %invalid, "entry refused");
+            }
+            for p in &report.new_proofs {
+                tracing::warn!(
+                    author = %code_of(&self.charter, &p.log()),
+                    seq = p.seq(),
+                    "equivocation: two entries for one log and seq"
+                );
+            }
+            summary.rejected = report
+                .rejected
+                .iter()
+                .filter(|(_, i)| !matches!(i, crate::log::Invalid::Equivocated { .. }))
+                .count();
+            summary.accepted = report.accepted;
+            summary.new_proofs.extend(report.new_proofs);
+        }
+        summary.gaps = self.replica.pending_count() > 0;
+        Ok(summary)
+    }
+
+    fn status(&self) -> Value {
+        let today = crate::docs::rules::date_of_ms(self.clock.now_ms());
+        let presidency = today
+            .and_then(|d| self.charter.presidency_at(d))
+            .map(|t| t.state.clone());
+        let heights: BTreeMap<String, u64> = self
+            .replica
+            .heights()
+            .into_iter()
+            .map(|(log, seq)| {
+                (
+                    format!("{}/{}", code_of(&self.charter, &log), log.incarnation),
+                    seq,
+                )
+            })
+            .collect();
+        let equivocations: Vec<Value> = self
+            .replica
+            .proofs()
+            .map(|p| {
+                json!({
+                    "state": code_of(&self.charter, &p.log()),
+                    "incarnation": p.log().incarnation,
+                    "seq": p.seq(),
+                })
+            })
+            .collect();
+        let mut status = json!({
+            "state": self.code,
+            "network": self.charter.network,
+            "charter_hash": self.charter.hash_hex(),
+            "presidency": presidency,
+            "incarnation": self.incarnation,
+            "heights": heights,
+            "entries": self.replica.entry_count(),
+            "pending": self.replica.pending_count(),
+            "equivocations": equivocations,
+            "rejected": self.replica.rejected_counts(),
+            "documents": self.replica.docs().count(),
+            "store_bytes": self.store.size_bytes(),
+        });
+        if let (Value::Object(s), Value::Object(extra)) = (&mut status, (self.status_extra)()) {
+            s.extend(extra);
+        }
+        status
+    }
+
+    fn audit(
+        &self,
+        author: Option<String>,
+        doc: Option<String>,
+        limit: Option<usize>,
+    ) -> Vec<Value> {
+        let mut rows: Vec<&SignedEntry> = Vec::new();
+        for (log, _) in self.replica.heights() {
+            let code = code_of(&self.charter, &log);
+            if author.as_ref().is_some_and(|a| *a != code) {
+                continue;
+            }
+            rows.extend(
+                self.replica
+                    .log_entries(&log)
+                    .iter()
+                    .filter(|e| doc.as_ref().is_none_or(|d| e.entry.doc.as_str() == d)),
+            );
+        }
+        rows.sort_by_key(|e| {
+            (
+                e.entry.timestamp_ms,
+                e.entry.author,
+                e.entry.incarnation,
+                e.entry.seq,
+            )
+        });
+        let skip = limit.map_or(0, |l| rows.len().saturating_sub(l));
+        rows.into_iter()
+            .skip(skip)
+            .map(|e| {
+                let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(e.entry.timestamp_ms) * 1_000_000,
+                )
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+                json!({
+                    "hash": e.hash().to_string(),
+                    "author": code_of(&self.charter, &e.entry.log()),
+                    "incarnation": e.entry.incarnation,
+                    "seq": e.entry.seq,
+                    "doc": e.entry.doc.as_str(),
+                    "timestamp": timestamp,
+                    "summary": view::change_summary(&e.entry.change),
+                })
+            })
+            .collect()
+    }
+
+    /// Re-checks everything from the store: signatures, chains, snapshots, and every
+    /// rule, by replaying all entries into a fresh replica.
+    fn verify(&self) -> Value {
+        match self.store.verify(self.charter.clone(), &mut |_, _, _| {}) {
+            Ok((entries, documents)) => {
+                json!({"ok": true, "entries": entries, "documents": documents})
+            }
+            Err(e) => {
+                json!({"ok": false, "entries": self.replica.entry_count(), "error": e.to_string()})
+            }
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        };
+        gauge(
+            "spoc_entries",
+            "Accepted entries.",
+            self.replica.entry_count().to_string(),
+        );
+        gauge(
+            "spoc_documents",
+            "Documents held.",
+            self.replica.docs().count().to_string(),
+        );
+        gauge(
+            "spoc_pending",
+            "Entries waiting for their causal past.",
+            self.replica.pending_count().to_string(),
+        );
+        gauge(
+            "spoc_equivocations",
+            "Logs cut by an equivocation proof.",
+            self.replica.proofs().count().to_string(),
+        );
+        gauge(
+            "spoc_store_bytes",
+            "Size of the store file.",
+            self.store.size_bytes().to_string(),
+        );
+        gauge(
+            "spoc_local_writes",
+            "Writes made through this node since it started.",
+            self.accepted_local.to_string(),
+        );
+        out.push_str("# HELP spoc_rejected_total Entries refused, by reason.\n# TYPE spoc_rejected_total counter\n");
+        for (reason, n) in self.replica.rejected_counts() {
+            out.push_str(&format!("spoc_rejected_total{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
+/// Opens the replica from the store, for the service start.
+pub(crate) fn load(store: &Store, charter: Arc<Charter>) -> Result<Replica, crate::store::Error> {
+    store.load(charter, Limits::default(), &mut |_, _, _| {})
+}

@@ -1,0 +1,301 @@
+//! The service: wires settings, keys, charter, store, replica and API together, and owns
+//! every task and thread it starts until shutdown.
+//!
+//! `Node::open` does every check that can refuse a start (settings, key, charter, the
+//! store's verification, a data directory in use), so a node that starts is sound. `run`
+//! takes its API listener and its shutdown signal from the caller, so tests can bind
+//! `127.0.0.1:0` and stop it at will.
+
+pub mod actor;
+pub mod report;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use crate::charter::Charter;
+use crate::config::Settings;
+use crate::identity::SecretKey;
+use crate::store::Store;
+
+pub use actor::{Failure, Handle, WriteAck};
+
+/// The node's idea of the time; tests pass a fixed one.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// Why the node does not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error("national key: {0}")]
+    Key(crate::identity::Error),
+    #[error("node key: {0}")]
+    NodeKey(crate::identity::Error),
+    #[error("cannot read charter {path}: {reason}")]
+    CharterRead { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Charter {
+        path: String,
+        #[source]
+        source: crate::charter::Error,
+    },
+    #[error("the national key {0} is not any participant's key in the charter")]
+    NotParticipant(String),
+    #[error("the national key is not the charter's key for {state} (it is {owner}'s)")]
+    WrongKey { state: String, owner: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("api token {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("api: {0}")]
+    Api(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("node stopped: {0}")]
+    Stopped(String),
+}
+
+/// A node that passed every start-up check, ready to `run`.
+pub struct Node {
+    pub settings: Settings,
+    pub charter: Arc<Charter>,
+    pub code: String,
+    pub incarnation: u32,
+    pub(crate) token: String,
+    pub(crate) handle: Handle,
+    actor: std::thread::JoinHandle<Result<(), Failure>>,
+    pub(crate) node_key: SecretKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Cancelled by the actor when it stops on a fatal error.
+    pub(crate) fatal: CancellationToken,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("state", &self.code)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+fn read_passphrase(
+    settings: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, Error> {
+    if let Some(p) = env("SPOC_KEY_PASSPHRASE") {
+        return Ok(Some(p));
+    }
+    match &settings.key_passphrase_file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| {
+                Error::Key(crate::identity::Error::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }),
+    }
+}
+
+/// Reads the API token, creating it (0600) on the first start.
+fn api_token(path: &Path) -> Result<String, Error> {
+    let shown = path.display().to_string();
+    let err = |reason: String| Error::Token {
+        path: shown.clone(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(err(format!(
+                    "is readable by others (mode {mode:o}): chmod 600 it"
+                )));
+            }
+            let token = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let token = token.trim().to_owned();
+            if token.len() < 32 {
+                return Err(err("is too short".into()));
+            }
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let token = hex::encode(bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| err(e.to_string()))?;
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(token)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl Node {
+    /// Runs every start-up check and loads the store. The store is verified in full:
+    /// chains, signatures, proofs and snapshots.
+    pub fn open(
+        settings: Settings,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, Error> {
+        let passphrase = read_passphrase(&settings, env)?;
+        let key = SecretKey::load(&settings.key, passphrase.as_deref()).map_err(Error::Key)?;
+        let charter_text =
+            std::fs::read_to_string(&settings.charter).map_err(|e| Error::CharterRead {
+                path: settings.charter.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let charter = Arc::new(
+            Charter::parse(&charter_text).map_err(|source| Error::Charter {
+                path: settings.charter.display().to_string(),
+                source,
+            })?,
+        );
+        let code = charter
+            .participant_by_key(&key.public())
+            .map(|p| p.code.clone())
+            .ok_or_else(|| Error::NotParticipant(key.public().to_string()))?;
+        if let Some(state) = &settings.state {
+            if *state != code {
+                return Err(Error::WrongKey {
+                    state: state.clone(),
+                    owner: code,
+                });
+            }
+        }
+        let node_key = match SecretKey::load(&settings.node_key, None) {
+            Ok(k) => k,
+            Err(crate::identity::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let k = SecretKey::generate(&mut rand::rng());
+                k.save(&settings.node_key, None).map_err(Error::NodeKey)?;
+                k
+            }
+            Err(e) => return Err(Error::NodeKey(e)),
+        };
+        let store = Store::open(&settings.store_path())?;
+        let token = api_token(&settings.token_path())?;
+        let replica = actor::load(&store, charter.clone())?;
+        // Every start is a new incarnation: a log never continues after a restart, so a
+        // node restored from an old backup cannot sign a second entry for a seq it already
+        // used.
+        let incarnation = replica.fresh_incarnation(&key.public(), &mut rand::rng());
+        tracing::info!(
+            state = %code,
+            incarnation,
+            entries = replica.entry_count(),
+            documents = replica.docs().count(),
+            "store verified and loaded"
+        );
+        let fatal = CancellationToken::new();
+        let status_extra: actor::StatusExtra = Arc::new(|| serde_json::json!({}));
+        let (handle, actor) = actor::spawn(
+            actor::Actor {
+                charter: charter.clone(),
+                replica,
+                store,
+                key,
+                code: code.clone(),
+                incarnation,
+                clock: clock.clone(),
+                status_extra,
+                accepted_local: 0,
+                fatal: fatal.clone(),
+            },
+            256,
+        );
+        Ok(Node {
+            settings,
+            charter,
+            code,
+            incarnation,
+            token,
+            handle,
+            actor,
+            node_key,
+            clock,
+            fatal,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+}
+
+/// Serves the node until `shutdown` is cancelled or the node fails, then stops every task
+/// and thread it started and waits for them.
+pub async fn run(
+    node: Node,
+    api_listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|e| Error::Api(e.to_string()))?;
+    tracing::info!(state = %node.code, api = %api_addr, "node running");
+    let metrics = Arc::new(crate::api::Counters::default());
+    let app = crate::api::router(node.handle.clone(), node.token.clone(), metrics);
+    let api_shutdown = shutdown.clone();
+    let fatal = node.fatal.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = api_shutdown.cancelled() => {}
+                    () = fatal.cancelled() => {}
+                }
+            })
+            .await
+    });
+    let served = api.await;
+    drop(node.handle);
+    let actor = node.actor;
+    let stopped = tokio::task::spawn_blocking(move || actor.join())
+        .await
+        .map_err(|e| Error::Stopped(e.to_string()))?;
+    match stopped {
+        Ok(Ok(())) => {}
+        Ok(Err(f)) => return Err(Error::Stopped(f.to_string())),
+        Err(_) => return Err(Error::Stopped("the node thread panicked".into())),
+    }
+    match served {
+        Ok(Ok(())) => {
+            tracing::info!("node stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Error::Api(e.to_string())),
+        Err(e) => Err(Error::Api(e.to_string())),
+    }
+}

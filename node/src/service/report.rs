@@ -1,0 +1,215 @@
+//! The Presidency's draft note to the IXIM working party for one term, in Markdown.
+//!
+//! What happened in a term is read from the signed entries whose timestamps fall in it
+//! (a meeting convened, an obstacle opened, resolved or escalated, a practice shared or
+//! endorsed, an expert nominated or assessed); the current documents give the titles.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::ReadDoc;
+use serde_json::{Value, json};
+
+use crate::charter::parse_half_year;
+use crate::docs::{Collection, DocId, view};
+use crate::replica::Replica;
+
+use super::actor::Failure;
+
+#[derive(Default)]
+struct Tally {
+    convened: BTreeSet<DocId>,
+    opened: BTreeSet<DocId>,
+    resolved: BTreeSet<DocId>,
+    escalated: BTreeSet<DocId>,
+    shared: BTreeSet<DocId>,
+    endorsements: BTreeMap<DocId, BTreeSet<String>>,
+    nominated: BTreeSet<DocId>,
+    assessed: BTreeSet<DocId>,
+    opportunities: BTreeSet<DocId>,
+}
+
+fn title(replica: &Replica, id: &DocId) -> String {
+    replica
+        .doc(id)
+        .and_then(|d| d.get(automerge::ROOT, "title").ok().flatten())
+        .and_then(|(v, _)| v.into_string().ok())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Drafts the note for `term` (`YYYY-H1` or `YYYY-H2`).
+pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
+    let (from, to) = parse_half_year(term)
+        .ok_or_else(|| Failure::BadRequest(format!("term {term:?} is not YYYY-H1 or YYYY-H2")))?;
+    let charter = replica.charter();
+    let presidency = charter.presidency_at(from).map(|t| t.state.clone());
+    let start_ms = u64::try_from(from.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000;
+    let end_ms = to
+        .next_day()
+        .map(|d| u64::try_from(d.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000)
+        .unwrap_or(u64::MAX);
+
+    let mut tally = Tally::default();
+    for log in replica.heights().into_keys() {
+        let code = charter
+            .participant_by_key(&log.author)
+            .map(|p| p.code.clone())
+            .unwrap_or_default();
+        for e in replica.log_entries(&log) {
+            if e.entry.timestamp_ms < start_ms || e.entry.timestamp_ms >= end_ms {
+                continue;
+            }
+            let Ok(change) = automerge::Change::from_bytes(e.entry.change.clone()) else {
+                continue;
+            };
+            let creating = change.deps().is_empty();
+            let id = e.entry.doc.clone();
+            let puts: Vec<(String, String)> = change
+                .decode()
+                .operations
+                .iter()
+                .filter_map(|op| match (&op.key, &op.action) {
+                    (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(v)) => {
+                        Some((k.to_string(), v.as_str().unwrap_or_default().to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let put = |key: &str, value: &str| puts.iter().any(|(k, v)| k == key && v == value);
+            match id.collection() {
+                Collection::Meetings if creating => {
+                    tally.convened.insert(id);
+                }
+                Collection::Obstacles => {
+                    if creating {
+                        tally.opened.insert(id.clone());
+                    }
+                    if put("status", "resolved") || put("status", "closed_no_action") {
+                        tally.resolved.insert(id.clone());
+                    }
+                    if put("status", "escalated") {
+                        tally.escalated.insert(id);
+                    }
+                }
+                Collection::Practices => {
+                    if creating {
+                        tally.shared.insert(id.clone());
+                    }
+                    if puts.iter().any(|(k, v)| k == "stance" && v == "support") {
+                        tally
+                            .endorsements
+                            .entry(id)
+                            .or_default()
+                            .insert(code.clone());
+                    }
+                }
+                Collection::Training => {
+                    if creating && put("kind", "expert") {
+                        tally.nominated.insert(id.clone());
+                    }
+                    if creating && put("kind", "opportunity") {
+                        tally.opportunities.insert(id.clone());
+                    }
+                    if puts.iter().any(|(k, _)| k == "verdict") {
+                        tally.assessed.insert(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // Meetings of the term, by their date, whenever they were convened.
+    let meetings: Vec<Value> = replica
+        .docs()
+        .filter(|(id, _)| id.collection() == Collection::Meetings)
+        .map(|(id, doc)| view::summary(id, doc))
+        .filter(|m| {
+            m["date"]
+                .as_str()
+                .is_some_and(|d| d >= from.to_string().as_str() && d <= to.to_string().as_str())
+        })
+        .collect();
+
+    let name = presidency
+        .as_deref()
+        .and_then(|p| charter.participant(p))
+        .map_or("the", |p| p.name.as_str());
+    let mut md = format!(
+        "# European network of Heads of SPOC: report of the {name} Presidency, {term}\n\n\
+         Draft note from the Presidency to the IXIM working party, covering {from} to {to}.\n\n"
+    );
+    md.push_str("## Meetings\n\n");
+    if meetings.is_empty() {
+        md.push_str("No meeting was held in this term.\n\n");
+    }
+    let mut topics = Vec::new();
+    for m in &meetings {
+        md.push_str(&format!(
+            "- {} ({}, {}, {}): {}; {} participants attended.\n",
+            m["title"].as_str().unwrap_or_default(),
+            m["date"].as_str().unwrap_or_default(),
+            m["venue"].as_str().unwrap_or_default(),
+            m["format"].as_str().unwrap_or_default(),
+            m["status"].as_str().unwrap_or_default(),
+            m["attendance"].as_u64().unwrap_or(0),
+        ));
+        for item in m["agenda"].as_array().into_iter().flatten() {
+            if item["status"] == "accepted" {
+                topics.push(format!(
+                    "- {} (proposed by {})\n",
+                    item["title"].as_str().unwrap_or_default(),
+                    item["proposer"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    md.push_str("\n## Topics\n\n");
+    if topics.is_empty() {
+        md.push_str("No agenda item was accepted in this term.\n");
+    }
+    for t in &topics {
+        md.push_str(t);
+    }
+    let list = |md: &mut String, heading: &str, ids: &BTreeSet<DocId>| {
+        md.push_str(&format!("\n### {heading}: {}\n\n", ids.len()));
+        for id in ids {
+            md.push_str(&format!(
+                "- {} ({}, {})\n",
+                title(replica, id),
+                id.owner(),
+                id
+            ));
+        }
+    };
+    md.push_str("\n## Obstacles to cross-border cooperation\n");
+    list(&mut md, "Opened", &tally.opened);
+    list(&mut md, "Resolved or closed", &tally.resolved);
+    list(&mut md, "Escalated", &tally.escalated);
+    md.push_str("\n## Best practices\n");
+    list(&mut md, "Shared", &tally.shared);
+    md.push_str(&format!("\n### Endorsed: {}\n\n", tally.endorsements.len()));
+    for (id, states) in &tally.endorsements {
+        md.push_str(&format!(
+            "- {} (supported by {})\n",
+            title(replica, id),
+            states.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    md.push_str("\n## Training\n");
+    list(&mut md, "Experts nominated", &tally.nominated);
+    list(&mut md, "Experts assessed", &tally.assessed);
+    list(&mut md, "Training opportunities", &tally.opportunities);
+    Ok(json!({
+        "term": term,
+        "presidency": presidency,
+        "markdown": md,
+        "meetings": meetings.len(),
+        "convened": tally.convened.len(),
+        "obstacles_opened": tally.opened.len(),
+        "obstacles_resolved": tally.resolved.len(),
+        "obstacles_escalated": tally.escalated.len(),
+        "practices_shared": tally.shared.len(),
+        "practices_endorsed": tally.endorsements.len(),
+        "experts_nominated": tally.nominated.len(),
+    }))
+}
