@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod docs;
 pub mod identity;
 pub mod log;
+pub mod network;
 pub mod replica;
 pub mod service;
 pub mod store;

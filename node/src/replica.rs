@@ -585,14 +585,16 @@ impl Replica {
         &self.rejected
     }
 
-    /// The entries a peer with `heights` lacks, in log order, at most `max` of them.
-    /// Returns whether more remain.
+    /// The entries a peer with `heights` lacks, in log order, at most `max` of them and
+    /// about `max_bytes` (always at least one). Returns whether more remain.
     pub fn entries_after(
         &self,
         heights: &HashMap<LogId, u64>,
         max: usize,
+        max_bytes: usize,
     ) -> (Vec<&SignedEntry>, bool) {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut logs: Vec<&LogId> = self.logs.keys().collect();
         logs.sort();
         for log in logs {
@@ -602,9 +604,10 @@ impl Replica {
                 .unwrap_or(usize::MAX)
                 .min(entries.len());
             for e in &entries[from..] {
-                if out.len() == max {
+                if out.len() == max || (!out.is_empty() && bytes + e.bytes().len() > max_bytes) {
                     return (out, true);
                 }
+                bytes += e.bytes().len();
                 out.push(e);
             }
         }

@@ -377,3 +377,15 @@ pub fn spawn(
         task,
     ))
 }
+
+/// The node key as a libp2p keypair, from its 32-byte ed25519 seed.
+pub fn keypair_from_seed(seed: &[u8; 32]) -> Result<Keypair, Error> {
+    let mut bytes = *seed;
+    Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Parses a multiaddr from the charter or the settings.
+pub fn parse_addr(text: &str) -> Result<Multiaddr, Error> {
+    text.parse()
+        .map_err(|e| Error::Config(format!("bad address {text:?}: {e}")))
+}

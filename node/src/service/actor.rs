@@ -219,6 +219,9 @@ pub(crate) struct Actor {
     pub status_extra: StatusExtra,
     pub accepted_local: u64,
     pub fatal: tokio_util::sync::CancellationToken,
+    /// Local writes to publish on the gossip topic; a full queue drops them, and pull sync
+    /// delivers them instead.
+    pub publish: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 /// Starts the actor thread; it stops when every handle is dropped, and the returned join
@@ -345,7 +348,9 @@ impl Actor {
                 max,
                 reply,
             } => {
-                let (entries, more) = self.replica.entries_after(&heights, max);
+                let (entries, more) =
+                    self.replica
+                        .entries_after(&heights, max, super::sync::BATCH_BYTES);
                 let bytes = entries.into_iter().map(|e| e.bytes().to_vec()).collect();
                 let _ = reply.send(Ok((bytes, more)));
             }
@@ -373,6 +378,11 @@ impl Actor {
         }
         self.commit(&report)?;
         self.accepted_local += 1;
+        if let (Some(publish), Some(entry)) = (&self.publish, report.accepted.first()) {
+            if publish.try_send(entry.bytes().to_vec()).is_err() {
+                tracing::debug!("publish queue full; pull sync will deliver the entry");
+            }
+        }
         tracing::info!(doc = %id, seq, entry = %hash, "write committed");
         Ok(WriteAck {
             id,

@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod report;
+pub mod sync;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -84,10 +85,38 @@ pub struct Node {
     pub(crate) token: String,
     pub(crate) handle: Handle,
     actor: std::thread::JoinHandle<Result<(), Failure>>,
-    pub(crate) node_key: SecretKey,
     pub(crate) clock: Arc<dyn Clock>,
     /// Cancelled by the actor when it stops on a fatal error.
     pub(crate) fatal: CancellationToken,
+    pub(crate) network: crate::network::Config,
+    pub(crate) published: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub(crate) peers: sync::PeerTable,
+}
+
+/// How long a node certificate issued at start is valid.
+const CERTIFICATE_VALIDITY_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Admits peers whose node certificate is signed by a participant of our charter.
+struct Admission {
+    charter: Arc<Charter>,
+    clock: Arc<dyn Clock>,
+}
+
+impl crate::network::Admit for Admission {
+    fn admit(
+        &self,
+        peer: &crate::network::PeerId,
+        certificate: &[u8],
+        _charter_hash: &[u8; 32],
+    ) -> Result<String, String> {
+        let cert =
+            crate::identity::NodeCertificate::decode(certificate).map_err(|e| e.to_string())?;
+        cert.verify(&self.charter.network, &peer.to_bytes(), self.clock.now_ms())?;
+        self.charter
+            .participant_by_key(&cert.issuer)
+            .map(|p| p.code.clone())
+            .ok_or_else(|| "certificate issuer is not a participant of the charter".to_owned())
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -219,7 +248,44 @@ impl Node {
             "store verified and loaded"
         );
         let fatal = CancellationToken::new();
-        let status_extra: actor::StatusExtra = Arc::new(|| serde_json::json!({}));
+        let keypair = crate::network::keypair_from_seed(&node_key.seed_bytes())
+            .map_err(|e| Error::Network(e.to_string()))?;
+        let peer_id = keypair.public().to_peer_id();
+        let certificate = crate::identity::NodeCertificate::issue(
+            &key,
+            &charter.network,
+            &peer_id.to_bytes(),
+            clock.now_ms() + CERTIFICATE_VALIDITY_MS,
+        );
+        let mut network = crate::network::Config::new(
+            keypair,
+            charter.network.clone(),
+            certificate.encode(),
+            charter.hash(),
+            Arc::new(Admission {
+                charter: charter.clone(),
+                clock: clock.clone(),
+            }),
+        );
+        network.listen = settings
+            .listen
+            .iter()
+            .map(|a| crate::network::parse_addr(a))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        network.dial = charter
+            .participants
+            .iter()
+            .filter(|p| p.code != code)
+            .flat_map(|p| p.addresses.iter())
+            .filter_map(|a| crate::network::parse_addr(a).ok())
+            .collect();
+        network.mdns = settings.mdns;
+        network.seed = u64::from(incarnation);
+        let (publish, published) = tokio::sync::mpsc::channel(1024);
+        let peers = sync::PeerTable::default();
+        let table = peers.clone();
+        let status_extra: actor::StatusExtra = Arc::new(move || sync::status_of(&table, &peer_id));
         let (handle, actor) = actor::spawn(
             actor::Actor {
                 charter: charter.clone(),
@@ -232,6 +298,7 @@ impl Node {
                 status_extra,
                 accepted_local: 0,
                 fatal: fatal.clone(),
+                publish: Some(publish),
             },
             256,
         );
@@ -243,9 +310,11 @@ impl Node {
             token,
             handle,
             actor,
-            node_key,
             clock,
             fatal,
+            network,
+            published,
+            peers,
         })
     }
 
@@ -264,7 +333,17 @@ pub async fn run(
     let api_addr = api_listener
         .local_addr()
         .map_err(|e| Error::Api(e.to_string()))?;
-    tracing::info!(state = %node.code, api = %api_addr, "node running");
+    let (net, events, net_task) = crate::network::spawn(node.network, shutdown.child_token())
+        .map_err(|e| Error::Network(e.to_string()))?;
+    let replication = tokio::spawn(sync::run(
+        node.handle.clone(),
+        net,
+        events,
+        node.published,
+        node.peers,
+        node.clock.clone(),
+        shutdown.clone(),
+    ));
     let metrics = Arc::new(crate::api::Counters::default());
     let app = crate::api::router(node.handle.clone(), node.token.clone(), metrics);
     let api_shutdown = shutdown.clone();
@@ -279,7 +358,16 @@ pub async fn run(
             })
             .await
     });
+    tracing::info!(
+        state = %node.code,
+        api = %api_addr,
+        "node running"
+    );
     let served = api.await;
+    // The API has stopped, on shutdown or a fatal error: stop replication too.
+    shutdown.cancel();
+    let _ = replication.await;
+    let _ = net_task.await;
     drop(node.handle);
     let actor = node.actor;
     let stopped = tokio::task::spawn_blocking(move || actor.join())

@@ -1,0 +1,432 @@
+//! Replication: the task between the network actor and the node actor.
+//!
+//! Push: each local write is published on the network's gossip topic. Pull: on admission,
+//! when an entry arrives whose past is missing, and every ten seconds, the node asks each
+//! peer for what follows its own log heights, in bounded batches, until it has caught up.
+//! Every entry goes through the node actor's full validation before it is stored or
+//! relayed; a peer that sends an invalid one is cut off. The task owns every sub-task it
+//! starts, in one `JoinSet`, and stops them all on shutdown.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::PublicKey;
+use crate::log::{EquivocationProof, LogId, SignedEntry};
+use crate::network::{self, Acceptance, Event, LogHeight, PeerId, SyncRequest, SyncResponse};
+
+use super::{Clock, Handle};
+
+/// Entries per sync batch.
+pub const BATCH_ENTRIES: usize = 500;
+/// Bytes of entries per sync batch, well under the network's frame limit.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Proofs per sync response.
+const BATCH_PROOFS: usize = 64;
+/// Rounds of one pull before it yields to the next anti-entropy tick.
+const MAX_ROUNDS: usize = 400;
+/// Sync sub-tasks in flight at once; requests beyond it are refused.
+const MAX_TASKS: usize = 64;
+/// Anti-entropy period.
+pub const ANTI_ENTROPY: Duration = Duration::from_secs(10);
+
+/// What the node knows of one admitted peer.
+#[derive(Debug, Clone)]
+pub struct PeerState {
+    pub state: String,
+    pub address: Option<String>,
+    pub connected_since_ms: u64,
+    pub last_sync_ms: Option<u64>,
+    /// How many entries the peer lacked that we hold, at its last request to us.
+    pub entries_behind: u64,
+}
+
+/// The peers and the refusals, shared with the status and metrics.
+#[derive(Debug, Default)]
+pub struct Peers {
+    pub admitted: BTreeMap<PeerId, PeerState>,
+    pub refused: BTreeMap<String, u64>,
+    pub invalid_from_peers: u64,
+}
+
+pub type PeerTable = Arc<Mutex<Peers>>;
+
+/// The status and metrics facts of the peer table.
+pub fn status_of(table: &PeerTable, local: &PeerId) -> Value {
+    let Ok(p) = table.lock() else {
+        return json!({});
+    };
+    let peers: Vec<Value> = p
+        .admitted
+        .iter()
+        .map(|(id, s)| {
+            json!({
+                "peer_id": id.to_string(),
+                "state": s.state,
+                "address": s.address,
+                "connected_since": rfc3339(s.connected_since_ms),
+                "last_sync": s.last_sync_ms.map(rfc3339),
+                "entries_behind": s.entries_behind,
+            })
+        })
+        .collect();
+    json!({
+        "peer_id": local.to_string(),
+        "peers": peers,
+        "refused_peers": p.refused,
+        "invalid_from_peers": p.invalid_from_peers,
+    })
+}
+
+fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+enum Done {
+    Pulled {
+        peer: PeerId,
+        result: Result<usize, String>,
+    },
+    Served {
+        peer: PeerId,
+        behind: u64,
+    },
+    Gossiped {
+        source: PeerId,
+        gaps: bool,
+    },
+}
+
+/// The replication task: runs until `shutdown`, then stops its sub-tasks.
+pub async fn run(
+    node: Handle,
+    net: network::Handle,
+    mut events: mpsc::Receiver<Event>,
+    mut published: mpsc::Receiver<Vec<u8>>,
+    peers: PeerTable,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut pulling: HashSet<PeerId> = HashSet::new();
+    let mut tick = tokio::time::interval(ANTI_ENTROPY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pull = |tasks: &mut JoinSet<Done>, pulling: &mut HashSet<PeerId>, peer: PeerId| {
+        if tasks.len() < MAX_TASKS && pulling.insert(peer) {
+            let (node, net) = (node.clone(), net.clone());
+            tasks.spawn(async move {
+                let span = tracing::debug_span!("pull", %peer);
+                let result =
+                    tracing::Instrument::instrument(pull_from(&node, &net, peer), span).await;
+                Done::Pulled { peer, result }
+            });
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(bytes) = published.recv() => {
+                if let Err(e) = net.publish(bytes).await {
+                    tracing::debug!(error = %e, "gossip publish failed; pull sync will deliver");
+                }
+            }
+            Some(event) = events.recv() => match event {
+                Event::Listening { address } => tracing::info!(%address, "listening"),
+                Event::PeerAdmitted { peer, state } => {
+                    tracing::info!(%peer, %state, "peer admitted");
+                    if let Ok(mut p) = peers.lock() {
+                        p.admitted.insert(peer, PeerState {
+                            state,
+                            address: None,
+                            connected_since_ms: clock.now_ms(),
+                            last_sync_ms: None,
+                            entries_behind: 0,
+                        });
+                    }
+                    refresh_addresses(&net, &peers).await;
+                    pull(&mut tasks, &mut pulling, peer);
+                }
+                Event::PeerGone { peer } => {
+                    tracing::info!(%peer, "peer gone");
+                    if let Ok(mut p) = peers.lock() {
+                        p.admitted.remove(&peer);
+                    }
+                }
+                Event::PeerRefused { peer, reason } => {
+                    tracing::warn!(%peer, %reason, "peer refused and disconnected");
+                    if let Ok(mut p) = peers.lock() {
+                        p.admitted.remove(&peer);
+                        *p.refused.entry(reason).or_default() += 1;
+                    }
+                }
+                Event::Gossip { source, message_id, data } => {
+                    if tasks.len() >= MAX_TASKS {
+                        let _ = net.report_gossip(message_id, source, Acceptance::Ignore).await;
+                        continue;
+                    }
+                    let (node, net, peers) = (node.clone(), net.clone(), peers.clone());
+                    tasks.spawn(async move {
+                        let gaps = on_gossip(&node, &net, &peers, source, message_id, data).await;
+                        Done::Gossiped { source, gaps }
+                    });
+                }
+                Event::SyncRequested { peer, state, request, reply } => {
+                    if tasks.len() >= MAX_TASKS {
+                        tracing::debug!(%peer, "busy: sync request refused");
+                        continue;
+                    }
+                    let node = node.clone();
+                    tasks.spawn(async move {
+                        let span = tracing::debug_span!("serve", %peer, %state);
+                        let (response, behind) =
+                            tracing::Instrument::instrument(serve(&node, request), span).await;
+                        reply.send(response).await;
+                        Done::Served { peer, behind }
+                    });
+                }
+            },
+            _ = tick.tick() => {
+                refresh_addresses(&net, &peers).await;
+                let admitted: Vec<PeerId> = peers
+                    .lock()
+                    .map(|p| p.admitted.keys().copied().collect())
+                    .unwrap_or_default();
+                for peer in admitted {
+                    pull(&mut tasks, &mut pulling, peer);
+                }
+            }
+            Some(done) = tasks.join_next() => match done {
+                Ok(Done::Pulled { peer, result }) => {
+                    pulling.remove(&peer);
+                    match result {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(%peer, entries = n, "caught up");
+                            }
+                            if let Ok(mut p) = peers.lock() {
+                                if let Some(s) = p.admitted.get_mut(&peer) {
+                                    s.last_sync_ms = Some(clock.now_ms());
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
+                    }
+                }
+                Ok(Done::Served { peer, behind }) => {
+                    if let Ok(mut p) = peers.lock() {
+                        if let Some(s) = p.admitted.get_mut(&peer) {
+                            s.entries_behind = behind;
+                        }
+                    }
+                }
+                Ok(Done::Gossiped { source, gaps }) => {
+                    if gaps {
+                        pull(&mut tasks, &mut pulling, source);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "sync task failed"),
+            },
+        }
+    }
+    tasks.shutdown().await;
+}
+
+async fn refresh_addresses(net: &network::Handle, peers: &PeerTable) {
+    let Ok(infos) = net.peers().await else {
+        return;
+    };
+    if let Ok(mut p) = peers.lock() {
+        for info in infos {
+            if let Some(s) = p.admitted.get_mut(&info.peer) {
+                s.address = info.address.map(|a| a.to_string());
+            }
+        }
+    }
+}
+
+async fn cut_off(net: &network::Handle, peers: &PeerTable, peer: PeerId, reason: String) {
+    tracing::warn!(%peer, %reason, "cutting off peer");
+    if let Ok(mut p) = peers.lock() {
+        p.invalid_from_peers += 1;
+    }
+    let _ = net.disconnect(peer, reason).await;
+}
+
+/// Takes in one gossiped entry; returns whether the node now waits for a missing past.
+async fn on_gossip(
+    node: &Handle,
+    net: &network::Handle,
+    peers: &PeerTable,
+    source: PeerId,
+    message_id: network::MessageId,
+    data: Vec<u8>,
+) -> bool {
+    let entry = match SignedEntry::decode(&data) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = net
+                .report_gossip(message_id, source, Acceptance::Reject)
+                .await;
+            cut_off(net, peers, source, format!("malformed gossip entry: {e}")).await;
+            return false;
+        }
+    };
+    match node.ingest(vec![entry], Vec::new()).await {
+        Ok(summary) => {
+            let verdict = if summary.rejected > 0 {
+                Acceptance::Reject
+            } else if summary.accepted.is_empty() {
+                Acceptance::Ignore
+            } else {
+                Acceptance::Accept
+            };
+            let _ = net.report_gossip(message_id, source, verdict).await;
+            if summary.rejected > 0 {
+                cut_off(net, peers, source, "relayed an invalid entry".into()).await;
+            }
+            summary.gaps
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ingest failed");
+            let _ = net
+                .report_gossip(message_id, source, Acceptance::Ignore)
+                .await;
+            false
+        }
+    }
+}
+
+fn heights_request(heights: &[(LogId, u64)], proofs: &[EquivocationProof]) -> SyncRequest {
+    SyncRequest {
+        heights: heights
+            .iter()
+            .map(|(log, seq)| LogHeight {
+                author: *log.author.as_bytes(),
+                incarnation: log.incarnation,
+                seq: *seq,
+            })
+            .collect(),
+        max_entries: u32::try_from(BATCH_ENTRIES).unwrap_or(u32::MAX),
+        proofs: proofs
+            .iter()
+            .map(|p| serde_bytes::ByteBuf::from(p.id().to_vec()))
+            .collect(),
+    }
+}
+
+/// Pulls from one peer until it has nothing more for us; returns the entries accepted.
+async fn pull_from(node: &Handle, net: &network::Handle, peer: PeerId) -> Result<usize, String> {
+    let mut accepted = 0;
+    for _ in 0..MAX_ROUNDS {
+        let heights = node.heights().await.map_err(|e| e.to_string())?;
+        let proofs = node.proofs().await.map_err(|e| e.to_string())?;
+        let request = heights_request(&heights, &proofs);
+        let response = net.sync(peer, request).await.map_err(|e| e.to_string())?;
+        if response.entries.len() > BATCH_ENTRIES || response.proofs.len() > BATCH_PROOFS {
+            let _ = net
+                .disconnect(peer, "sync batch over the limit".into())
+                .await;
+            return Err("sync batch over the limit".into());
+        }
+        let mut entries = Vec::with_capacity(response.entries.len());
+        for bytes in &response.entries {
+            match SignedEntry::decode(bytes) {
+                Ok(e) => entries.push(e),
+                Err(e) => {
+                    let _ = net.disconnect(peer, format!("malformed entry: {e}")).await;
+                    return Err(format!("malformed entry: {e}"));
+                }
+            }
+        }
+        let mut new_proofs = Vec::new();
+        for bytes in &response.proofs {
+            match EquivocationProof::decode(bytes) {
+                Ok(p) => new_proofs.push(p),
+                Err(e) => {
+                    let _ = net.disconnect(peer, format!("malformed proof: {e}")).await;
+                    return Err(format!("malformed proof: {e}"));
+                }
+            }
+        }
+        let got = entries.len();
+        let summary = node
+            .ingest(entries, new_proofs)
+            .await
+            .map_err(|e| e.to_string())?;
+        if summary.rejected > 0 {
+            let reason = format!("sent {} invalid entries", summary.rejected);
+            let _ = net.disconnect(peer, reason.clone()).await;
+            return Err(reason);
+        }
+        accepted += summary.accepted.len();
+        if !response.more || got == 0 {
+            return Ok(accepted);
+        }
+    }
+    Ok(accepted)
+}
+
+/// Answers a peer's pull: the entries after its heights, in log order and bounded, and
+/// the proofs it lacks. Also returns how many entries the peer lacked.
+async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
+    let mut heights = HashMap::with_capacity(request.heights.len());
+    for h in &request.heights {
+        if let Ok(author) = PublicKey::from_bytes(h.author) {
+            heights.insert(
+                LogId {
+                    author,
+                    incarnation: h.incarnation,
+                },
+                h.seq,
+            );
+        }
+    }
+    let max = usize::try_from(request.max_entries)
+        .unwrap_or(BATCH_ENTRIES)
+        .clamp(1, BATCH_ENTRIES);
+    let behind = node
+        .heights()
+        .await
+        .map(|ours| {
+            ours.iter()
+                .map(|(log, seq)| seq.saturating_sub(heights.get(log).copied().unwrap_or(0)))
+                .sum()
+        })
+        .unwrap_or(0);
+    let (entries, more) = node
+        .entries_after(heights, max)
+        .await
+        .unwrap_or((Vec::new(), false));
+    let known: HashSet<Vec<u8>> = request.proofs.iter().map(|p| p.to_vec()).collect();
+    let proofs = node
+        .proofs()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !known.contains(p.id().as_slice()))
+        .take(BATCH_PROOFS)
+        .map(|p| serde_bytes::ByteBuf::from(p.encode()))
+        .collect();
+    (
+        SyncResponse {
+            entries: entries
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            proofs,
+            more,
+        },
+        behind,
+    )
+}
