@@ -138,6 +138,7 @@ pub fn router(node: Handle, token: String, counters: Arc<Counters>) -> Router {
         .route("/v1/report", get(report))
         .route("/v1/export", get(export))
         .route("/v1/peers", get(peers))
+        .route("/v1/wait", get(wait))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
@@ -232,4 +233,31 @@ async fn metrics(State(app): State<App>) -> Answer {
     let mut text = app.node.metrics().await?;
     text.push_str(&app.counters.render());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    entries: String,
+    timeout_ms: Option<u64>,
+}
+
+/// The longest a `/v1/wait` may hold a request.
+const MAX_WAIT_MS: u64 = 120_000;
+
+async fn wait(State(app): State<App>, q: Result<Query<WaitQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let mut hashes = Vec::new();
+    for text in q.entries.split(',').filter(|s| !s.is_empty()).take(10_000) {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| bad(format!("{text:?} is not an entry hash")))?;
+        hashes.push(crate::log::EntryHash(bytes));
+    }
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
+    let missing = app.node.wait_for(hashes, timeout).await?;
+    Ok(Json(json!({
+        "present": missing.is_empty(),
+        "missing": missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }))
+    .into_response())
 }

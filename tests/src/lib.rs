@@ -234,6 +234,37 @@ impl Proc {
         Ok((status, body))
     }
 
+    /// Waits until the node holds every entry of `hashes`; fails after `timeout`.
+    pub fn wait_entries(&self, hashes: &[String], timeout: Duration) -> Result<()> {
+        for chunk in hashes.chunks(100) {
+            let (status, body) = self.get(&format!(
+                "/v1/wait?entries={}&timeout_ms={}",
+                chunk.join(","),
+                timeout.as_millis()
+            ))?;
+            if status != 200 || body["present"] != Value::Bool(true) {
+                bail!("{} lacks entries after {timeout:?}: {body}", self.api);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a write command; returns the answer (`id`, `entry`, `seq`).
+    pub fn write(&self, command: &Value) -> Result<Value> {
+        let (status, body) = self.post("/v1/commands", command)?;
+        if status != 200 {
+            bail!("write refused ({status}): {body}");
+        }
+        Ok(body)
+    }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
+        Ok(())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

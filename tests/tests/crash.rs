@@ -85,7 +85,10 @@ fn acknowledged_contributions_survive_kill_9() -> Result<()> {
         .flatten()
         .filter_map(|o| o["id"].as_str().map(str::to_owned))
         .collect();
-    assert!(acknowledged.is_subset(&present), "lost acknowledged contributions");
+    assert!(
+        acknowledged.is_subset(&present),
+        "lost acknowledged contributions"
+    );
     let (_, verify) = node.post("/v1/verify", &json!({}))?;
     assert_eq!(verify["ok"], true, "{verify}");
     eprintln!(

@@ -30,29 +30,154 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
     let obstacle = id_of(spoc(
         Some(dir),
         &[
-            "--json", "obstacle", "report", "--title", "Replies to SIENA requests take weeks",
-            "--type", "legal", "--description", "Art. 4 of the national act requires a court order.",
-            "--instrument", "Directive (EU) 2023/977", "--states-concerned", "IE,EL", "--impact", "3",
+            "--json",
+            "obstacle",
+            "report",
+            "--title",
+            "Replies to SIENA requests take weeks",
+            "--type",
+            "legal",
+            "--description",
+            "Art. 4 of the national act requires a court order.",
+            "--instrument",
+            "Directive (EU) 2023/977",
+            "--states-concerned",
+            "IE,EL",
+            "--impact",
+            "3",
         ],
     )?)?;
     assert!(obstacle.starts_with("obstacles/LT/"), "{obstacle}");
-    id_of(spoc(Some(dir), &["--json", "obstacle", "endorse", "--obstacle", &obstacle, "--stance", "support"])?)?;
-    id_of(spoc(Some(dir), &["--json", "obstacle", "comment", "--obstacle", &obstacle, "--text", "Seen in IE too."])?)?;
-    id_of(spoc(Some(dir), &["--json", "obstacle", "status", "--obstacle", &obstacle, "--status", "withdrawn"])?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "obstacle",
+            "endorse",
+            "--obstacle",
+            &obstacle,
+            "--stance",
+            "support",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "obstacle",
+            "comment",
+            "--obstacle",
+            &obstacle,
+            "--text",
+            "Seen in IE too.",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "obstacle",
+            "status",
+            "--obstacle",
+            &obstacle,
+            "--status",
+            "withdrawn",
+        ],
+    )?)?;
     let practice = id_of(spoc(
         Some(dir),
         &[
-            "--json", "practice", "share", "--title", "Single case-management system",
-            "--problem", "Requests were lost between channels", "--practice", "One queue for all channels",
-            "--contact", "spoc@police.example", "--tags", "channels,siena",
+            "--json",
+            "practice",
+            "share",
+            "--title",
+            "Single case-management system",
+            "--problem",
+            "Requests were lost between channels",
+            "--practice",
+            "One queue for all channels",
+            "--contact",
+            "spoc@police.example",
+            "--tags",
+            "channels,siena",
         ],
     )?)?;
-    id_of(spoc(Some(dir), &["--json", "practice", "endorse", "--practice", &practice, "--stance", "support"])?)?;
-    id_of(spoc(Some(dir), &["--json", "practice", "comment", "--practice", &practice, "--text", "Works well."])?)?;
-    id_of(spoc(Some(dir), &["--json", "factsheet", "set", "--field", "composition=Police, customs, border guard", "--field", "availability_24_7=yes"])?)?;
-    let expert = id_of(spoc(Some(dir), &["--json", "training", "nominate", "--title", "SPOC trainer (senior)", "--expertise", "SIENA, PNR", "--languages", "en,lt"])?)?;
-    id_of(spoc(Some(dir), &["--json", "training", "assess", "--item", &expert, "--verdict", "assessed"])?)?;
-    id_of(spoc(Some(dir), &["--json", "training", "opportunity", "--title", "CEPOL SPOC course", "--date", "2027-03-01", "--description", "Residential course"])?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "practice",
+            "endorse",
+            "--practice",
+            &practice,
+            "--stance",
+            "support",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "practice",
+            "comment",
+            "--practice",
+            &practice,
+            "--text",
+            "Works well.",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "factsheet",
+            "set",
+            "--field",
+            "composition=Police, customs, border guard",
+            "--field",
+            "availability_24_7=yes",
+        ],
+    )?)?;
+    let expert = id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "training",
+            "nominate",
+            "--title",
+            "SPOC trainer (senior)",
+            "--expertise",
+            "SIENA, PNR",
+            "--languages",
+            "en,lt",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "training",
+            "assess",
+            "--item",
+            &expert,
+            "--verdict",
+            "assessed",
+        ],
+    )?)?;
+    id_of(spoc(
+        Some(dir),
+        &[
+            "--json",
+            "training",
+            "opportunity",
+            "--title",
+            "CEPOL SPOC course",
+            "--date",
+            "2027-03-01",
+            "--description",
+            "Residential course",
+        ],
+    )?)?;
 
     let status = spoc(Some(dir), &["status", "--json"])?.ok()?.json()?;
     let entries = status["entries"].as_u64().unwrap_or(0);
@@ -66,19 +191,51 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
     // Refusals: one line, non-zero, nothing stored.
     let refusals: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["meeting", "convene", "--title", "Heads of SPOC", "--date", "2026-12-10", "--venue", "Vilnius"],
+            vec![
+                "meeting",
+                "convene",
+                "--title",
+                "Heads of SPOC",
+                "--date",
+                "2026-12-10",
+                "--venue",
+                "Vilnius",
+            ],
             "only the Presidency (IE) may convene a meeting",
         ),
         (
-            vec!["obstacle", "status", "--obstacle", &obstacle, "--status", "resolved"],
+            vec![
+                "obstacle",
+                "status",
+                "--obstacle",
+                &obstacle,
+                "--status",
+                "resolved",
+            ],
             "only the Presidency (IE)",
         ),
         (
-            vec!["obstacle", "report", "--title", "No description", "--type", "legal", "--description", ""],
+            vec![
+                "obstacle",
+                "report",
+                "--title",
+                "No description",
+                "--type",
+                "legal",
+                "--description",
+                "",
+            ],
             "missing description",
         ),
         (
-            vec!["obstacle", "endorse", "--obstacle", "obstacles/LT/01KBZZZZZZZZZZZZZZZZZZZZZZ", "--stance", "support"],
+            vec![
+                "obstacle",
+                "endorse",
+                "--obstacle",
+                "obstacles/LT/01KBZZZZZZZZZZZZZZZZZZZZZZ",
+                "--stance",
+                "support",
+            ],
             "no obstacle obstacles/LT/01KBZZZZZZZZZZZZZZZZZZZZZZ",
         ),
     ];
@@ -87,17 +244,28 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
         assert_ne!(out.status, 0, "{args:?} was accepted");
         let line = out.stderr.trim();
         assert_eq!(line.lines().count(), 1, "{line}");
-        assert!(line.starts_with("spoc: ") && line.contains(expected), "{args:?}: {line}");
+        assert!(
+            line.starts_with("spoc: ") && line.contains(expected),
+            "{args:?}: {line}"
+        );
     }
     let token_path = dir.join("api.token");
     let token = std::fs::read_to_string(&token_path)?;
     std::fs::write(&token_path, "0".repeat(64))?;
     let out = spoc(Some(dir), &["status"])?;
     assert_ne!(out.status, 0);
-    assert!(out.stderr.contains("refused the API token"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused the API token"),
+        "{}",
+        out.stderr
+    );
     std::fs::write(&token_path, token)?;
     let after = spoc(Some(dir), &["status", "--json"])?.ok()?.json()?;
-    assert_eq!(after["entries"].as_u64(), Some(entries), "a refusal stored something");
+    assert_eq!(
+        after["entries"].as_u64(),
+        Some(entries),
+        "a refusal stored something"
+    );
 
     // Lists, with the documented fields.
     let obstacles = list(dir, "obstacle")?;
@@ -119,12 +287,28 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
 
     // The export is a standard Automerge file.
     let export = net.dir.path().join("obstacle.automerge");
-    spoc(Some(dir), &["export", "--doc", &obstacle, "--out", export.to_str().unwrap_or_default()])?.ok()?;
+    spoc(
+        Some(dir),
+        &[
+            "export",
+            "--doc",
+            &obstacle,
+            "--out",
+            export.to_str().unwrap_or_default(),
+        ],
+    )?
+    .ok()?;
     let doc = automerge::Automerge::load(&std::fs::read(&export)?)?;
     assert!(!doc.get_heads().is_empty());
 
     let report = spoc(Some(dir), &["report", "--term", "2026-H2"])?.ok()?;
-    assert!(report.stdout.contains("# European network of Heads of SPOC"), "{}", report.stdout);
+    assert!(
+        report
+            .stdout
+            .contains("# European network of Heads of SPOC"),
+        "{}",
+        report.stdout
+    );
 
     // A clean restart keeps everything.
     assert_eq!(node.terminate()?, 0, "SIGTERM must shut down cleanly");
@@ -157,7 +341,10 @@ fn the_node_refuses_to_start_with_one_clear_line() -> Result<()> {
     assert!(line.contains("not the charter's key for LT"), "{line}");
 
     let line = refused_start(dir, &[("SPOC_KEY", "/nonexistent/national.key")])?;
-    assert!(line.contains("national key") && line.contains("/nonexistent/national.key"), "{line}");
+    assert!(
+        line.contains("national key") && line.contains("/nonexistent/national.key"),
+        "{line}"
+    );
 
     std::fs::write(dir.join("node.toml"), "listen = 5\n")?;
     let line = refused_start(dir, &[])?;

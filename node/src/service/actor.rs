@@ -91,12 +91,18 @@ pub(crate) enum Request {
         reply: Reply<(Vec<Vec<u8>>, bool)>,
     },
     Proofs(Reply<Vec<EquivocationProof>>),
+    Missing(
+        Vec<crate::log::EntryHash>,
+        Reply<Vec<crate::log::EntryHash>>,
+    ),
 }
 
 /// A cloneable handle on the node actor.
 #[derive(Clone, Debug)]
 pub struct Handle {
     tx: mpsc::Sender<Request>,
+    /// The number of accepted entries, updated after each durable commit.
+    entries: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Request {
@@ -148,6 +154,35 @@ impl Handle {
     }
     pub async fn proofs(&self) -> Result<Vec<EquivocationProof>, Failure> {
         ask!(self, Proofs)
+    }
+    /// The entries of `hashes` that the node does not hold.
+    pub async fn missing(
+        &self,
+        hashes: Vec<crate::log::EntryHash>,
+    ) -> Result<Vec<crate::log::EntryHash>, Failure> {
+        ask!(self, Missing, hashes)
+    }
+
+    /// Waits until the node holds every entry of `hashes`, or `timeout` passes; returns
+    /// the entries still missing.
+    pub async fn wait_for(
+        &self,
+        hashes: Vec<crate::log::EntryHash>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<crate::log::EntryHash>, Failure> {
+        let mut changes = self.entries.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.mark_unchanged();
+            let missing = self.missing(hashes.clone()).await?;
+            if missing.is_empty() {
+                return Ok(missing);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.missing(hashes).await,
+            }
+        }
     }
     pub async fn log(
         &self,
@@ -222,6 +257,7 @@ pub(crate) struct Actor {
     /// Local writes to publish on the gossip topic; a full queue drops them, and pull sync
     /// delivers them instead.
     pub publish: Option<mpsc::Sender<Vec<u8>>>,
+    pub entries_watch: tokio::sync::watch::Sender<u64>,
 }
 
 /// Starts the actor thread; it stops when every handle is dropped, and the returned join
@@ -231,16 +267,17 @@ pub(crate) fn spawn(
     capacity: usize,
 ) -> (Handle, std::thread::JoinHandle<Result<(), Failure>>) {
     let (tx, rx) = mpsc::channel(capacity);
+    let entries = actor.entries_watch.subscribe();
     let join = std::thread::Builder::new()
         .name("spoc-node-actor".into())
         .spawn(move || actor.run(rx));
     match join {
-        Ok(join) => (Handle { tx }, join),
+        Ok(join) => (Handle { tx, entries }, join),
         // Without a thread there is no node; the handle's requests then fail.
         Err(e) => {
             let message = format!("cannot start the node thread: {e}");
             let join = std::thread::spawn(move || Err(Failure::Internal(message)));
-            (Handle { tx }, join)
+            (Handle { tx, entries }, join)
         }
     }
 }
@@ -270,7 +307,10 @@ impl Actor {
         self.store.commit(&self.replica, report).map_err(|e| {
             tracing::error!(error = %e, "durable commit failed; stopping");
             Failure::Internal(format!("durable commit failed: {e}"))
-        })
+        })?;
+        self.entries_watch
+            .send_replace(self.replica.entry_count() as u64);
+        Ok(())
     }
 
     fn serve(&mut self, request: Request) -> Result<(), Failure> {
@@ -353,6 +393,13 @@ impl Actor {
                         .entries_after(&heights, max, super::sync::BATCH_BYTES);
                 let bytes = entries.into_iter().map(|e| e.bytes().to_vec()).collect();
                 let _ = reply.send(Ok((bytes, more)));
+            }
+            Request::Missing(hashes, reply) => {
+                let missing = hashes
+                    .into_iter()
+                    .filter(|h| !self.replica.contains(h))
+                    .collect();
+                let _ = reply.send(Ok(missing));
             }
             Request::Proofs(reply) => {
                 let _ = reply.send(Ok(self.replica.proofs().cloned().collect()));

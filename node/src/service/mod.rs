@@ -299,6 +299,7 @@ impl Node {
                 accepted_local: 0,
                 fatal: fatal.clone(),
                 publish: Some(publish),
+                entries_watch: tokio::sync::watch::Sender::new(0),
             },
             256,
         );
