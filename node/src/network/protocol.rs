@@ -147,6 +147,52 @@ pub(super) fn sync_behaviour(max_frame_bytes: usize) -> SyncBehaviour {
     )
 }
 
+/// Decodes a sync frame as a node reads it from the wire: through the same codec, with the
+/// same size limit. For fuzzing and for tools; the swarm does this itself.
+pub fn decode_sync_frame(bytes: &[u8], max_frame_bytes: u64) -> Result<SyncFrame, std::io::Error> {
+    use libp2p::request_response::Codec as _;
+    let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default()
+        .set_request_size_maximum(max_frame_bytes)
+        .set_response_size_maximum(max_frame_bytes);
+    let request = futures::executor::block_on(
+        codec.read_request(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
+    );
+    match request {
+        Ok(r) => Ok(SyncFrame::Request(r)),
+        Err(_) => futures::executor::block_on(
+            codec.read_response(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
+        )
+        .map(SyncFrame::Response),
+    }
+}
+
+/// Encodes a sync frame as the codec writes it.
+pub fn encode_sync_frame(frame: &SyncFrame) -> Result<Vec<u8>, std::io::Error> {
+    use libp2p::request_response::Codec as _;
+    let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
+    let mut wire = futures::io::Cursor::new(Vec::new());
+    match frame {
+        SyncFrame::Request(r) => futures::executor::block_on(codec.write_request(
+            &SYNC_PROTOCOL,
+            &mut wire,
+            r.clone(),
+        ))?,
+        SyncFrame::Response(r) => futures::executor::block_on(codec.write_response(
+            &SYNC_PROTOCOL,
+            &mut wire,
+            r.clone(),
+        ))?,
+    }
+    Ok(wire.into_inner())
+}
+
+/// One sync frame, either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncFrame {
+    Request(SyncRequest),
+    Response(SyncResponse),
+}
+
 #[cfg(test)]
 mod tests {
     use futures::executor::block_on;
