@@ -506,3 +506,39 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ids_come_as_flag_or_positional() {
+        for line in [
+            "spoc obstacle comment X --text t",
+            "spoc obstacle comment --obstacle X --text t",
+        ] {
+            let cli = Cli::try_parse_from(line.split(' ')).unwrap();
+            let Cmd::Obstacle(ObstacleCmd::Comment { obstacle, .. }) = cli.command else {
+                panic!("{line}");
+            };
+            assert_eq!(obstacle.id(), "X");
+        }
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli =
+            Cli::try_parse_from(["spoc", "peers", "--json", "--data-dir", "/d", "-q"]).unwrap();
+        assert!(cli.json && cli.quiet);
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/d")));
+        assert!(parse_term("2026-H2").is_ok());
+        assert!(parse_term("2026-H3").is_err());
+        assert_eq!(parse_field("notes=a=b"), Ok(("notes".into(), "a=b".into())));
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Everything here returns strings, so it is tested without capturing stdout.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -121,8 +121,8 @@ fn push_pair(out: &mut String, indent: &str, key: &str, w: usize, value: &str) {
     }
 }
 
-/// A JSON document as an indented key/value view, keys in order: scalars beside their keys,
-/// nested objects under theirs, indented by two spaces.
+/// A JSON document as an indented key/value view: scalars beside their keys, then nested
+/// objects under theirs, indented by two spaces, each in key order.
 pub fn tree(v: &Value) -> String {
     let mut out = String::new();
     match v {
@@ -149,9 +149,10 @@ fn scalar(key: &str, v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
-        Value::Number(n) if key == "at" || key == "created" => {
-            n.as_i64().and_then(format_ms).unwrap_or_else(|| n.to_string())
-        }
+        Value::Number(n) if key == "at" || key == "created" => n
+            .as_i64()
+            .and_then(format_ms)
+            .unwrap_or_else(|| n.to_string()),
         Value::Object(m) if m.is_empty() => "-".into(),
         Value::Array(items) if items.is_empty() => "-".into(),
         Value::Array(items) => items
@@ -169,7 +170,8 @@ fn push_tree(out: &mut String, v: &Value, depth: usize) {
         Value::Object(m) => {
             let mut entries: Vec<(String, &Value)> =
                 m.iter().map(|(k, v)| (k.clone(), v)).collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            // Scalars first, then nested objects, each in key order.
+            entries.sort_by(|a, b| (is_nested(a.1), &a.0).cmp(&(is_nested(b.1), &b.0)));
             entries
         }
         Value::Array(items) => items
@@ -198,7 +200,8 @@ fn push_tree(out: &mut String, v: &Value, depth: usize) {
 /// Milliseconds since the Unix epoch as RFC 3339 UTC.
 pub fn format_ms(ms: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339).ok()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// A byte count for people: `1.5 MiB`.
@@ -216,6 +219,21 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Writes text to stdout. A closed pipe (`spoc log | head`) comes back as an error, which
+/// `main` ends on quietly.
+pub fn stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Whether an error is a closed stdout pipe.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// JSON for machines, pretty-printed.
 pub fn json(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
@@ -224,6 +242,32 @@ pub fn json(v: &Value) -> String {
 /// The one line a failure prints: `spoc: ` and the error with its causes, on one line.
 pub fn error_line(error: &anyhow::Error) -> String {
     format!("spoc: {}", one_line(&format!("{error:#}")))
+}
+
+/// A clap usage error as one line: its message without the usage and help that follow.
+pub fn usage_line(rendered: &str) -> String {
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in rendered.lines() {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(current.join(" "));
+                current.clear();
+            }
+        } else {
+            current.push(line);
+        }
+    }
+    if !current.is_empty() {
+        paragraphs.push(current.join(" "));
+    }
+    let text = paragraphs.join("; ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("spoc: {text} (see --help)")
 }
 
 /// A spinner on stderr while a slow call runs; cleared when dropped.
@@ -263,7 +307,11 @@ mod tests {
     #[test]
     fn tables_align_and_do_not_trail() {
         let mut t = Table::new(&["ID", "STATUS", "TITLE"]);
-        t.row(vec!["obstacles/LT/1".into(), "reported".into(), "Slow".into()]);
+        t.row(vec![
+            "obstacles/LT/1".into(),
+            "reported".into(),
+            "Slow".into(),
+        ]);
         t.row(vec!["o/FI/2".into(), "-".into(), "Ünïcode title".into()]);
         assert_eq!(
             t.render(),
@@ -302,13 +350,13 @@ mod tests {
             "comments     -\n\
              description  first\n\
              \x20            second\n\
+             id           obstacles/LT/1\n\
+             tags         a, b\n\
+             title        Slow replies\n\
              endorsements\n\
              \x20 FI\n\
              \x20   at      1970-01-01T00:00:00Z\n\
-             \x20   stance  support\n\
-             id           obstacles/LT/1\n\
-             tags         a, b\n\
-             title        Slow replies\n"
+             \x20   stance  support\n"
         );
     }
 
@@ -326,5 +374,13 @@ mod tests {
     fn errors_are_one_line() {
         let e = anyhow::anyhow!("bad\nthing").context("cannot read x");
         assert_eq!(error_line(&e), "spoc: cannot read x: bad thing");
+        assert_eq!(
+            usage_line(
+                "error: unexpected argument '--fo' found\n\n  tip: a similar argument exists: \
+                 '--foo'\n\nUsage: spoc status\n\nFor more information, try '--help'.\n"
+            ),
+            "spoc: unexpected argument '--fo' found; tip: a similar argument exists: '--foo' \
+             (see --help)"
+        );
     }
 }

@@ -55,13 +55,18 @@ impl Ctx {
     }
 
     /// Prints a value as JSON.
-    pub fn print_json(&self, v: &Value) {
-        println!("{}", output::json(v));
+    pub fn print_json(&self, v: &Value) -> Result<()> {
+        self.print(&format!("{}\n", output::json(v)))
     }
 
     /// Prints text that already ends in a newline.
-    pub fn print(&self, text: &str) {
-        print!("{text}");
+    pub fn print(&self, text: &str) -> Result<()> {
+        output::stdout(text).map_err(anyhow::Error::from)
+    }
+
+    /// Prints one line.
+    pub fn line(&self, text: &str) -> Result<()> {
+        self.print(&format!("{text}\n"))
     }
 }
 
@@ -76,7 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Keygen(args) => local::keygen(&ctx, &args),
         Cmd::Charter(cmd) => local::charter(&ctx, cmd),
         Cmd::Testnet(args) => local::testnet(&ctx, &args),
-        Cmd::Completions { shell } => local::completions(shell),
+        Cmd::Completions { shell } => local::completions(&ctx, shell),
         Cmd::Status => node::status(&ctx),
         Cmd::Meeting(cmd) => work::execute(&ctx, work::meeting(cmd)),
         Cmd::Obstacle(cmd) => work::execute(&ctx, work::obstacle(cmd)),

@@ -217,10 +217,11 @@ pub fn factsheet(cmd: FactsheetCmd) -> Result<Action> {
         ("notes", args.notes),
     ];
     let mut fields = BTreeMap::new();
-    let given = args
-        .field
-        .into_iter()
-        .chain(named.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))));
+    let given = args.field.into_iter().chain(
+        named
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?))),
+    );
     for (key, value) in given {
         if fields.insert(key.clone(), value).is_some() {
             return Err(Usage(format!("the fact sheet field {key} is given twice")).into());
@@ -274,7 +275,10 @@ fn trimmed(items: Vec<String>) -> Vec<String> {
 
 /// State codes as the charter writes them.
 fn codes(items: Vec<String>) -> Vec<String> {
-    trimmed(items).into_iter().map(|s| s.to_uppercase()).collect()
+    trimmed(items)
+        .into_iter()
+        .map(|s| s.to_uppercase())
+        .collect()
 }
 
 /// Does what an action asks of the node and prints the result.
@@ -288,24 +292,24 @@ pub fn execute(ctx: &Ctx, action: Action) -> Result<()> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| anyhow::anyhow!("the node's answer names no id: {answer}"))?;
             if ctx.json {
-                ctx.print_json(&json!({ "id": id }));
+                ctx.print_json(&json!({ "id": id }))?;
             } else {
-                println!("{id}");
+                ctx.line(id)?;
             }
         }
         Action::List(collection) => {
             let items: Vec<Value> =
                 client.get_json("/v1/docs", &[("collection", collection.as_str().into())])?;
             if ctx.json {
-                ctx.print_json(&Value::Array(items));
+                ctx.print_json(&Value::Array(items))?;
             } else {
                 let table = list_table(collection, &items);
                 if table.is_empty() {
                     if !ctx.quiet {
-                        println!("no {} yet", collection.as_str());
+                        ctx.line(&format!("no {} yet", collection.as_str()))?;
                     }
                 } else {
-                    ctx.print(&table.render());
+                    ctx.print(&table.render())?;
                 }
             }
         }
@@ -333,9 +337,9 @@ fn own_state(client: &Client) -> Result<String> {
 fn show(ctx: &Ctx, client: &Client, id: &str) -> Result<()> {
     let doc: Value = client.get_json("/v1/doc", &[("id", id.to_owned())])?;
     if ctx.json {
-        ctx.print_json(&doc);
+        ctx.print_json(&doc)?;
     } else {
-        ctx.print(&output::tree(&doc));
+        ctx.print(&output::tree(&doc))?;
     }
     Ok(())
 }
@@ -388,18 +392,11 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
             "COMMENTS",
             "TITLE",
         ]),
-        Collection::Practices => {
-            Table::new(&["ID", "ENDORSEMENTS", "COMMENTS", "TAGS", "TITLE"])
-        }
+        Collection::Practices => Table::new(&["ID", "ENDORSEMENTS", "COMMENTS", "TAGS", "TITLE"]),
         Collection::Factsheets => Table::new(&["ID", "STATE", "LAST REVIEWED"]),
-        Collection::Training => Table::new(&[
-            "ID",
-            "KIND",
-            "STATUS",
-            "DATE",
-            "ASSESSMENTS",
-            "TITLE",
-        ]),
+        Collection::Training => {
+            Table::new(&["ID", "KIND", "STATUS", "DATE", "ASSESSMENTS", "TITLE"])
+        }
     };
     for v in items {
         table.row(match collection {
@@ -428,11 +425,9 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
                 field(v, "tags"),
                 field(v, "title"),
             ],
-            Collection::Factsheets => vec![
-                field(v, "id"),
-                field(v, "state"),
-                field(v, "last_reviewed"),
-            ],
+            Collection::Factsheets => {
+                vec![field(v, "id"), field(v, "state"), field(v, "last_reviewed")]
+            }
             Collection::Training => vec![
                 field(v, "id"),
                 field(v, "kind"),
@@ -475,7 +470,9 @@ mod tests {
     #[test]
     fn meeting_writes() {
         assert_eq!(
-            write("spoc meeting convene --title Plenary --date 2026-10-01 --venue Dublin --format hybrid --number 3"),
+            write(
+                "spoc meeting convene --title Plenary --date 2026-10-01 --venue Dublin --format hybrid --number 3"
+            ),
             json!({"command": "meeting_convene", "title": "Plenary", "date": "2026-10-01",
                    "venue": "Dublin", "format": "hybrid", "end_date": null, "number": 3})
         );
@@ -484,7 +481,9 @@ mod tests {
             json!({"command": "meeting_propose", "meeting": M, "title": "Item", "description": null})
         );
         assert_eq!(
-            write(&format!("spoc meeting decide {M} --item IE-1 --decision rejected --reason late")),
+            write(&format!(
+                "spoc meeting decide {M} --item IE-1 --decision rejected --reason late"
+            )),
             json!({"command": "meeting_decide", "meeting": M, "item": "IE-1",
                    "decision": "rejected", "reason": "late"})
         );
@@ -493,15 +492,21 @@ mod tests {
             json!({"command": "meeting_attend", "meeting": M, "present": true, "delegates": null})
         );
         assert_eq!(
-            write(&format!("spoc meeting attend --meeting {M} --absent --delegates 0")),
+            write(&format!(
+                "spoc meeting attend --meeting {M} --absent --delegates 0"
+            )),
             json!({"command": "meeting_attend", "meeting": M, "present": false, "delegates": 0})
         );
         assert_eq!(
-            write(&format!("spoc meeting minutes --meeting {M} --text Done --item IE-1")),
+            write(&format!(
+                "spoc meeting minutes --meeting {M} --text Done --item IE-1"
+            )),
             json!({"command": "meeting_minutes", "meeting": M, "text": "Done", "item": "IE-1"})
         );
         assert_eq!(
-            write(&format!("spoc meeting status --meeting {M} --status agenda_frozen")),
+            write(&format!(
+                "spoc meeting status --meeting {M} --status agenda_frozen"
+            )),
             json!({"command": "meeting_status", "meeting": M, "status": "agenda_frozen"})
         );
         assert_eq!(
@@ -513,14 +518,18 @@ mod tests {
     #[test]
     fn obstacle_writes() {
         assert_eq!(
-            write("spoc obstacle report --title Slow --type legal --description Replies --states-concerned fi,SE --impact 3 --instrument 2014/41/EU"),
+            write(
+                "spoc obstacle report --title Slow --type legal --description Replies --states-concerned fi,SE --impact 3 --instrument 2014/41/EU"
+            ),
             json!({"command": "obstacle_report", "title": "Slow", "type": "legal",
                    "description": "Replies", "subtype": null, "instrument": "2014/41/EU",
                    "article": null, "channel": null, "states_concerned": ["FI", "SE"],
                    "impact": 3, "solution": null})
         );
         assert_eq!(
-            write(&format!("spoc obstacle edit --obstacle {O} --solution Train")),
+            write(&format!(
+                "spoc obstacle edit --obstacle {O} --solution Train"
+            )),
             json!({"command": "obstacle_edit", "obstacle": O, "title": null,
                    "description": null, "solution": "Train"})
         );
@@ -529,7 +538,9 @@ mod tests {
             json!({"command": "obstacle_endorse", "obstacle": O, "stance": "support", "note": null})
         );
         assert_eq!(
-            write(&format!("spoc obstacle endorse --obstacle {O} --stance object --note Why")),
+            write(&format!(
+                "spoc obstacle endorse --obstacle {O} --stance object --note Why"
+            )),
             json!({"command": "obstacle_endorse", "obstacle": O, "stance": "object", "note": "Why"})
         );
         assert_eq!(
@@ -537,7 +548,9 @@ mod tests {
             json!({"command": "obstacle_comment", "obstacle": O, "text": "Same"})
         );
         assert_eq!(
-            write(&format!("spoc obstacle status {O} --status resolved --reference {M}#IE-1")),
+            write(&format!(
+                "spoc obstacle status {O} --status resolved --reference {M}#IE-1"
+            )),
             json!({"command": "obstacle_status", "obstacle": O, "status": "resolved",
                    "reference": format!("{M}#IE-1")})
         );
@@ -546,14 +559,18 @@ mod tests {
     #[test]
     fn practice_factsheet_and_training_writes() {
         assert_eq!(
-            write(&format!("spoc practice share --title T --problem P --practice X --contact spoc@example.eu --tags a,b --related-obstacles {O}")),
+            write(&format!(
+                "spoc practice share --title T --problem P --practice X --contact spoc@example.eu --tags a,b --related-obstacles {O}"
+            )),
             json!({"command": "practice_share", "title": "T", "problem": "P", "practice": "X",
                    "prerequisites": null, "results": null, "transferability": null,
                    "contact": "spoc@example.eu", "tags": ["a", "b"], "related_obstacles": [O]})
         );
         let p = "practices/FI/01J9Z3Y6K0000000000000000C";
         assert_eq!(
-            write(&format!("spoc practice endorse --practice {p} --stance abstain")),
+            write(&format!(
+                "spoc practice endorse --practice {p} --stance abstain"
+            )),
             json!({"command": "practice_endorse", "practice": p, "stance": "abstain"})
         );
         assert_eq!(
@@ -597,14 +614,17 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(line.split(' ')).is_err(), "{line}");
         }
-        let cli = Cli::try_parse_from(
-            "spoc factsheet set --notes a --field notes=b".split(' '),
-        )
-        .unwrap();
+        let cli =
+            Cli::try_parse_from("spoc factsheet set --notes a --field notes=b".split(' ')).unwrap();
         let Cmd::Factsheet(c) = cli.command else {
             panic!("not a fact sheet command")
         };
-        assert!(factsheet(c).unwrap_err().to_string().contains("given twice"));
+        assert!(
+            factsheet(c)
+                .unwrap_err()
+                .to_string()
+                .contains("given twice")
+        );
     }
 
     #[test]
@@ -615,11 +635,23 @@ mod tests {
             Cmd::Training(c) => training(c),
             other => panic!("{other:?}"),
         };
-        assert_eq!(action("spoc meeting list"), Action::List(Collection::Meetings));
-        assert_eq!(action(&format!("spoc meeting show {M}")), Action::Show(M.into()));
-        assert_eq!(action("spoc factsheet show fi"), Action::ShowFactsheet(Some("FI".into())));
+        assert_eq!(
+            action("spoc meeting list"),
+            Action::List(Collection::Meetings)
+        );
+        assert_eq!(
+            action(&format!("spoc meeting show {M}")),
+            Action::Show(M.into())
+        );
+        assert_eq!(
+            action("spoc factsheet show fi"),
+            Action::ShowFactsheet(Some("FI".into()))
+        );
         assert_eq!(action("spoc factsheet show"), Action::ShowFactsheet(None));
-        assert_eq!(action("spoc training list"), Action::List(Collection::Training));
+        assert_eq!(
+            action("spoc training list"),
+            Action::List(Collection::Training)
+        );
     }
 
     #[test]
@@ -637,7 +669,8 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID  "));
         assert!(
-            lines[1].ends_with("legal  reported  3       2 support, 1 object  2         Slow replies"),
+            lines[1]
+                .ends_with("legal  reported  3       2 support, 1 object  2         Slow replies"),
             "{}",
             lines[1]
         );
@@ -645,6 +678,9 @@ mod tests {
             "venue": "Dublin", "status": "convened", "attendance": 4,
             "agenda": [{"id": "IE-1"}, {"id": "LT-2"}]})];
         let text = list_table(Collection::Meetings, &meetings).render();
-        assert!(text.contains("2026-10-01  convened  2       4        Dublin  Plenary"), "{text}");
+        assert!(
+            text.contains("2026-10-01  convened  2       4        Dublin  Plenary"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,350 @@
+//! The node itself: status, audit trail, verification, reports, exports and peers.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use super::Ctx;
+use crate::args::{ExportArgs, LogArgs, ReportArgs};
+use crate::client::{TIMEOUT, VERIFY_TIMEOUT};
+use crate::output::{self, Spinner, Table, field};
+
+/// `spoc status`.
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let status: Value = ctx.client(TIMEOUT)?.get_json("/v1/status", &[])?;
+    if ctx.json {
+        ctx.print_json(&status)?;
+    } else {
+        ctx.print(&status_text(&status))?;
+    }
+    Ok(())
+}
+
+/// The human summary of `/v1/status`.
+pub fn status_text(s: &Value) -> String {
+    let number = |k: &str| s.get(k).and_then(Value::as_u64);
+    let presidency = match s.get("presidency") {
+        Some(Value::String(p)) => p.clone(),
+        _ => "none (outside the calendar)".into(),
+    };
+    let rejected = match s.get("rejected").and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    };
+    let equivocations = match s.get("equivocations").and_then(Value::as_array) {
+        Some(items) if !items.is_empty() => items
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{} at seq {}",
+                    field(e, "state"),
+                    field(e, "incarnation"),
+                    field(e, "seq")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    };
+    let peers = s.get("peers").and_then(Value::as_array).map_or(0, Vec::len);
+    let mut text = output::pairs(&[
+        ("state", field(s, "state")),
+        ("network", field(s, "network")),
+        ("presidency", presidency),
+        ("charter", output::short(&field(s, "charter_hash"), 12)),
+        ("peer id", field(s, "peer_id")),
+        ("incarnation", field(s, "incarnation")),
+        (
+            "entries",
+            format!("{} ({} pending)", field(s, "entries"), field(s, "pending")),
+        ),
+        ("documents", field(s, "documents")),
+        (
+            "store",
+            number("store_bytes").map_or_else(|| "-".into(), output::bytes),
+        ),
+        ("peers", peers.to_string()),
+        ("rejected", rejected),
+        ("equivocations", equivocations),
+    ]);
+    if let Some(heights) = s.get("heights").and_then(Value::as_object)
+        && !heights.is_empty()
+    {
+        let mut table = Table::new(&["LOG", "ENTRIES"]);
+        for (log, n) in heights {
+            table.row(vec![log.clone(), output::cell(n)]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+/// `spoc log`.
+pub fn log(ctx: &Ctx, args: &LogArgs) -> Result<()> {
+    let client = ctx.client(TIMEOUT)?;
+    let mut query = Vec::new();
+    if let Some(a) = &args.author {
+        query.push(("author", a.to_uppercase()));
+    }
+    if let Some(d) = &args.doc {
+        query.push(("doc", d.clone()));
+    }
+    if let Some(n) = args.limit {
+        query.push(("limit", n.to_string()));
+    }
+    let entries: Vec<Value> = {
+        let _spinner = Spinner::start(ctx.chatty(), "reading the log");
+        client.get_json("/v1/log", &query)?
+    };
+    if ctx.json {
+        ctx.print_json(&Value::Array(entries))?;
+    } else if entries.is_empty() {
+        if !ctx.quiet {
+            ctx.line("no entries")?;
+        }
+    } else {
+        ctx.print(&log_table(&entries).render())?;
+    }
+    Ok(())
+}
+
+/// The table of audit trail entries.
+pub fn log_table(entries: &[Value]) -> Table {
+    let mut table = Table::new(&["HASH", "AUTHOR", "SEQ", "DOC", "TIME", "SUMMARY"]);
+    for e in entries {
+        table.row(vec![
+            output::short(&field(e, "hash"), 12),
+            field(e, "author"),
+            field(e, "seq"),
+            field(e, "doc"),
+            field(e, "timestamp"),
+            field(e, "summary"),
+        ]);
+    }
+    table
+}
+
+/// `spoc verify`.
+pub fn verify(ctx: &Ctx) -> Result<()> {
+    let client = ctx.client(VERIFY_TIMEOUT)?;
+    let answer: Value = {
+        let _spinner = Spinner::start(ctx.chatty(), "verifying every entry from scratch");
+        client.post_empty("/v1/verify")?
+    };
+    if ctx.json {
+        ctx.print_json(&answer)?;
+    }
+    let line = verdict(&answer)?;
+    if ctx.chatty() {
+        ctx.line(&line)?;
+    }
+    Ok(())
+}
+
+/// The line of a successful verification, or the error of a failed one.
+pub fn verdict(answer: &Value) -> Result<String> {
+    if answer.get("ok").and_then(Value::as_bool) == Some(true) {
+        Ok(format!(
+            "ok: {} entries, {} documents verified",
+            field(answer, "entries"),
+            field(answer, "documents")
+        ))
+    } else {
+        let error = answer
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the node gave no reason");
+        Err(anyhow!("verify failed: {error}"))
+    }
+}
+
+/// `spoc report`.
+pub fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
+    let answer: Value = ctx
+        .client(TIMEOUT)?
+        .get_json("/v1/report", &[("term", args.term.clone())])?;
+    let Some(markdown) = answer.get("markdown").and_then(Value::as_str) else {
+        bail!("the node's report has no markdown");
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, markdown)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            if ctx.json {
+                ctx.print_json(&answer)?;
+            } else if !ctx.quiet {
+                ctx.line(&format!(
+                    "wrote {} bytes to {}",
+                    markdown.len(),
+                    path.display()
+                ))?;
+            }
+        }
+        None if ctx.json => ctx.print_json(&answer)?,
+        None if markdown.ends_with('\n') => ctx.print(markdown)?,
+        None => ctx.line(markdown)?,
+    }
+    Ok(())
+}
+
+/// `spoc export`.
+pub fn export(ctx: &Ctx, args: &ExportArgs) -> Result<()> {
+    let bytes = ctx
+        .client(TIMEOUT)?
+        .get_bytes("/v1/export", &[("id", args.doc.clone())])?;
+    std::fs::write(&args.out, &bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    if ctx.json {
+        ctx.print_json(&json!({
+            "id": args.doc,
+            "out": args.out.display().to_string(),
+            "bytes": bytes.len(),
+        }))?;
+    } else if !ctx.quiet {
+        ctx.line(&format!(
+            "wrote {} bytes to {}",
+            bytes.len(),
+            args.out.display()
+        ))?;
+    }
+    Ok(())
+}
+
+/// `spoc peers`.
+pub fn peers(ctx: &Ctx) -> Result<()> {
+    let peers: Vec<Value> = ctx.client(TIMEOUT)?.get_json("/v1/peers", &[])?;
+    if ctx.json {
+        ctx.print_json(&Value::Array(peers))?;
+    } else if peers.is_empty() {
+        if !ctx.quiet {
+            ctx.line("no peers")?;
+        }
+    } else {
+        ctx.print(&peers_table(&peers).render())?;
+    }
+    Ok(())
+}
+
+/// A peer id short enough for a table: its start and its end.
+pub fn short_peer(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 16 {
+        return id.to_owned();
+    }
+    let start: String = chars[..4].iter().collect();
+    let end: String = chars[chars.len() - 8..].iter().collect();
+    format!("{start}…{end}")
+}
+
+/// A time that the API may give as RFC 3339 text or as milliseconds.
+fn time_cell(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(output::format_ms)
+            .unwrap_or_else(|| n.to_string()),
+        _ => field(v, key),
+    }
+}
+
+/// The table of `/v1/peers`.
+pub fn peers_table(peers: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "PEER",
+        "STATE",
+        "ADDRESS",
+        "CONNECTED SINCE",
+        "LAST SYNC",
+        "BEHIND",
+    ]);
+    for p in peers {
+        table.row(vec![
+            short_peer(&field(p, "peer_id")),
+            field(p, "state"),
+            field(p, "address"),
+            time_cell(p, "connected_since"),
+            time_cell(p, "last_sync"),
+            field(p, "entries_behind"),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_summarised() {
+        let s = json!({
+            "state": "LT", "network": "testnet", "charter_hash": "0123456789abcdef0123",
+            "presidency": null, "incarnation": 123456, "peer_id": "12D3KooWabc",
+            "heights": {"IE/3735928559": 4, "LT/123456": 2},
+            "entries": 6, "pending": 0,
+            "equivocations": [{"state": "EL", "incarnation": 7, "seq": 3}],
+            "rejected": {"bad_signature": 1},
+            "documents": 5, "store_bytes": 1581056, "peers": []
+        });
+        let text = status_text(&s);
+        for line in [
+            "state          LT\n",
+            "presidency     none (outside the calendar)\n",
+            "charter        0123456789ab\n",
+            "entries        6 (0 pending)\n",
+            "store          1.5 MiB\n",
+            "rejected       1 bad_signature\n",
+            "equivocations  EL/7 at seq 3\n",
+            "LOG            ENTRIES\nIE/3735928559  4\nLT/123456      2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn verify_answers() {
+        assert_eq!(
+            verdict(&json!({"ok": true, "entries": 120, "documents": 14})).unwrap(),
+            "ok: 120 entries, 14 documents verified"
+        );
+        let err =
+            verdict(&json!({"ok": false, "entries": 120, "error": "entry ab12 of LT/7: rule: x"}))
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "verify failed: entry ab12 of LT/7: rule: x"
+        );
+    }
+
+    #[test]
+    fn log_and_peer_tables() {
+        let text = log_table(&[json!({
+            "hash": "00112233445566778899aabbccddeeff", "author": "LT", "incarnation": 7,
+            "seq": 3, "doc": "obstacles/LT/1", "timestamp": "2026-10-01T10:00:00Z",
+            "summary": "put status=resolved"
+        })])
+        .render();
+        assert_eq!(
+            text.lines().nth(1),
+            Some(
+                "001122334455  LT      3    obstacles/LT/1  2026-10-01T10:00:00Z  put status=resolved"
+            )
+        );
+        assert_eq!(short_peer("12D3KooWAbCdEfGhIjKlMn"), "12D3…GhIjKlMn");
+        assert_eq!(short_peer("short"), "short");
+        let text = peers_table(&[json!({
+            "peer_id": "12D3KooWAbCdEfGhIjKlMn", "state": "IE", "address": "/ip4/127.0.0.1/tcp/1",
+            "connected_since": 0, "last_sync": null, "entries_behind": 0
+        })])
+        .render();
+        assert!(
+            text.contains(
+                "12D3…GhIjKlMn  IE     /ip4/127.0.0.1/tcp/1  1970-01-01T00:00:00Z  -          0"
+            ),
+            "{text}"
+        );
+    }
+}
