@@ -272,13 +272,13 @@ impl Charter {
             if by_code.insert(p.code.clone(), index).is_some() {
                 return Err(at(format!("duplicate participant code {}", p.code)));
             }
-            if let Some(k) = key {
-                if by_key.insert(k, index).is_some() {
-                    return Err(at(format!(
-                        "participant {}: key is already another participant's",
-                        p.code
-                    )));
-                }
+            if let Some(k) = key
+                && by_key.insert(k, index).is_some()
+            {
+                return Err(at(format!(
+                    "participant {}: key is already another participant's",
+                    p.code
+                )));
             }
             participants.push(Participant {
                 code: p.code.clone(),

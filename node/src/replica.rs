@@ -111,7 +111,7 @@ enum Verdict {
     WaitDep(ChangeHash),
     Duplicate,
     Reject(Invalid),
-    Equivocation(SignedEntry),
+    Equivocation(Box<SignedEntry>),
 }
 
 impl Replica {
@@ -272,7 +272,7 @@ impl Replica {
                 }
                 Verdict::Equivocation(existing) => {
                     if let Some(c) = self.take_pending(&key) {
-                        let proof = EquivocationProof::new(existing, c.entry);
+                        let proof = EquivocationProof::new(*existing, c.entry);
                         if self.add_proof(proof.clone()) {
                             report.new_proofs.push(proof);
                         }
@@ -331,10 +331,10 @@ impl Replica {
 
     fn judge(&self, key: &PendingKey, c: &Candidate, round: &mut Round) -> Verdict {
         let (log, seq, hash) = *key;
-        if let Some(proof) = self.proofs.get(&log) {
-            if seq >= proof.seq() {
-                return Verdict::Reject(Invalid::Equivocated { seq: proof.seq() });
-            }
+        if let Some(proof) = self.proofs.get(&log)
+            && seq >= proof.seq()
+        {
+            return Verdict::Reject(Invalid::Equivocated { seq: proof.seq() });
         }
         let tip = self.tip(&log);
         let tip_seq = tip.map_or(0, |t| t.seq);
@@ -343,7 +343,7 @@ impl Replica {
             return if existing.hash() == hash {
                 Verdict::Duplicate
             } else {
-                Verdict::Equivocation(existing.clone())
+                Verdict::Equivocation(Box::new(existing.clone()))
             };
         }
         if seq > tip_seq + 1 {

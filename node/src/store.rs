@@ -201,7 +201,7 @@ impl Store {
             })?;
             prev_tip = Some((log, e.entry.seq, e.hash(), e.entry.timestamp_ms));
             entries.push(e);
-            if entries.len() % 1000 == 0 {
+            if entries.len().is_multiple_of(1000) {
                 progress("reading entries", entries.len(), total);
             }
         }

@@ -181,7 +181,7 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
 
     let status = spoc(Some(dir), &["status", "--json"])?.ok()?.json()?;
     let entries = status["entries"].as_u64().unwrap_or(0);
-    assert_eq!(entries, 10, "{status}");
+    assert_eq!(entries, 11, "{status}");
     assert_eq!(status["state"], "LT");
     assert_eq!(status["presidency"], "IE");
     for key in ["heights", "entries", "pending", "equivocations", "rejected"] {
@@ -280,7 +280,7 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
     assert_eq!(practices[0]["title"], "Single case-management system");
     assert_eq!(list(dir, "meeting")?.as_array().map(Vec::len), Some(0));
     let log = spoc(Some(dir), &["log", "--json"])?.ok()?.json()?;
-    assert_eq!(log.as_array().map(Vec::len), Some(10));
+    assert_eq!(log.as_array().map(Vec::len), Some(11));
     for key in ["hash", "author", "seq", "doc", "timestamp", "summary"] {
         assert!(log[0].get(key).is_some(), "log lacks {key}");
     }

@@ -362,10 +362,10 @@ impl Command {
                 check_text("title", title, true)?;
                 check_text("venue", venue, true)?;
                 let day = check_date("date", date)?;
-                if let Some(end) = end_date {
-                    if check_date("end_date", end)? < day {
-                        return Err(invalid("end_date is before date"));
-                    }
+                if let Some(end) = end_date
+                    && check_date("end_date", end)? < day
+                {
+                    return Err(invalid("end_date is before date"));
                 }
                 let format = format.clone().unwrap_or_else(|| "physical".into());
                 if !["physical", "hybrid", "virtual"].contains(&format.as_str()) {
@@ -510,10 +510,10 @@ impl Command {
                 if kind != "legal" && kind != "pragmatic" {
                     return Err(invalid("type is legal or pragmatic"));
                 }
-                if let Some(i) = impact {
-                    if !(1..=4).contains(i) {
-                        return Err(invalid("impact is 1 to 4"));
-                    }
+                if let Some(i) = impact
+                    && !(1..=4).contains(i)
+                {
+                    return Err(invalid("impact is 1 to 4"));
                 }
                 created(tx, "obstacle")?;
                 tx.put(ROOT, "title", title.as_str()).map_err(am)?;
@@ -603,10 +603,10 @@ impl Command {
                 check_text("title", title, true)?;
                 check_text("problem", problem, true)?;
                 check_text("practice", practice, true)?;
-                if let Some(c) = contact {
-                    if !c.contains('@') {
-                        return Err(invalid("contact is a functional mailbox (name@domain)"));
-                    }
+                if let Some(c) = contact
+                    && !c.contains('@')
+                {
+                    return Err(invalid("contact is a functional mailbox (name@domain)"));
                 }
                 created(tx, "practice")?;
                 tx.put(ROOT, "title", title.as_str()).map_err(am)?;

@@ -172,16 +172,12 @@ pub fn encode_sync_frame(frame: &SyncFrame) -> Result<Vec<u8>, std::io::Error> {
     let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
     let mut wire = futures::io::Cursor::new(Vec::new());
     match frame {
-        SyncFrame::Request(r) => futures::executor::block_on(codec.write_request(
-            &SYNC_PROTOCOL,
-            &mut wire,
-            r.clone(),
-        ))?,
-        SyncFrame::Response(r) => futures::executor::block_on(codec.write_response(
-            &SYNC_PROTOCOL,
-            &mut wire,
-            r.clone(),
-        ))?,
+        SyncFrame::Request(r) => {
+            futures::executor::block_on(codec.write_request(&SYNC_PROTOCOL, &mut wire, r.clone()))?
+        }
+        SyncFrame::Response(r) => {
+            futures::executor::block_on(codec.write_response(&SYNC_PROTOCOL, &mut wire, r.clone()))?
+        }
     }
     Ok(wire.into_inner())
 }

@@ -425,10 +425,10 @@ impl Actor {
         }
         self.commit(&report)?;
         self.accepted_local += 1;
-        if let (Some(publish), Some(entry)) = (&self.publish, report.accepted.first()) {
-            if publish.try_send(entry.bytes().to_vec()).is_err() {
-                tracing::debug!("publish queue full; pull sync will deliver the entry");
-            }
+        if let (Some(publish), Some(entry)) = (&self.publish, report.accepted.first())
+            && publish.try_send(entry.bytes().to_vec()).is_err()
+        {
+            tracing::debug!("publish queue full; pull sync will deliver the entry");
         }
         tracing::info!(doc = %id, seq, entry = %hash, "write committed");
         Ok(WriteAck {

@@ -214,13 +214,13 @@ impl Node {
             .participant_by_key(&key.public())
             .map(|p| p.code.clone())
             .ok_or_else(|| Error::NotParticipant(key.public().to_string()))?;
-        if let Some(state) = &settings.state {
-            if *state != code {
-                return Err(Error::WrongKey {
-                    state: state.clone(),
-                    owner: code,
-                });
-            }
+        if let Some(state) = &settings.state
+            && *state != code
+        {
+            return Err(Error::WrongKey {
+                state: state.clone(),
+                owner: code,
+            });
         }
         let node_key = match SecretKey::load(&settings.node_key, None) {
             Ok(k) => k,

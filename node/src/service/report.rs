@@ -144,14 +144,19 @@ pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
     }
     let mut topics = Vec::new();
     for m in &meetings {
+        let attended = m["attendance"].as_u64().unwrap_or(0);
         md.push_str(&format!(
-            "- {} ({}, {}, {}): {}; {} participants attended.\n",
+            "- {} ({}, {}, {}): {}; {attended} {} attended.\n",
             m["title"].as_str().unwrap_or_default(),
             m["date"].as_str().unwrap_or_default(),
             m["venue"].as_str().unwrap_or_default(),
             m["format"].as_str().unwrap_or_default(),
             m["status"].as_str().unwrap_or_default(),
-            m["attendance"].as_u64().unwrap_or(0),
+            if attended == 1 {
+                "participant"
+            } else {
+                "participants"
+            },
         ));
         for item in m["agenda"].as_array().into_iter().flatten() {
             if item["status"] == "accepted" {

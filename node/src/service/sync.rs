@@ -214,21 +214,19 @@ pub async fn run(
                             if n > 0 {
                                 tracing::info!(%peer, entries = n, "caught up");
                             }
-                            if let Ok(mut p) = peers.lock() {
-                                if let Some(s) = p.admitted.get_mut(&peer) {
+                            if let Ok(mut p) = peers.lock()
+                                && let Some(s) = p.admitted.get_mut(&peer) {
                                     s.last_sync_ms = Some(clock.now_ms());
                                 }
-                            }
                         }
                         Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
                     }
                 }
                 Ok(Done::Served { peer, behind }) => {
-                    if let Ok(mut p) = peers.lock() {
-                        if let Some(s) = p.admitted.get_mut(&peer) {
+                    if let Ok(mut p) = peers.lock()
+                        && let Some(s) = p.admitted.get_mut(&peer) {
                             s.entries_behind = behind;
                         }
-                    }
                 }
                 Ok(Done::Gossiped { source, gaps }) => {
                     if gaps {
