@@ -490,7 +490,11 @@ impl Actor {
                 } else if !self.is_admitted(&peer) {
                     let _ = reply.send(Err(Error::NotAdmitted { peer }));
                 } else {
-                    let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, protocol::Inbound::Request(request));
                     self.pending.insert(id, (peer, reply));
                 }
             }
@@ -870,12 +874,25 @@ impl Actor {
         }
     }
 
-    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+    fn on_sync(&mut self, event: request_response::Event<protocol::Inbound, SyncResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: protocol::Inbound::Request(request),
+                    channel,
+                    ..
                 } => self.on_sync_request(peer, request, channel),
+                // A request the codec cannot read (over the frame limit, or malformed) is a
+                // protocol violation: its sender is cut off, so that large frames cost it its
+                // connection and not only our memory.
+                request_response::Message::Request {
+                    request: protocol::Inbound::Unreadable(reason),
+                    ..
+                } => {
+                    self.stats.requests_refused += 1;
+                    warn!(%peer, %reason, "unreadable sync request");
+                    self.refuse(peer, "oversized or malformed sync frame".to_owned());
+                }
                 request_response::Message::Response {
                     request_id,
                     response,

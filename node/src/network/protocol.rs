@@ -122,7 +122,119 @@ impl SyncResponse {
 pub(super) type AdmitBehaviour = cbor::Behaviour<AdmitRequest, AdmitResponse>;
 
 /// The sync behaviour, limited to `max_frame_bytes` in both directions.
-pub(super) type SyncBehaviour = cbor::Behaviour<SyncRequest, SyncResponse>;
+pub(super) type SyncBehaviour = request_response::Behaviour<SyncCodec>;
+
+/// What a node reads from an inbound sync stream: a request, or why it could not read one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Request(SyncRequest),
+    Unreadable(String),
+}
+
+/// libp2p's CBOR codec, except that a request it cannot read (over the size limit, or
+/// malformed) reaches the behaviour as `Inbound::Unreadable` instead of failing inside
+/// libp2p unseen, so that the behaviour can cut its sender off. It reads at most one byte
+/// past the limit, so an oversized frame costs no more memory than the limit.
+#[derive(Clone)]
+pub struct SyncCodec {
+    inner: cbor::codec::Codec<SyncRequest, SyncResponse>,
+    request_limit: u64,
+}
+
+impl std::fmt::Debug for SyncCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncCodec")
+            .field("request_limit", &self.request_limit)
+            .finish()
+    }
+}
+
+impl SyncCodec {
+    /// A request (log heights and proof ids) is small; a response carries entries.
+    pub fn new(max_request_bytes: u64, max_response_bytes: u64) -> Self {
+        SyncCodec {
+            inner: cbor::codec::Codec::default()
+                .set_request_size_maximum(max_request_bytes)
+                .set_response_size_maximum(max_response_bytes),
+            request_limit: max_request_bytes,
+        }
+    }
+}
+
+/// The largest sync request a node reads: about 5,000 log heights. With libp2p's 100
+/// concurrent inbound streams per connection, one connection can make the node hold at
+/// most 25 MiB of requests being read.
+pub const MAX_REQUEST_BYTES: u64 = 256 * 1024;
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Inbound;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Inbound>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use futures::AsyncReadExt as _;
+        let mut buf = Vec::new();
+        io.take(self.request_limit.saturating_add(1))
+            .read_to_end(&mut buf)
+            .await?;
+        if buf.len() as u64 > self.request_limit {
+            return Ok(Inbound::Unreadable(format!(
+                "sync request over {} bytes",
+                self.request_limit
+            )));
+        }
+        let mut cursor = futures::io::Cursor::new(buf);
+        Ok(match self.inner.read_request(protocol, &mut cursor).await {
+            Ok(request) => Inbound::Request(request),
+            Err(e) => Inbound::Unreadable(format!("malformed sync request: {e}")),
+        })
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<SyncResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.inner.read_response(protocol, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+        request: Inbound,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        match request {
+            Inbound::Request(r) => self.inner.write_request(protocol, io, r).await,
+            Inbound::Unreadable(_) => Err(std::io::Error::other("not a request")),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+        response: SyncResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        self.inner.write_response(protocol, io, response).await
+    }
+}
 
 pub(super) fn admit_behaviour() -> AdmitBehaviour {
     let codec = cbor::codec::Codec::default()
@@ -137,11 +249,8 @@ pub(super) fn admit_behaviour() -> AdmitBehaviour {
 
 pub(super) fn sync_behaviour(max_frame_bytes: usize) -> SyncBehaviour {
     let limit = u64::try_from(max_frame_bytes).unwrap_or(u64::MAX);
-    let codec = cbor::codec::Codec::default()
-        .set_request_size_maximum(limit)
-        .set_response_size_maximum(limit);
     request_response::Behaviour::with_codec(
-        codec,
+        SyncCodec::new(limit.min(MAX_REQUEST_BYTES), limit),
         [(SYNC_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(SYNC_TIMEOUT),
     )
@@ -151,15 +260,13 @@ pub(super) fn sync_behaviour(max_frame_bytes: usize) -> SyncBehaviour {
 /// same size limit. For fuzzing and for tools; the swarm does this itself.
 pub fn decode_sync_frame(bytes: &[u8], max_frame_bytes: u64) -> Result<SyncFrame, std::io::Error> {
     use libp2p::request_response::Codec as _;
-    let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default()
-        .set_request_size_maximum(max_frame_bytes)
-        .set_response_size_maximum(max_frame_bytes);
+    let mut codec = SyncCodec::new(max_frame_bytes, max_frame_bytes);
     let request = futures::executor::block_on(
         codec.read_request(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
-    );
+    )?;
     match request {
-        Ok(r) => Ok(SyncFrame::Request(r)),
-        Err(_) => futures::executor::block_on(
+        Inbound::Request(r) => Ok(SyncFrame::Request(r)),
+        Inbound::Unreadable(_) => futures::executor::block_on(
             codec.read_response(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
         )
         .map(SyncFrame::Response),
