@@ -40,6 +40,9 @@ pub enum Cmd {
     Charter(CharterCmd),
     /// Lay out the data directories of a local test network.
     Testnet(TestnetArgs),
+    /// Start a local network of real nodes, contribute from several states, and show
+    /// the contributions converge.
+    Demo(DemoArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -104,6 +107,17 @@ pub enum CharterCmd {
         /// The charter file.
         file: PathBuf,
     },
+}
+
+/// `spoc demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How many nodes (2 to 31).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub nodes: usize,
+    /// Leave the network running until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `spoc testnet`.

@@ -1,6 +1,7 @@
 //! What each command does: local commands work on files, the others go through the node's
 //! API. `run` dispatches a parsed command line.
 
+pub mod demo;
 pub mod local;
 pub mod node;
 pub mod work;
@@ -81,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Keygen(args) => local::keygen(&ctx, &args),
         Cmd::Charter(cmd) => local::charter(&ctx, cmd),
         Cmd::Testnet(args) => local::testnet(&ctx, &args),
+        Cmd::Demo(args) => demo::demo(&ctx, &args),
         Cmd::Completions { shell } => local::completions(&ctx, shell),
         Cmd::Status => node::status(&ctx),
         Cmd::Meeting(cmd) => work::execute(&ctx, work::meeting(cmd)),
