@@ -75,6 +75,8 @@ pub enum Cmd {
     Export(ExportArgs),
     /// Show the peers the node is connected to.
     Peers,
+    /// Wait until the node holds the given entries (by hash); exit 1 if it does not in time.
+    Wait(WaitArgs),
 }
 
 /// `spoc keygen`.
@@ -107,6 +109,17 @@ pub enum CharterCmd {
         /// The charter file.
         file: PathBuf,
     },
+}
+
+/// `spoc wait`.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Entry hashes, as writes print them with --json, separated by commas.
+    #[arg(long, value_name = "HASH,...", value_delimiter = ',', required = true)]
+    pub entries: Vec<String>,
+    /// How long to wait, in milliseconds (at most 120000).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
 }
 
 /// `spoc demo`.

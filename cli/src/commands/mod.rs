@@ -95,5 +95,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Report(args) => node::report(&ctx, &args),
         Cmd::Export(args) => node::export(&ctx, &args),
         Cmd::Peers => node::peers(&ctx),
+        Cmd::Wait(args) => node::wait(&ctx, &args),
     }
 }

@@ -229,6 +229,34 @@ pub fn peers(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `spoc wait`: holds until the node has every entry, through the API's long poll.
+pub fn wait(ctx: &Ctx, args: &crate::args::WaitArgs) -> Result<()> {
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.min(120_000));
+    let client = ctx.client(timeout + std::time::Duration::from_secs(10))?;
+    let answer: Value = client.get_json(
+        "/v1/wait",
+        &[
+            ("entries", args.entries.join(",")),
+            ("timeout_ms", timeout.as_millis().to_string()),
+        ],
+    )?;
+    if ctx.json {
+        ctx.print_json(&answer)?;
+    }
+    if answer["present"] != Value::Bool(true) {
+        anyhow::bail!(
+            "{} of {} entries missing after {} ms",
+            answer["missing"].as_array().map_or(0, Vec::len),
+            args.entries.len(),
+            timeout.as_millis()
+        );
+    }
+    if ctx.chatty() {
+        ctx.line(&format!("all {} entries present", args.entries.len()))?;
+    }
+    Ok(())
+}
+
 /// A peer id short enough for a table: its start and its end.
 pub fn short_peer(id: &str) -> String {
     let chars: Vec<char> = id.chars().collect();
