@@ -457,6 +457,21 @@ impl Replica {
                     .into(),
             ));
         }
+        // An entry of this log that waits here was signed but cannot be accepted, as when
+        // it built on a branch that a proof cut: signing its seq again would make this
+        // author equivocate in turn.
+        let first = (log, 0, EntryHash([0; 32]));
+        if self
+            .pending
+            .range(first..)
+            .next()
+            .is_some_and(|(k, _)| k.0 == log)
+        {
+            return Err(Refused::Invalid(
+                "this log's entries built on a cut branch: restart the node for a new incarnation"
+                    .into(),
+            ));
+        }
         let today = rules::date_of_ms(now_ms)
             .ok_or_else(|| Refused::Invalid("the clock is out of range".into()))?;
         let writer = Writer {

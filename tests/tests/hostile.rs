@@ -688,6 +688,7 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
         author: [7; 32],
         incarnation: 1,
         seq: 1,
+        tip: None,
     };
     let big = SyncRequest {
         heights: vec![height; 200_000],
@@ -772,5 +773,54 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
         "flood: {FLOOD} concurrent sync requests, {answered} answered, flooder cut off after {cut_off:?}; {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+#[test]
+fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Result<()> {
+    let _serial = serial();
+    let mut net = Net::start()?;
+    let (a_id, b_id) = (net.a_id, net.b_id);
+    // Two entries of one log (same key, same incarnation) with the same seq.
+    let incarnation = rand::random::<u32>() | 1;
+    let fork = |title: &str| -> Result<SignedEntry> {
+        let replica = Replica::new(net.charter.clone(), Limits::default());
+        let command: Command = serde_json::from_value(report(title))?;
+        let ulid = (u128::from(now_ms()) << 80) | u128::from(rand::random::<u64>());
+        Ok(replica
+            .prepare(&net.rogue_key, incarnation, &command, now_ms(), ulid.into())?
+            .0)
+    };
+    let (one, two) = (fork("First branch")?, fork("Second branch")?);
+    assert_eq!((one.entry.seq, two.entry.seq), (1, 1));
+    assert_ne!(one.hash(), two.hash());
+    // Each node pulls one branch from a peer that only it is connected to.
+    let answer = |e: &SignedEntry| SyncResponse {
+        entries: vec![serde_bytes::ByteBuf::from(e.bytes().to_vec())],
+        proofs: Vec::new(),
+        more: false,
+    };
+    let mut to_a = net.spawn(net.rogue_config(&[0])?, answer(&one))?;
+    let mut to_b = net.spawn(net.rogue_config(&[1])?, answer(&two))?;
+    to_a.wait_admitted_by(&net.rt, &a_id)?;
+    to_b.wait_admitted_by(&net.rt, &b_id)?;
+    // A and B find the fork when they next sync with each other, and exchange the proof.
+    net.a.wait_log("equivocation", Duration::from_secs(60))?;
+    net.b.wait_log("equivocation", Duration::from_secs(60))?;
+    for node in [&net.a, &net.b] {
+        let s = status(node)?;
+        let listed = s["equivocations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["state"] == net.rogue.as_str() && e["incarnation"] == incarnation && e["seq"] == 1
+            });
+        assert!(listed, "{} does not report {}: {s}", s["state"], net.rogue);
+        // Neither branch counts.
+        assert!(!holds(node, &one.hash().to_string())?);
+        assert!(!holds(node, &two.hash().to_string())?);
+    }
+    eprintln!("equivocation by {} reported by both nodes", net.rogue);
     Ok(())
 }

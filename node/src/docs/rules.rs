@@ -174,6 +174,31 @@ pub fn check(
     staged: &mut Staged,
     change: &Change,
 ) -> Result<(), String> {
+    let mut made = Vec::new();
+    let verdict = check_ops(ctx, doc, staged, change, &mut made);
+    if verdict.is_err() {
+        // A refused change is never applied: the objects it made must not resolve for the
+        // changes checked after it, which would pass here and then fail to apply.
+        for (key, previous) in made.into_iter().rev() {
+            match previous {
+                Some(path) => staged.created.insert(key, path),
+                None => staged.created.remove(&key),
+            };
+        }
+    }
+    verdict
+}
+
+/// The objects a change made in `Staged`, with what each key held before.
+type Made = Vec<((u64, ActorId), Option<Vec<String>>)>;
+
+fn check_ops(
+    ctx: &Context<'_>,
+    doc: &Automerge,
+    staged: &mut Staged,
+    change: &Change,
+    made: &mut Made,
+) -> Result<(), String> {
     let creating = change.deps().is_empty();
     if creating && !ctx.is_owner() {
         return Err(format!(
@@ -196,9 +221,9 @@ pub fn check(
             automerge::legacy::Key::Seq(_) => "#".to_owned(),
         });
         if let automerge::legacy::OpType::Make(_) = op.action {
-            staged
-                .created
-                .insert((start + i as u64, actor.clone()), segs.clone());
+            let key = (start + i as u64, actor.clone());
+            let previous = staged.created.insert(key.clone(), segs.clone());
+            made.push((key, previous));
         }
         if let automerge::legacy::OpType::Put(v) = &op.action {
             puts.insert(segs.join("/"), v.clone());

@@ -47,6 +47,10 @@ pub struct LogHeight {
     pub author: [u8; 32],
     pub incarnation: u32,
     pub seq: u64,
+    /// The hash of the requester's entry at `seq`: a responder that holds another entry
+    /// there (an equivocation) sends its own, so the requester finds the fork.
+    #[serde(default)]
+    pub tip: Option<ByteBuf>,
 }
 
 /// A pull request: "send me what comes after these heights".
@@ -92,8 +96,8 @@ fn byte_list(list: &[ByteBuf]) -> usize {
 impl SyncRequest {
     /// An upper bound of the request's CBOR encoding size.
     pub fn encoded_len(&self) -> usize {
-        let height = header(3) + text("author") + bytes(&[0; 32]) + text("incarnation") + 5;
-        let height = height + text("seq") + 9;
+        let height = header(4) + text("author") + bytes(&[0; 32]) + text("incarnation") + 5;
+        let height = height + text("seq") + 9 + text("tip") + bytes(&[0; 32]);
         header(3)
             + text("heights")
             + header(self.heights.len())
@@ -310,7 +314,8 @@ mod tests {
                 LogHeight {
                     author: [7; 32],
                     incarnation: u32::MAX,
-                    seq: u64::MAX
+                    seq: u64::MAX,
+                    tip: Some(ByteBuf::from(vec![9; 32])),
                 };
                 2
             ],

@@ -149,6 +149,7 @@ fn request(max_entries: u32, proofs: usize) -> SyncRequest {
             author: [3; 32],
             incarnation: 1,
             seq: 42,
+            tip: None,
         }],
         max_entries,
         proofs: vec![ByteBuf::from(vec![9; 1024]); proofs],

@@ -84,9 +84,9 @@ pub(crate) enum Request {
         proofs: Vec<EquivocationProof>,
         reply: Reply<IngestSummary>,
     },
-    Heights(Reply<Vec<(LogId, u64)>>),
+    Heights(Reply<Vec<(LogId, u64, crate::log::EntryHash)>>),
     EntriesAfter {
-        heights: HashMap<LogId, u64>,
+        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
         max: usize,
         reply: Reply<(Vec<Vec<u8>>, bool)>,
     },
@@ -149,7 +149,8 @@ impl Handle {
     pub async fn metrics(&self) -> Result<String, Failure> {
         ask!(self, Metrics)
     }
-    pub async fn heights(&self) -> Result<Vec<(LogId, u64)>, Failure> {
+    /// Each log's last seq and the hash of its entry there.
+    pub async fn heights(&self) -> Result<Vec<(LogId, u64, crate::log::EntryHash)>, Failure> {
         ask!(self, Heights)
     }
     pub async fn proofs(&self) -> Result<Vec<EquivocationProof>, Failure> {
@@ -220,9 +221,11 @@ impl Handle {
         rx.await
             .map_err(|_| Failure::Internal("the node is shutting down".into()))?
     }
+    /// The entries after `heights` (see `Replica::entries_after`), preceded by our entry
+    /// at any height whose tip hash differs from ours: the evidence of an equivocation.
     pub async fn entries_after(
         &self,
-        heights: HashMap<LogId, u64>,
+        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
         max: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
         let (reply, rx) = oneshot::channel();
@@ -381,17 +384,40 @@ impl Actor {
                 let _ = reply.send(Ok(self.metrics()));
             }
             Request::Heights(reply) => {
-                let _ = reply.send(Ok(self.replica.heights().into_iter().collect()));
+                let heights = self
+                    .replica
+                    .heights()
+                    .into_iter()
+                    .filter_map(|(log, seq)| {
+                        self.replica.entry(&log, seq).map(|e| (log, seq, e.hash()))
+                    })
+                    .collect();
+                let _ = reply.send(Ok(heights));
             }
             Request::EntriesAfter {
                 heights,
                 max,
                 reply,
             } => {
-                let (entries, more) =
-                    self.replica
-                        .entries_after(&heights, max, super::sync::BATCH_BYTES);
-                let bytes = entries.into_iter().map(|e| e.bytes().to_vec()).collect();
+                let divergent: Vec<Vec<u8>> = heights
+                    .iter()
+                    .filter_map(|(log, (seq, tip))| {
+                        let ours = self.replica.entry(log, *seq)?;
+                        (tip.is_some_and(|t| t != ours.hash())).then(|| ours.bytes().to_vec())
+                    })
+                    .take(max)
+                    .collect();
+                let plain: HashMap<LogId, u64> = heights
+                    .into_iter()
+                    .map(|(log, (seq, _))| (log, seq))
+                    .collect();
+                let (entries, more) = self.replica.entries_after(
+                    &plain,
+                    max.saturating_sub(divergent.len()).max(1),
+                    super::sync::BATCH_BYTES,
+                );
+                let mut bytes = divergent;
+                bytes.extend(entries.into_iter().map(|e| e.bytes().to_vec()));
                 let _ = reply.send(Ok((bytes, more)));
             }
             Request::Missing(hashes, reply) => {
@@ -450,6 +476,13 @@ impl Actor {
                 .add_proofs(proofs)
                 .map_err(|e| Failure::Internal(e.to_string()))?;
             self.commit(&report)?;
+            for p in &report.new_proofs {
+                tracing::warn!(
+                    author = %code_of(&self.charter, &p.log()),
+                    seq = p.seq(),
+                    "equivocation proof received from a peer"
+                );
+            }
             summary.new_proofs.extend(report.new_proofs);
         }
         if !entries.is_empty() {

@@ -305,14 +305,18 @@ async fn on_gossip(
     }
 }
 
-fn heights_request(heights: &[(LogId, u64)], proofs: &[EquivocationProof]) -> SyncRequest {
+fn heights_request(
+    heights: &[(LogId, u64, crate::log::EntryHash)],
+    proofs: &[EquivocationProof],
+) -> SyncRequest {
     SyncRequest {
         heights: heights
             .iter()
-            .map(|(log, seq)| LogHeight {
+            .map(|(log, seq, tip)| LogHeight {
                 author: *log.author.as_bytes(),
                 incarnation: log.incarnation,
                 seq: *seq,
+                tip: Some(serde_bytes::ByteBuf::from(tip.0.to_vec())),
             })
             .collect(),
         max_entries: u32::try_from(BATCH_ENTRIES).unwrap_or(u32::MAX),
@@ -381,12 +385,17 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
     let mut heights = HashMap::with_capacity(request.heights.len());
     for h in &request.heights {
         if let Ok(author) = PublicKey::from_bytes(h.author) {
+            let tip = h
+                .tip
+                .as_ref()
+                .and_then(|t| <[u8; 32]>::try_from(t.as_slice()).ok())
+                .map(crate::log::EntryHash);
             heights.insert(
                 LogId {
                     author,
                     incarnation: h.incarnation,
                 },
-                h.seq,
+                (h.seq, tip),
             );
         }
     }
@@ -398,7 +407,9 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
         .await
         .map(|ours| {
             ours.iter()
-                .map(|(log, seq)| seq.saturating_sub(heights.get(log).copied().unwrap_or(0)))
+                .map(|(log, seq, _)| {
+                    seq.saturating_sub(heights.get(log).map_or(0, |(theirs, _)| *theirs))
+                })
                 .sum()
         })
         .unwrap_or(0);
