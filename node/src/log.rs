@@ -429,3 +429,25 @@ impl EquivocationProof {
         Ok(EquivocationProof { a, b })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_over_the_limit_are_refused_before_decoding() {
+        let big = vec![1u8; MAX_ENTRY_BYTES + 1];
+        assert_eq!(
+            SignedEntry::decode(&big),
+            Err(DecodeError::TooLarge(MAX_ENTRY_BYTES + 1))
+        );
+        assert!(matches!(
+            SignedEntry::decode(&[1, 0, 0]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            SignedEntry::decode(&[]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

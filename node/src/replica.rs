@@ -193,9 +193,11 @@ impl Replica {
         let mut queue = VecDeque::with_capacity(fresh.len());
         for c in fresh {
             let size = c.entry.bytes().len();
-            if self.pending.len() >= self.limits.max_pending_entries
-                || self.pending_bytes + size > self.limits.max_pending_bytes
-            {
+            let log = c.entry.entry.log();
+            // The next entry of its log may be what the waiting ones wait for: it is taken
+            // in even when the set is full, and the set is trimmed after the drain.
+            let next = c.entry.entry.seq == self.tip(&log).map_or(0, |t| t.seq) + 1;
+            if !next && self.over_limits(size) {
                 report.overflow += 1;
                 continue;
             }
@@ -207,10 +209,37 @@ impl Replica {
         // Lower seqs first, so that one pass accepts a log that arrived in order.
         queue.make_contiguous().sort();
         self.drain(queue, &mut report)?;
+        report.overflow += self.trim_pending();
         if !report.new_proofs.is_empty() {
             self.rebuild(&mut report)?;
         }
         Ok(report)
+    }
+
+    fn over_limits(&self, extra: usize) -> bool {
+        self.pending.len() >= self.limits.max_pending_entries
+            || self.pending_bytes + extra > self.limits.max_pending_bytes
+    }
+
+    /// Drops the waiting entries furthest from their logs' tips until the set is within
+    /// its limits; sync brings them again later. Returns how many were dropped.
+    fn trim_pending(&mut self) -> usize {
+        let mut dropped = 0;
+        while self.pending.len() > self.limits.max_pending_entries
+            || self.pending_bytes > self.limits.max_pending_bytes
+        {
+            let Some(key) = self
+                .pending
+                .keys()
+                .max_by_key(|(log, seq, _)| seq.saturating_sub(self.tip(log).map_or(0, |t| t.seq)))
+                .copied()
+            else {
+                break;
+            };
+            self.take_pending(&key);
+            dropped += 1;
+        }
+        dropped
     }
 
     fn reject(&mut self, report: &mut Report, hash: EntryHash, invalid: Invalid) {
@@ -627,5 +656,70 @@ impl Replica {
             }
         }
         (out, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn report(i: usize) -> Command {
+        serde_json::from_value(serde_json::json!({
+            "command": "obstacle_report", "title": format!("Obstacle {i}"),
+            "type": "legal", "description": "A description.",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pending_set_is_bounded() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let today = time::macros::date!(2026 - 12 - 01);
+        let now = 1_796_083_200_000;
+        let (charter, keys) = crate::testnet::fixture(&["IE", "LT"], &[], today, &mut rng).unwrap();
+        let charter = Arc::new(charter);
+        let mut author = Replica::new(charter.clone(), Limits::default());
+        let mut entries = Vec::new();
+        for i in 0..10 {
+            let (e, _) = author
+                .prepare(
+                    &keys["LT"],
+                    1,
+                    &report(i),
+                    now,
+                    ulid::Ulid::from(i as u128 + 1),
+                )
+                .unwrap();
+            author.ingest(vec![e.clone()]).unwrap();
+            entries.push(e);
+        }
+        let limits = Limits {
+            max_pending_entries: 3,
+            max_pending_bytes: usize::MAX,
+        };
+        let mut r = Replica::new(charter.clone(), limits);
+        // Without the first entry, every other one waits; only three fit.
+        let report = r.ingest(entries[1..].to_vec()).unwrap();
+        assert_eq!((report.accepted.len(), report.overflow), (0, 6));
+        assert_eq!(r.pending_count(), 3);
+        // The first entry wakes the three that wait; the overflow comes again by sync.
+        let report = r.ingest(vec![entries[0].clone()]).unwrap();
+        assert_eq!(report.accepted.len(), 4, "{report:?}");
+        assert_eq!(r.pending_count(), 0);
+        // Sync offers everything again; each round gets as far as the limits allow.
+        let report = r.ingest(entries.clone()).unwrap();
+        assert_eq!((report.accepted.len(), report.overflow), (3, 3));
+        let report = r.ingest(entries.clone()).unwrap();
+        assert_eq!(report.accepted.len(), 3);
+        assert_eq!(r.entry_count(), 10);
+
+        let tight = Limits {
+            max_pending_entries: usize::MAX,
+            max_pending_bytes: entries[1].bytes().len() * 2,
+        };
+        let mut r = Replica::new(charter, tight);
+        let report = r.ingest(entries[1..].to_vec()).unwrap();
+        assert_eq!(r.pending_count(), 2, "{report:?}");
     }
 }

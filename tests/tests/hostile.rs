@@ -824,3 +824,30 @@ fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Resul
     eprintln!("equivocation by {} reported by both nodes", net.rogue);
     Ok(())
 }
+
+#[test]
+fn a_sync_answer_over_the_batch_limit_cuts_the_peer_off() -> Result<()> {
+    let _serial = serial();
+    let mut net = Net::start()?;
+    let a_id = net.a_id;
+    // 501 entries, one over the batch limit; the node counts them before decoding any.
+    let answer = SyncResponse {
+        entries: vec![serde_bytes::ByteBuf::from(vec![1u8; 8]); 501],
+        proofs: Vec::new(),
+        more: false,
+    };
+    let mut h = net.spawn(net.rogue_config(&[0])?, answer)?;
+    h.wait_admitted_by(&net.rt, &a_id)?;
+    let line = refused_log(&mut net.a, &h.id, "sync batch over the limit")?;
+    assert!(line.contains("sync batch over the limit"), "{line}");
+    let s = status(&net.a)?;
+    assert_eq!(
+        count(&s, "refused_peers", "sync batch over the limit"),
+        1,
+        "{s}"
+    );
+    // The node goes on serving the others.
+    let ack = net.b.write(&report("After the oversized batch"))?;
+    net.a.wait_entries(&[hash(&ack)], WAIT)?;
+    Ok(())
+}

@@ -16,7 +16,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, identify, mdns, noise, ping,
+    tcp, yamux,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,6 +53,7 @@ pub(super) struct Behaviour {
     deny: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
+    identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     admit: AdmitBehaviour,
     sync: SyncBehaviour,
@@ -267,6 +269,10 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
         deny: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits),
         ping: ping::Behaviour::default(),
+        identify: identify::Behaviour::new(identify::Config::new(
+            format!("/spocnet/{}/1", config.network_id),
+            config.keypair.public(),
+        )),
         gossipsub,
         admit: protocol::admit_behaviour(),
         sync: protocol::sync_behaviour(config.max_frame_bytes),
@@ -748,6 +754,15 @@ impl Actor {
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
                 trace!(%peer, ?result, "ping")
             }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                debug!(
+                    peer = %peer_id,
+                    agent = %info.agent_version,
+                    protocol = %info.protocol_version,
+                    "identified"
+                );
+            }
+            BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Deny(never) | BehaviourEvent::Limits(never) => match never {},
         }
     }

@@ -663,6 +663,23 @@ impl Actor {
             "Writes made through this node since it started.",
             self.accepted_local.to_string(),
         );
+        let network = (self.status_extra)();
+        out.push_str(&format!(
+            "# HELP spoc_peers Admitted peers.\n# TYPE spoc_peers gauge\nspoc_peers {}\n",
+            network["peers"].as_array().map_or(0, Vec::len)
+        ));
+        out.push_str(&format!(
+            "# HELP spoc_invalid_from_peers_total Peers cut off for sending invalid entries.\n# TYPE spoc_invalid_from_peers_total counter\nspoc_invalid_from_peers_total {}\n",
+            network["invalid_from_peers"].as_u64().unwrap_or(0)
+        ));
+        out.push_str("# HELP spoc_peer_refusals_total Peers refused and disconnected, by reason.\n# TYPE spoc_peer_refusals_total counter\n");
+        for (reason, n) in network["refused_peers"].as_object().into_iter().flatten() {
+            let reason = reason.replace(['"', '\\', '\n'], " ");
+            out.push_str(&format!(
+                "spoc_peer_refusals_total{{reason=\"{reason}\"}} {}\n",
+                n.as_u64().unwrap_or(0)
+            ));
+        }
         out.push_str("# HELP spoc_rejected_total Entries refused, by reason.\n# TYPE spoc_rejected_total counter\n");
         for (reason, n) in self.replica.rejected_counts() {
             out.push_str(&format!("spoc_rejected_total{{reason=\"{reason}\"}} {n}\n"));
