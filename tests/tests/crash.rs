@@ -17,6 +17,17 @@ fn report(i: usize) -> serde_json::Value {
     })
 }
 
+/// The ids of the obstacles a node holds.
+fn obstacle_ids(node: &Proc) -> Result<BTreeSet<String>> {
+    let (_, list) = node.get("/v1/docs?collection=obstacles")?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
 #[test]
 fn acknowledged_contributions_survive_kill_9() -> Result<()> {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0x5eed);
@@ -28,13 +39,7 @@ fn acknowledged_contributions_survive_kill_9() -> Result<()> {
     while acknowledged.len() < 100 {
         let mut node = Proc::start(lt)?;
         // Everything acknowledged before is still there after each restart.
-        let (_, list) = node.get("/v1/docs?collection=obstacles")?;
-        let present: BTreeSet<String> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["id"].as_str().map(str::to_owned))
-            .collect();
+        let present = obstacle_ids(&node)?;
         let lost: Vec<_> = acknowledged.difference(&present).collect();
         assert!(lost.is_empty(), "lost after {kills} kills: {lost:?}");
 
@@ -78,13 +83,7 @@ fn acknowledged_contributions_survive_kill_9() -> Result<()> {
         kills += 1;
     }
     let node = Proc::start(lt)?;
-    let (_, list) = node.get("/v1/docs?collection=obstacles")?;
-    let present: BTreeSet<String> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o["id"].as_str().map(str::to_owned))
-        .collect();
+    let present = obstacle_ids(&node)?;
     assert!(
         acknowledged.is_subset(&present),
         "lost acknowledged contributions"
