@@ -292,7 +292,11 @@ pub fn execute(ctx: &Ctx, action: Action) -> Result<()> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| anyhow::anyhow!("the node's answer names no id: {answer}"))?;
             if ctx.json {
-                ctx.print_json(&json!({ "id": id }))?;
+                ctx.print_json(&json!({
+                    "id": id,
+                    "entry": answer.get("entry"),
+                    "seq": answer.get("seq"),
+                }))?;
             } else {
                 ctx.line(id)?;
             }

@@ -751,8 +751,17 @@ impl Actor {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
-                trace!(%peer, ?result, "ping")
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => {
+                // A silent partition leaves TCP connections open: a failed ping closes the
+                // connection, so the peer list is honest and redialling starts.
+                if let Err(error) = result {
+                    debug!(%peer, %error, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 debug!(
@@ -897,16 +906,22 @@ impl Actor {
                     channel,
                     ..
                 } => self.on_sync_request(peer, request, channel),
-                // A request the codec cannot read (over the frame limit, or malformed) is a
-                // protocol violation: its sender is cut off, so that large frames cost it its
-                // connection and not only our memory.
+                // A request over the frame limit is a protocol violation: its sender is cut
+                // off, so that large frames cost it its connection and not only our memory.
+                request_response::Message::Request {
+                    request: protocol::Inbound::Oversized(reason),
+                    ..
+                } => {
+                    self.stats.requests_refused += 1;
+                    warn!(%peer, %reason, "oversized sync request");
+                    self.refuse(peer, "oversized sync frame".to_owned());
+                }
                 request_response::Message::Request {
                     request: protocol::Inbound::Unreadable(reason),
                     ..
                 } => {
                     self.stats.requests_refused += 1;
-                    warn!(%peer, %reason, "unreadable sync request");
-                    self.refuse(peer, "oversized or malformed sync frame".to_owned());
+                    debug!(%peer, %reason, "unreadable sync request dropped");
                 }
                 request_response::Message::Response {
                     request_id,

@@ -132,6 +132,10 @@ pub(super) type SyncBehaviour = request_response::Behaviour<SyncCodec>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
     Request(SyncRequest),
+    /// Over the size limit: the sender is cut off.
+    Oversized(String),
+    /// Malformed or cut short (a requester that gave up closes its stream early): the
+    /// request is dropped, and costs the sender nothing more, since it is bounded.
     Unreadable(String),
 }
 
@@ -189,7 +193,7 @@ impl request_response::Codec for SyncCodec {
             .read_to_end(&mut buf)
             .await?;
         if buf.len() as u64 > self.request_limit {
-            return Ok(Inbound::Unreadable(format!(
+            return Ok(Inbound::Oversized(format!(
                 "sync request over {} bytes",
                 self.request_limit
             )));
@@ -223,7 +227,9 @@ impl request_response::Codec for SyncCodec {
     {
         match request {
             Inbound::Request(r) => self.inner.write_request(protocol, io, r).await,
-            Inbound::Unreadable(_) => Err(std::io::Error::other("not a request")),
+            Inbound::Oversized(_) | Inbound::Unreadable(_) => {
+                Err(std::io::Error::other("not a request"))
+            }
         }
     }
 
@@ -270,7 +276,7 @@ pub fn decode_sync_frame(bytes: &[u8], max_frame_bytes: u64) -> Result<SyncFrame
     )?;
     match request {
         Inbound::Request(r) => Ok(SyncFrame::Request(r)),
-        Inbound::Unreadable(_) => futures::executor::block_on(
+        Inbound::Oversized(_) | Inbound::Unreadable(_) => futures::executor::block_on(
             codec.read_response(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
         )
         .map(SyncFrame::Response),
@@ -339,6 +345,30 @@ mod tests {
         assert!(response_len <= response.encoded_len());
         // Byte fields encode as CBOR byte strings, one header byte or a few per field.
         assert!(response.encoded_len() - response_len < 16);
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_and_cut_short_requests_are_told_apart() -> std::io::Result<()> {
+        let request = SyncRequest {
+            heights: Vec::new(),
+            max_entries: 10,
+            proofs: vec![ByteBuf::from(vec![1; 32]); 4],
+        };
+        let bytes = encode_sync_frame(&SyncFrame::Request(request.clone()))?;
+        let read = |bytes: &[u8], limit: u64| {
+            block_on(
+                SyncCodec::new(limit, limit)
+                    .read_request(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes)),
+            )
+        };
+        assert_eq!(read(&bytes, 1024)?, Inbound::Request(request));
+        assert!(matches!(read(&bytes, 16)?, Inbound::Oversized(_)));
+        assert!(matches!(
+            read(&bytes[..bytes.len() / 2], 1024)?,
+            Inbound::Unreadable(_)
+        ));
+        assert!(matches!(read(&[], 1024)?, Inbound::Unreadable(_)));
         Ok(())
     }
 }
