@@ -12,7 +12,7 @@ fn report(i: usize) -> serde_json::Value {
     json!({
         "command": "obstacle_report",
         "title": format!("Obstacle {i}"),
-        "type": if i % 2 == 0 { "legal" } else { "pragmatic" },
+        "type": if i.is_multiple_of(2) { "legal" } else { "pragmatic" },
         "description": format!("Description of obstacle {i}, long enough to be a real text."),
     })
 }
