@@ -1,0 +1,448 @@
+//! The store keeps what was committed and reports what it cannot trust: ten thousand
+//! entries come back as the same documents and heights after a reopen; a flipped byte, a
+//! truncated file and a second opener are errors, never panics; an equivocation proof
+//! survives a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use spoc_node::docs::command::{Command, Refused};
+use spoc_node::log::{EquivocationProof, Invalid, SignedEntry};
+use spoc_node::replica::{Limits, Replica};
+use spoc_node::store::{Error, Store};
+use tempfile::TempDir;
+
+const INC: u32 = 1;
+
+/// What the generator has made, by kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Meeting,
+    Obstacle,
+    Practice,
+    Training,
+}
+
+/// Makes `n` valid entries: every participant in turn, one second apart, reports, shares,
+/// nominates, convenes, comments, endorses, proposes, attends and updates its fact sheet,
+/// over a few hundred documents.
+fn generate(net: &Net, n: usize, seed: u64) -> Vec<SignedEntry> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut ulids = Ulids::new(seed);
+    let mut writer = net.replica();
+    let mut items: Vec<(Item, String)> = Vec::new();
+    let mut entries = Vec::with_capacity(n);
+    let mut turn = 0u64;
+    while entries.len() < n {
+        turn += 1;
+        let code = CODES[(turn % 5) as usize];
+        let now = NOW + turn * 1_000;
+        let roll: u32 = rng.random_range(0..100);
+        // Comment on, endorse or attend one of the recent items.
+        let recent = &items[items.len().saturating_sub(40)..];
+        let target = (!recent.is_empty()).then(|| &recent[rng.random_range(0..recent.len())]);
+        let (command, made) = match (roll, target) {
+            (0..3, _) if code == "IE" => (
+                convene(&format!("Meeting {turn}"), "2026-12-14"),
+                Some(Item::Meeting),
+            ),
+            (0..3, _) => (
+                report_obstacle(&format!("Obstacle {turn}")),
+                Some(Item::Obstacle),
+            ),
+            (3..5, _) => (
+                share_practice(&format!("Practice {turn}")),
+                Some(Item::Practice),
+            ),
+            (5..6, _) => (nominate(&format!("Expert {turn}")), Some(Item::Training)),
+            (6..12, _) | (_, None) => (set_factsheet("notes", &format!("Notes {turn}")), None),
+            (_, Some((Item::Meeting, id))) if roll.is_multiple_of(2) => (
+                Command::MeetingPropose {
+                    meeting: id.clone(),
+                    title: format!("Item {turn}"),
+                    description: None,
+                },
+                None,
+            ),
+            (_, Some((Item::Meeting, id))) => (
+                Command::MeetingAttend {
+                    meeting: id.clone(),
+                    present: roll.is_multiple_of(3),
+                    delegates: Some(turn as u32 % 5),
+                },
+                None,
+            ),
+            (_, Some((Item::Obstacle, id))) if roll.is_multiple_of(3) && code != "EUROPOL" => (
+                Command::ObstacleEndorse {
+                    obstacle: id.clone(),
+                    stance: "support".into(),
+                    note: Some(format!("Turn {turn}")),
+                },
+                None,
+            ),
+            (_, Some((Item::Obstacle, id))) => (
+                Command::ObstacleComment {
+                    obstacle: id.clone(),
+                    text: format!("Comment {turn}"),
+                },
+                None,
+            ),
+            (_, Some((Item::Practice, id))) => (
+                Command::PracticeComment {
+                    practice: id.clone(),
+                    text: format!("Comment {turn}"),
+                },
+                None,
+            ),
+            (_, Some((Item::Training, id))) if CORE.contains(&code) => (
+                Command::TrainingAssess {
+                    item: id.clone(),
+                    verdict: "assessed".into(),
+                    note: Some(format!("Turn {turn}")),
+                },
+                None,
+            ),
+            (_, Some(_)) => (
+                set_factsheet("contacts", &format!("desk-{turn}@example.eu")),
+                None,
+            ),
+        };
+        match writer.prepare(net.key(code), INC, &command, now, ulids.next(now)) {
+            Ok((entry, id)) => {
+                let report = writer.ingest_verified(vec![entry.clone()]).expect("ingest");
+                assert_accepted(&report, 1);
+                if let Some(kind) = made {
+                    items.push((kind, id));
+                }
+                entries.push(entry);
+            }
+            Err(Refused::Invalid(why)) if why == "nothing to change" => {}
+            Err(e) => panic!("{code} could not write {command:?}: {e}"),
+        }
+    }
+    entries
+}
+
+fn store_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("spoc.redb")
+}
+
+/// Ingests `entries` in batches of `batch` into `replica`, committing each report.
+/// Signatures are checked when `verify` is set.
+fn ingest_and_commit(
+    store: &Store,
+    replica: &mut Replica,
+    entries: &[SignedEntry],
+    batch: usize,
+    verify: bool,
+) {
+    for chunk in entries.chunks(batch) {
+        let report = if verify {
+            replica.ingest(chunk.to_vec())
+        } else {
+            replica.ingest_verified(chunk.to_vec())
+        }
+        .expect("ingest");
+        assert_accepted(&report, chunk.len());
+        store.commit(replica, &report).expect("commit");
+    }
+}
+
+fn load(path: &Path, net: &Net) -> Result<Replica, Error> {
+    Store::open(path)?.load(net.charter.clone(), Limits::default(), &mut |_, _, _| {})
+}
+
+/// A small store of `n` entries, written in one commit, and its state.
+fn small_store(net: &Net, n: usize) -> (TempDir, Vec<SignedEntry>, State) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = generate(net, n, 3);
+    let store = Store::open(&store_path(&dir)).expect("open");
+    let mut replica = net.replica();
+    ingest_and_commit(&store, &mut replica, &entries, n, true);
+    (dir, entries, state(&replica))
+}
+
+/// Every offset at which `needle` occurs in `haystack`.
+fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Flips one byte at `offset` into every copy of `needle` in the file, and returns how
+/// many copies there were.
+fn flip_in_file(path: &Path, needle: &[u8], offset: usize) -> usize {
+    let mut bytes = std::fs::read(path).expect("read");
+    let found = find_all(&bytes, needle);
+    for at in &found {
+        bytes[at + offset] ^= 0x10;
+    }
+    std::fs::write(path, bytes).expect("write");
+    found.len()
+}
+
+#[test]
+fn ten_thousand_entries_come_back_the_same_after_a_reopen() {
+    let net = Net::new(1);
+    let entries = generate(&net, 10_000, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    let expected = {
+        let store = Store::open(&path).expect("open");
+        let mut node = net.replica();
+        // The generator signed these entries itself, and `load` checks every signature
+        // again; skipping the check here saves most of a minute in a debug build.
+        ingest_and_commit(&store, &mut node, &entries, 500, false);
+        assert_eq!(node.entry_count(), 10_000);
+        assert_eq!(store.raw_entry_count().unwrap(), 10_000);
+        state(&node)
+    };
+    assert!(
+        expected.docs.len() > 200,
+        "{} documents",
+        expected.docs.len()
+    );
+    assert_eq!(expected.heights.len(), CODES.len());
+
+    let mut steps: Vec<(String, usize, usize)> = Vec::new();
+    let store = Store::open(&path).expect("reopen");
+    let replica = store
+        .load(
+            net.charter.clone(),
+            Limits::default(),
+            &mut |what, done, total| steps.push((what.to_owned(), done, total)),
+        )
+        .expect("load");
+    assert_eq!(replica.entry_count(), 10_000);
+    assert_eq!(replica.pending_count(), 0);
+    assert_eq!(state(&replica), expected);
+    for what in ["reading entries", "checking signatures"] {
+        assert!(
+            steps.contains(&(what.to_owned(), 10_000, 10_000)),
+            "{what} did not finish: {steps:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reopened_store_takes_new_writes_and_keeps_them() {
+    let net = Net::new(2);
+    let entries = generate(&net, 300, 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    {
+        let store = Store::open(&path).expect("open");
+        let mut node = net.replica();
+        ingest_and_commit(&store, &mut node, &entries[..200], 50, true);
+    }
+    let expected = {
+        let store = Store::open(&path).expect("reopen");
+        let mut node = store
+            .load(net.charter.clone(), Limits::default(), &mut |_, _, _| {})
+            .expect("load");
+        assert_eq!(node.entry_count(), 200);
+        ingest_and_commit(&store, &mut node, &entries[200..], 50, true);
+        // Entries already stored are duplicates, and committing them changes nothing.
+        let report = node.ingest(entries[..10].to_vec()).unwrap();
+        assert_eq!(report.duplicates, 10);
+        store.commit(&node, &report).unwrap();
+        state(&node)
+    };
+    let replica = load(&path, &net).expect("load");
+    assert_eq!(replica.entry_count(), 300);
+    assert_eq!(state(&replica), expected);
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_signature_is_detected() {
+    let net = Net::new(3);
+    for (case, pick) in [
+        ("the last entry of a log", true),
+        ("an entry in the middle", false),
+    ] {
+        let (dir, entries, _) = small_store(&net, 40);
+        let path = store_path(&dir);
+        let last_seq = |e: &SignedEntry| {
+            entries
+                .iter()
+                .filter(|o| o.entry.log() == e.entry.log())
+                .map(|o| o.entry.seq)
+                .max()
+        };
+        let victim = entries
+            .iter()
+            .find(|e| (Some(e.entry.seq) == last_seq(e)) == pick && e.entry.seq > 1)
+            .expect("an entry");
+        let copies = flip_in_file(&path, &victim.signature.0, 17);
+        assert!(copies >= 1, "{case}: the signature is not in the file");
+        let result = std::panic::catch_unwind(|| load(&path, &net));
+        let err = result.expect("no panic").expect_err(case);
+        assert!(matches!(err, Error::Corrupt(_)), "{case}: {err:?}");
+        // The flipped entry no longer has the hash that the index and its successor name.
+        let mut bytes = victim.bytes().to_vec();
+        bytes[victim.bytes().len() - 64 + 17] ^= 0x10;
+        let flipped = SignedEntry::decode(&bytes).expect("decodes");
+        let expected = if pick {
+            format!("the hash index does not name entry {}", flipped.hash())
+        } else {
+            format!(
+                "breaks at seq {}: prev hash does not match the log's entry {}",
+                victim.entry.seq + 1,
+                victim.entry.seq
+            )
+        };
+        let message = err.to_string();
+        assert!(message.starts_with("store is corrupt: "), "{message}");
+        assert!(message.contains(&expected), "{case}: {message}");
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_body_or_snapshot_is_detected() {
+    let net = Net::new(4);
+    let (dir, entries, _) = small_store(&net, 40);
+    let path = store_path(&dir);
+    // The change bytes of an entry: the entry no longer matches its signature and hash.
+    let victim = &entries[20];
+    let change = &victim.entry.change;
+    assert!(flip_in_file(&path, change, change.len() / 2) >= 1);
+    let err = load(&path, &net).expect_err("a flipped body byte");
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+
+    // A snapshot whose heads no longer match the entries.
+    let (dir, _, state) = small_store(&net, 40);
+    let path = store_path(&dir);
+    let doc = {
+        let replica = load(&path, &net).expect("load");
+        let (_, doc) = replica.docs().next().expect("a document");
+        doc.save()
+    };
+    assert!(state.docs.len() > 1);
+    let found = flip_in_file(&path, &doc[doc.len() - 40..], 10);
+    assert!(found >= 1, "the snapshot is not in the file");
+    let result = std::panic::catch_unwind(|| load(&path, &net));
+    let err = result
+        .expect("no panic")
+        .expect_err("a flipped snapshot byte");
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("store is corrupt: snapshot of "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_truncated_file_is_an_error_not_a_panic() {
+    let net = Net::new(5);
+    for fraction in [2, 4, 10] {
+        let (dir, _, _) = small_store(&net, 60);
+        let path = store_path(&dir);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / fraction).unwrap();
+        drop(file);
+        let result = std::panic::catch_unwind(|| load(&path, &net));
+        let err = result
+            .expect("no panic")
+            .expect_err("a truncated store must not load");
+        assert!(
+            matches!(err, Error::Open { .. } | Error::Corrupt(_) | Error::Db(_)),
+            "1/{fraction}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string()) || message.contains("corrupt"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let net = Net::new(6);
+    let (dir, _, expected) = small_store(&net, 10);
+    let path = store_path(&dir);
+    let first = Store::open(&path).expect("open");
+    let err = Store::open(&path).expect_err("a second opener");
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("store {} is in use by another process", path.display())
+    );
+    // The holder is unaffected, and the store opens again once it lets go.
+    let replica = first
+        .load(net.charter.clone(), Limits::default(), &mut |_, _, _| {})
+        .unwrap();
+    assert_eq!(state(&replica), expected);
+    drop(first);
+    assert_eq!(state(&load(&path, &net).expect("reopen")), expected);
+}
+
+#[test]
+fn an_equivocation_proof_survives_a_reopen() {
+    let net = Net::new(7);
+    let mut ulids = Ulids::new(7);
+    let past = generate(&net, 30, 7);
+    let mut fork_at = |text: &str| {
+        let mut node = net.replica();
+        node.ingest(past.clone()).unwrap();
+        let command = set_factsheet("notes", text);
+        write(
+            &mut node,
+            net.key("LT"),
+            INC,
+            &command,
+            NOW + 3_600_000,
+            ulids.next(NOW),
+        )
+    };
+    let (a, _) = fork_at("branch a");
+    let (b, _) = fork_at("branch b");
+    assert_eq!(a.entry.seq, b.entry.seq);
+    let seq = a.entry.seq;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    let (expected, proof) = {
+        let store = Store::open(&path).expect("open");
+        let mut node = net.replica();
+        ingest_and_commit(&store, &mut node, &past, 10, true);
+        ingest_and_commit(&store, &mut node, std::slice::from_ref(&a), 1, true);
+        let report = node.ingest(vec![b.clone()]).unwrap();
+        assert!(report.rebuilt);
+        let proof: EquivocationProof = report.new_proofs[0].clone();
+        store.commit(&node, &report).unwrap();
+        assert_eq!(node.heights()[&net.log("LT", INC)], seq - 1);
+        (state(&node), proof)
+    };
+
+    let mut replica = load(&path, &net).expect("load");
+    assert_eq!(replica.proofs().cloned().collect::<Vec<_>>(), vec![proof]);
+    assert_eq!(state(&replica), expected);
+    assert_eq!(replica.heights()[&net.log("LT", INC)], seq - 1);
+    for e in [a, b] {
+        let report = replica.ingest(vec![e.clone()]).unwrap();
+        assert_eq!(
+            report.rejected,
+            vec![(e.hash(), Invalid::Equivocated { seq })]
+        );
+    }
+    let refused = replica
+        .prepare(
+            net.key("LT"),
+            INC,
+            &set_factsheet("notes", "c"),
+            NOW + 3_600_000,
+            ulids.next(NOW),
+        )
+        .unwrap_err();
+    assert!(refused.to_string().contains("cut by an equivocation proof"));
+}
