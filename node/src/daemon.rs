@@ -31,6 +31,8 @@ fn init_tracing(settings: &Settings) {
 pub fn run(data_dir: &Path) -> Result<(), service::Error> {
     let settings = Settings::load(data_dir, &env)?;
     init_tracing(&settings);
+    // A panic caught inside the node (a malformed change, for one) is logged, not printed.
+    std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -85,6 +85,8 @@ pub struct Replica {
     waiting_dep: HashMap<ChangeHash, Vec<PendingKey>>,
     proofs: BTreeMap<LogId, EquivocationProof>,
     rejected: BTreeMap<&'static str, u64>,
+    /// Entries whose changes Automerge could not apply: refused whenever they come again.
+    poisoned: HashSet<EntryHash>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -99,10 +101,19 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// One document's changes accepted in a round, with the objects they make and, for each,
+/// its last op counter (to check the changes that depend on them).
+#[derive(Default)]
+struct Stage {
+    staged: Staged,
+    changes: Vec<(Change, EntryHash)>,
+    max_ops: HashMap<ChangeHash, u64>,
+}
+
 /// Per-document work staged during one ingest, applied in one `apply_changes` call.
 #[derive(Default)]
 struct Round {
-    staged: HashMap<DocId, (Staged, Vec<Change>, HashSet<ChangeHash>)>,
+    staged: HashMap<DocId, Stage>,
 }
 
 enum Verdict {
@@ -127,6 +138,7 @@ impl Replica {
             waiting_dep: HashMap::new(),
             proofs: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            poisoned: HashSet::new(),
         }
     }
 
@@ -180,6 +192,14 @@ impl Replica {
                 || !seen.insert(hash)
             {
                 report.duplicates += 1;
+                continue;
+            }
+            if self.poisoned.contains(&hash) {
+                self.reject(
+                    &mut report,
+                    hash,
+                    Invalid::MalformedChange("the change cannot be applied to its document".into()),
+                );
                 continue;
             }
             match log::check_intrinsic(&entry, &self.charter) {
@@ -248,7 +268,7 @@ impl Replica {
     }
 
     fn verify_signatures(&mut self, fresh: Vec<Candidate>, report: &mut Report) -> Vec<Candidate> {
-        let batch_ok = {
+        let verdicts = {
             let items: Vec<_> = fresh
                 .iter()
                 .map(|c| {
@@ -260,16 +280,14 @@ impl Replica {
                     )
                 })
                 .collect();
-            crate::identity::verify_batch(&items).is_ok()
+            crate::identity::verify_many(&items)
         };
-        if batch_ok {
-            return fresh;
-        }
         let mut good = Vec::with_capacity(fresh.len());
-        for c in fresh {
-            match c.entry.verify_signature() {
-                Ok(()) => good.push(c),
-                Err(invalid) => self.reject(report, c.entry.hash(), invalid),
+        for (c, ok) in fresh.into_iter().zip(verdicts) {
+            if ok {
+                good.push(c);
+            } else {
+                self.reject(report, c.entry.hash(), Invalid::BadSignature);
             }
         }
         good
@@ -319,8 +337,8 @@ impl Replica {
                         .seqs
                         .insert(c.change.actor_id().clone(), c.change.seq());
                     let stage = round.staged.entry(doc_id.clone()).or_default();
-                    stage.1.push(c.change);
-                    stage.2.insert(change_hash);
+                    stage.max_ops.insert(change_hash, c.change.max_op());
+                    stage.changes.push((c.change, hash));
                     self.logs.entry(log).or_default().push(c.entry.clone());
                     self.accepted.insert(hash, (log, seq));
                     report.touched.insert(doc_id);
@@ -341,15 +359,85 @@ impl Replica {
                 }
             }
         }
-        for (doc_id, (_, changes, _)) in round.staged {
-            if let Some(state) = self.docs.get_mut(&doc_id) {
-                state.doc.apply_changes(changes).map_err(|e| Error::Apply {
-                    doc: doc_id.to_string(),
-                    reason: e.to_string(),
-                })?;
+        let mut poisoned = Vec::new();
+        for (doc_id, stage) in round.staged {
+            poisoned.extend(self.apply_guarded(&doc_id, stage.changes));
+        }
+        if !poisoned.is_empty() {
+            // A change that Automerge cannot apply is refused on every node alike: the
+            // accepted set is recomputed without it (and without what depends on it).
+            for hash in poisoned {
+                self.poisoned.insert(hash);
+                self.reject(
+                    report,
+                    hash,
+                    Invalid::MalformedChange("the change cannot be applied to its document".into()),
+                );
             }
+            self.rebuild(report)?;
         }
         Ok(())
+    }
+
+    /// Applies a document's staged changes in one call. Automerge panics on some malformed
+    /// changes (an insert after an element that does not exist, for one). After a panic or
+    /// an error the document is rebuilt from its other accepted entries, and the staged
+    /// changes are tried one by one to find those that cannot be applied, which are
+    /// returned with those that depend on them.
+    fn apply_guarded(
+        &mut self,
+        doc_id: &DocId,
+        changes: Vec<(Change, EntryHash)>,
+    ) -> Vec<EntryHash> {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let Some(state) = self.docs.get_mut(doc_id) else {
+            return Vec::new();
+        };
+        let batch: Vec<Change> = changes.iter().map(|(c, _)| c.clone()).collect();
+        if matches!(
+            catch_unwind(AssertUnwindSafe(|| state.doc.apply_changes(batch))),
+            Ok(Ok(()))
+        ) {
+            return Vec::new();
+        }
+        tracing::warn!(doc = %doc_id, "a change could not be applied; rebuilding the document");
+        let staged: HashSet<EntryHash> = changes.iter().map(|(_, h)| *h).collect();
+        let mut doc = Automerge::new();
+        let earlier: Vec<Change> = self
+            .logs
+            .values()
+            .flatten()
+            .filter(|e| e.entry.doc == *doc_id && !staged.contains(&e.hash()))
+            .filter_map(|e| Change::from_bytes(e.entry.change.clone()).ok())
+            .collect();
+        if !matches!(
+            catch_unwind(AssertUnwindSafe(|| doc.apply_changes(earlier))),
+            Ok(Ok(()))
+        ) {
+            doc = Automerge::new();
+        }
+        let mut bad = Vec::new();
+        let mut refused: HashSet<ChangeHash> = HashSet::new();
+        for (change, hash) in changes {
+            if change.deps().iter().any(|d| refused.contains(d)) {
+                refused.insert(change.hash());
+                bad.push(hash);
+                continue;
+            }
+            let mut trial = doc.clone();
+            let one = change.clone();
+            match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([one]))) {
+                Ok(Ok(())) => doc = trial,
+                _ => {
+                    refused.insert(change.hash());
+                    bad.push(hash);
+                }
+            }
+        }
+        if let Some(state) = self.docs.get_mut(doc_id) {
+            state.doc = doc;
+        }
+        bad
     }
 
     fn take_pending(&mut self, key: &PendingKey) -> Option<Candidate> {
@@ -376,6 +464,23 @@ impl Replica {
             };
         }
         if seq > tip_seq + 1 {
+            // An entry ahead of its log whose prev names an entry we hold shows its own gap
+            // at once; otherwise it waits for its predecessor.
+            if let Some(&(prev_log, prev_seq)) = c
+                .entry
+                .entry
+                .prev
+                .as_ref()
+                .and_then(|p| self.accepted.get(p))
+            {
+                if prev_log != log {
+                    return Verdict::Reject(Invalid::WrongPrev { seq: seq - 1 });
+                }
+                return Verdict::Reject(Invalid::SeqGap {
+                    expected: prev_seq + 1,
+                    found: seq,
+                });
+            }
             return Verdict::WaitPrev;
         }
         if let Err(invalid) = log::check_chain(&c.entry.entry, tip.as_ref()) {
@@ -385,10 +490,24 @@ impl Replica {
         let empty = DocState::default();
         let state = self.docs.get(doc_id).unwrap_or(&empty);
         let stage = round.staged.entry(doc_id.clone()).or_default();
+        let mut deps_max_op = 0;
         for dep in c.change.deps() {
-            if !stage.2.contains(dep) && state.doc.get_change_meta_by_hash(dep).is_none() {
-                return Verdict::WaitDep(*dep);
+            let max_op = stage
+                .max_ops
+                .get(dep)
+                .copied()
+                .or_else(|| state.doc.get_change_meta_by_hash(dep).map(|m| m.max_op));
+            match max_op {
+                Some(m) => deps_max_op = deps_max_op.max(m),
+                None => return Verdict::WaitDep(*dep),
             }
+        }
+        // Op counters are Lamport clocks: a change's ops come after all of its past.
+        if c.change.start_op().get() <= deps_max_op {
+            return Verdict::Reject(Invalid::MalformedChange(format!(
+                "change ops start at {} but its dependencies reach {deps_max_op}",
+                c.change.start_op()
+            )));
         }
         let last = state.seqs.get(c.change.actor_id()).copied().unwrap_or(0);
         if c.change.seq() != last + 1 {
@@ -407,7 +526,7 @@ impl Replica {
             author,
             timestamp_ms: c.entry.entry.timestamp_ms,
         };
-        match rules::check(&ctx, &state.doc, &mut stage.0, &c.change) {
+        match rules::check(&ctx, &state.doc, &mut stage.staged, &c.change) {
             Ok(()) => Verdict::Accept,
             Err(rule) => Verdict::Reject(Invalid::Rule(rule)),
         }
@@ -442,6 +561,7 @@ impl Replica {
     /// proven logs cut before their forks.
     fn rebuild(&mut self, report: &mut Report) -> Result<(), Error> {
         let mut all: Vec<SignedEntry> = self.logs.drain().flat_map(|(_, v)| v).collect();
+        all.retain(|e| !self.poisoned.contains(&e.hash()));
         all.extend(
             std::mem::take(&mut self.pending)
                 .into_values()

@@ -240,13 +240,12 @@ impl Store {
                     )
                 })
                 .collect();
-            if crate::identity::verify_batch(&items).is_err() {
-                let bad = chunk
-                    .iter()
-                    .find(|e| e.verify_signature().is_err())
-                    .map(|e| e.hash().to_string())
-                    .unwrap_or_default();
-                return Err(Error::Corrupt(format!("entry {bad} has a bad signature")));
+            let verdicts = crate::identity::verify_many(&items);
+            if let Some((e, _)) = chunk.iter().zip(verdicts).find(|(_, ok)| !ok) {
+                return Err(Error::Corrupt(format!(
+                    "entry {} has a bad signature",
+                    e.hash()
+                )));
             }
             progress(
                 "checking signatures",
