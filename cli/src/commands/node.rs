@@ -80,6 +80,13 @@ pub fn status_text(s: &Value) -> String {
         text.push('\n');
         text.push_str(&table.render());
     }
+    // The per-peer sync state, as `spoc peers` shows it.
+    if let Some(peers) = s.get("peers").and_then(Value::as_array)
+        && !peers.is_empty()
+    {
+        text.push('\n');
+        text.push_str(&peers_table(peers).render());
+    }
     text
 }
 
