@@ -68,10 +68,10 @@ fn start(binary: &Path, data_dir: &Path) -> Result<Child> {
         let mut ready = Some(ready_tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = writeln!(log, "{line}");
-            if line.contains("node running") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
+            if line.contains("node running")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
             }
         }
     });
