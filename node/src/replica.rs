@@ -79,6 +79,12 @@ pub struct Replica {
     limits: Limits,
     docs: BTreeMap<DocId, DocState>,
     logs: HashMap<LogId, Vec<SignedEntry>>,
+    /// Every accepted entry as (log, seq), in a causal order: each entry after its
+    /// predecessor in its log and after the entries whose changes its change depends on.
+    /// Sync serves from it, so that any prefix of an answer is acceptable on its own.
+    order: Vec<(LogId, u64)>,
+    /// For each log, the position in `order` of each of its entries.
+    positions: HashMap<LogId, Vec<usize>>,
     accepted: HashMap<EntryHash, (LogId, u64)>,
     pending: BTreeMap<PendingKey, Candidate>,
     pending_bytes: usize,
@@ -132,6 +138,8 @@ impl Replica {
             limits,
             docs: BTreeMap::new(),
             logs: HashMap::new(),
+            order: Vec::new(),
+            positions: HashMap::new(),
             accepted: HashMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -143,7 +151,7 @@ impl Replica {
     }
 
     /// Rebuilds a replica from a store: entries whose chains and signatures were checked,
-    /// in log order, and snapshots checked to cover exactly those entries' changes.
+    /// in a causal order, and snapshots checked to cover exactly those entries' changes.
     pub fn restore(
         charter: Arc<Charter>,
         limits: Limits,
@@ -155,7 +163,7 @@ impl Replica {
         for e in entries {
             let log = e.entry.log();
             replica.accepted.insert(e.hash(), (log, e.entry.seq));
-            replica.logs.entry(log).or_default().push(e);
+            replica.push_accepted(log, e);
         }
         for (id, doc) in docs {
             replica.install_snapshot(id, doc);
@@ -293,6 +301,16 @@ impl Replica {
         good
     }
 
+    /// Appends an accepted entry to its log and to the causal order.
+    fn push_accepted(&mut self, log: LogId, entry: SignedEntry) {
+        self.positions
+            .entry(log)
+            .or_default()
+            .push(self.order.len());
+        self.order.push((log, entry.entry.seq));
+        self.logs.entry(log).or_default().push(entry);
+    }
+
     fn tip(&self, log: &LogId) -> Option<Tip> {
         self.logs
             .get(log)
@@ -339,7 +357,7 @@ impl Replica {
                     let stage = round.staged.entry(doc_id.clone()).or_default();
                     stage.max_ops.insert(change_hash, c.change.max_op());
                     stage.changes.push((c.change, hash));
-                    self.logs.entry(log).or_default().push(c.entry.clone());
+                    self.push_accepted(log, c.entry.clone());
                     self.accepted.insert(hash, (log, seq));
                     report.touched.insert(doc_id);
                     report.accepted.push(c.entry);
@@ -561,6 +579,8 @@ impl Replica {
     /// proven logs cut before their forks.
     fn rebuild(&mut self, report: &mut Report) -> Result<(), Error> {
         let mut all: Vec<SignedEntry> = self.logs.drain().flat_map(|(_, v)| v).collect();
+        self.order.clear();
+        self.positions.clear();
         all.retain(|e| !self.poisoned.contains(&e.hash()));
         all.extend(
             std::mem::take(&mut self.pending)
@@ -749,31 +769,44 @@ impl Replica {
         &self.rejected
     }
 
-    /// The entries a peer with `heights` lacks, in log order, at most `max` of them and
-    /// about `max_bytes` (always at least one). Returns whether more remain.
+    /// The entries a peer with `heights` lacks, at most `max` of them and about `max_bytes`
+    /// (always at least one), in the order this replica accepted them: each log's entries
+    /// in log order, and every entry after the entries it depends on, so that the peer can
+    /// accept any prefix of the answer at once. Returns whether more remain.
     pub fn entries_after(
         &self,
         heights: &HashMap<LogId, u64>,
         max: usize,
         max_bytes: usize,
     ) -> (Vec<&SignedEntry>, bool) {
+        let have = |log: &LogId| heights.get(log).copied().unwrap_or(0);
+        // The first position in the order that the peer lacks.
+        let start = self
+            .positions
+            .iter()
+            .filter_map(|(log, positions)| {
+                usize::try_from(have(log))
+                    .ok()
+                    .and_then(|h| positions.get(h))
+            })
+            .min();
+        let Some(&start) = start else {
+            return (Vec::new(), false);
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut logs: Vec<&LogId> = self.logs.keys().collect();
-        logs.sort();
-        for log in logs {
-            let have = heights.get(log).copied().unwrap_or(0);
-            let entries = &self.logs[log];
-            let from = usize::try_from(have)
-                .unwrap_or(usize::MAX)
-                .min(entries.len());
-            for e in &entries[from..] {
-                if out.len() == max || (!out.is_empty() && bytes + e.bytes().len() > max_bytes) {
-                    return (out, true);
-                }
-                bytes += e.bytes().len();
-                out.push(e);
+        for (log, seq) in &self.order[start..] {
+            if *seq <= have(log) {
+                continue;
             }
+            let Some(e) = self.entry(log, *seq) else {
+                continue;
+            };
+            if out.len() == max || (!out.is_empty() && bytes + e.bytes().len() > max_bytes) {
+                return (out, true);
+            }
+            bytes += e.bytes().len();
+            out.push(e);
         }
         (out, false)
     }
@@ -841,5 +874,62 @@ mod tests {
         let mut r = Replica::new(charter, tight);
         let report = r.ingest(entries[1..].to_vec()).unwrap();
         assert_eq!(r.pending_count(), 2, "{report:?}");
+    }
+
+    #[test]
+    fn sync_answers_in_causal_order_across_logs() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let today = time::macros::date!(2026 - 12 - 01);
+        let now = 1_796_083_200_000;
+        let (charter, keys) = crate::testnet::fixture(&["IE", "LT"], &[], today, &mut rng).unwrap();
+        let charter = Arc::new(charter);
+        let mut source = Replica::new(charter.clone(), Limits::default());
+        let (first, doc) = source
+            .prepare(&keys["LT"], 1, &report(0), now, ulid::Ulid::from(1u128))
+            .unwrap();
+        source.ingest(vec![first]).unwrap();
+        // The two states answer each other in one thread, so that every entry of each log
+        // depends on the entry just before it in the other log.
+        for i in 0..40u64 {
+            let code = if i % 2 == 0 { "IE" } else { "LT" };
+            let comment: Command = serde_json::from_value(serde_json::json!({
+                "command": "obstacle_comment", "obstacle": doc, "text": format!("Reply {i}."),
+            }))
+            .unwrap();
+            let (e, _) = source
+                .prepare(
+                    &keys[code],
+                    1,
+                    &comment,
+                    now + i,
+                    ulid::Ulid::from(100 + u128::from(i)),
+                )
+                .unwrap();
+            let report = source.ingest(vec![e]).unwrap();
+            assert_eq!(report.accepted.len(), 1);
+        }
+        // A peer whose pending set holds no more than one batch still takes every batch
+        // whole: nothing in it waits for a later one.
+        let limits = Limits {
+            max_pending_entries: 4,
+            max_pending_bytes: usize::MAX,
+        };
+        let mut peer = Replica::new(charter, limits);
+        let mut rounds = 0;
+        loop {
+            let heights: HashMap<LogId, u64> = peer.heights().into_iter().collect();
+            let (batch, more) = source.entries_after(&heights, 4, usize::MAX);
+            let batch: Vec<SignedEntry> = batch.into_iter().cloned().collect();
+            let sent = batch.len();
+            let report = peer.ingest(batch).unwrap();
+            assert_eq!(report.accepted.len(), sent, "round {rounds}: {report:?}");
+            rounds += 1;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(rounds, 41_usize.div_ceil(4));
+        assert_eq!(peer.heights(), source.heights());
+        assert_eq!(peer.entry_count(), 41);
     }
 }

@@ -416,13 +416,16 @@ fn restore(
     progress: Progress<'_>,
 ) -> Result<Replica, Error> {
     let mut per_doc: BTreeMap<DocId, (HashSet<ChangeHash>, HashSet<ChangeHash>)> = BTreeMap::new();
+    let mut changes = Vec::with_capacity(entries.len());
     for e in &entries {
         let change = Change::from_bytes(e.entry.change.clone())
             .map_err(|err| Error::Corrupt(format!("entry {}: {err}", e.hash())))?;
         let (hashes, deps) = per_doc.entry(e.entry.doc.clone()).or_default();
         hashes.insert(change.hash());
         deps.extend(change.deps().iter().copied());
+        changes.push((change.hash(), change.deps().to_vec()));
     }
+    let entries = causal_order(entries, &changes)?;
     let mut docs = Vec::with_capacity(per_doc.len());
     let total = per_doc.len();
     for (i, (id, (hashes, deps))) in per_doc.into_iter().enumerate() {
@@ -452,4 +455,64 @@ fn restore(
     }
     progress("loading documents", total, total);
     Ok(Replica::restore(charter, limits, entries, docs, proofs))
+}
+
+/// Puts entries read in log order into a causal order: each after its predecessor in its
+/// log and after the entries whose changes its change depends on. `changes` holds each
+/// entry's change hash and deps, by index. Sync serves entries in this order.
+fn causal_order(
+    entries: Vec<SignedEntry>,
+    changes: &[(ChangeHash, Vec<ChangeHash>)],
+) -> Result<Vec<SignedEntry>, Error> {
+    let by_change: HashMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, (hash, _))| (*hash, i))
+        .collect();
+    // Each entry waits for its deps and, unless it opens its log, for the entry before it,
+    // which `load` read just before it.
+    let mut waiting = vec![0usize; entries.len()];
+    let mut wakes: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if e.entry.seq > 1 {
+            let Some(before) = i.checked_sub(1) else {
+                return Err(Error::Corrupt(format!(
+                    "entry {} has no predecessor",
+                    e.hash()
+                )));
+            };
+            waiting[i] += 1;
+            wakes[before].push(i);
+        }
+        for dep in &changes[i].1 {
+            let Some(&j) = by_change.get(dep) else {
+                return Err(Error::Corrupt(format!(
+                    "entry {} depends on a change the store does not hold",
+                    e.hash()
+                )));
+            };
+            waiting[i] += 1;
+            wakes[j].push(i);
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..entries.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(entries.len());
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &k in &wakes[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.push_back(k);
+            }
+        }
+    }
+    if order.len() != entries.len() {
+        return Err(Error::Corrupt(format!(
+            "{} entries depend on each other in a cycle",
+            entries.len() - order.len()
+        )));
+    }
+    let mut slots: Vec<Option<SignedEntry>> = entries.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }

@@ -7,7 +7,7 @@
 //! relayed; a peer that sends an invalid one is cut off. The task owns every sub-task it
 //! starts, in one `JoinSet`, and stops them all on shutdown.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ const BATCH_PROOFS: usize = 64;
 const MAX_ROUNDS: usize = 400;
 /// Sync sub-tasks in flight at once; requests beyond it are refused.
 const MAX_TASKS: usize = 64;
+/// Pulls in flight at once. Any peer can bring a node up to date, so pulling the same
+/// entries from every peer at once would only multiply the bytes; the other peers wait
+/// their turn and then answer with what the first ones lacked, usually nothing.
+const MAX_PULLS: usize = 2;
 /// Anti-entropy period.
 pub const ANTI_ENTROPY: Duration = Duration::from_secs(10);
 
@@ -120,10 +124,23 @@ pub async fn run(
 ) {
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut pulling: HashSet<PeerId> = HashSet::new();
+    // Peers waiting for a free pull slot, at most one place per admitted peer.
+    let mut wanted: BTreeSet<PeerId> = BTreeSet::new();
     let mut tick = tokio::time::interval(ANTI_ENTROPY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let pull = |tasks: &mut JoinSet<Done>, pulling: &mut HashSet<PeerId>, peer: PeerId| {
-        if tasks.len() < MAX_TASKS && pulling.insert(peer) {
+    let pull = |tasks: &mut JoinSet<Done>,
+                pulling: &mut HashSet<PeerId>,
+                wanted: &mut BTreeSet<PeerId>,
+                peer: PeerId| {
+        if pulling.contains(&peer) {
+            return;
+        }
+        if pulling.len() >= MAX_PULLS || tasks.len() >= MAX_TASKS {
+            wanted.insert(peer);
+            return;
+        }
+        wanted.remove(&peer);
+        if pulling.insert(peer) {
             let (node, net) = (node.clone(), net.clone());
             tasks.spawn(async move {
                 let span = tracing::debug_span!("pull", %peer);
@@ -155,16 +172,18 @@ pub async fn run(
                         });
                     }
                     refresh_addresses(&net, &peers).await;
-                    pull(&mut tasks, &mut pulling, peer);
+                    pull(&mut tasks, &mut pulling, &mut wanted, peer);
                 }
                 Event::PeerGone { peer } => {
                     tracing::info!(%peer, "peer gone");
+                    wanted.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
                     }
                 }
                 Event::PeerRefused { peer, reason } => {
                     tracing::warn!(%peer, %reason, "peer refused and disconnected");
+                    wanted.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
                         *p.refused.entry(reason).or_default() += 1;
@@ -203,7 +222,7 @@ pub async fn run(
                     .map(|p| p.admitted.keys().copied().collect())
                     .unwrap_or_default();
                 for peer in admitted {
-                    pull(&mut tasks, &mut pulling, peer);
+                    pull(&mut tasks, &mut pulling, &mut wanted, peer);
                 }
             }
             Some(done) = tasks.join_next() => match done {
@@ -221,6 +240,9 @@ pub async fn run(
                         }
                         Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
                     }
+                    if let Some(next) = wanted.pop_first() {
+                        pull(&mut tasks, &mut pulling, &mut wanted, next);
+                    }
                 }
                 Ok(Done::Served { peer, behind }) => {
                     if let Ok(mut p) = peers.lock()
@@ -230,7 +252,7 @@ pub async fn run(
                 }
                 Ok(Done::Gossiped { source, gaps }) => {
                     if gaps {
-                        pull(&mut tasks, &mut pulling, source);
+                        pull(&mut tasks, &mut pulling, &mut wanted, source);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sync task failed"),
