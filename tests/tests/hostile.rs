@@ -50,6 +50,15 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The entries of a sync answer, plain or packed.
+fn entries_of(r: &SyncResponse) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = r.entries.iter().map(|e| e.to_vec()).collect();
+    if let Some(packed) = &r.packed {
+        all.extend(spoc_node::network::unpack(packed, 500, 8 << 20).unwrap_or_default());
+    }
+    all
+}
+
 fn hash(ack: &Value) -> String {
     ack["entry"].as_str().unwrap_or_default().to_owned()
 }
@@ -615,6 +624,7 @@ fn invalid_entries_are_refused_by_every_node_and_relayed_by_none() -> Result<()>
         ],
         proofs: Vec::new(),
         more: false,
+        packed: None,
     };
     let mut h2 = net.spawn(net.rogue_config(&[0, 1])?, answer)?;
     h2.wait_gone(&net.rt, &a_id)?;
@@ -715,11 +725,14 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
     let mut fresh = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     fresh.wait_admitted_by(&net.rt, &a_id)?;
     let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
-    assert!(!pulled.entries.is_empty(), "A answered with no entries");
+    assert!(
+        !entries_of(&pulled).is_empty(),
+        "A answered with no entries"
+    );
     eprintln!(
         "oversized frame: {size} bytes refused in {took:?} ({}), sender cut off; a fresh peer then pulled {} entries; {:?}",
         refused.err().map(|e| e.to_string()).unwrap_or_default(),
-        pulled.entries.len(),
+        entries_of(&pulled).len(),
         started.elapsed()
     );
     Ok(())
@@ -734,7 +747,10 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     let mut h = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     h.wait_admitted_by(&net.rt, &a_id)?;
     let ordinary = h.sync(&net.rt, a_id, SyncRequest::default())?;
-    assert!(!ordinary.entries.is_empty(), "A answered with no entries");
+    assert!(
+        !entries_of(&ordinary).is_empty(),
+        "A answered with no entries"
+    );
 
     const FLOOD: usize = 200;
     let fired = Instant::now();
@@ -766,7 +782,7 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     fresh.wait_admitted_by(&net.rt, &a_id)?;
     let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
     assert!(
-        !pulled.entries.is_empty(),
+        !entries_of(&pulled).is_empty(),
         "A answered the new peer with no entries"
     );
     eprintln!(
@@ -799,6 +815,7 @@ fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Resul
         entries: vec![serde_bytes::ByteBuf::from(e.bytes().to_vec())],
         proofs: Vec::new(),
         more: false,
+        packed: None,
     };
     let mut to_a = net.spawn(net.rogue_config(&[0])?, answer(&one))?;
     let mut to_b = net.spawn(net.rogue_config(&[1])?, answer(&two))?;
@@ -835,6 +852,7 @@ fn a_sync_answer_over_the_batch_limit_cuts_the_peer_off() -> Result<()> {
         entries: vec![serde_bytes::ByteBuf::from(vec![1u8; 8]); 501],
         proofs: Vec::new(),
         more: false,
+        packed: None,
     };
     let mut h = net.spawn(net.rogue_config(&[0])?, answer)?;
     h.wait_admitted_by(&net.rt, &a_id)?;

@@ -214,8 +214,18 @@ fn check_ops(
     // The values this change puts, by path, for rules that tie two fields together.
     let mut paths = Vec::with_capacity(expanded.operations.len());
     let mut puts: HashMap<String, ScalarValue> = HashMap::new();
+    // A text edit holds one operation per character, all on the same object: each object's
+    // path is resolved once per change.
+    let mut resolved: HashMap<&automerge::legacy::ObjectId, Vec<String>> = HashMap::new();
     for (i, op) in expanded.operations.iter().enumerate() {
-        let mut segs = resolve(doc, staged, &op.obj)?;
+        let mut segs = match resolved.get(&op.obj) {
+            Some(path) => path.clone(),
+            None => {
+                let path = resolve(doc, staged, &op.obj)?;
+                resolved.insert(&op.obj, path.clone());
+                path
+            }
+        };
         segs.push(match &op.key {
             automerge::legacy::Key::Map(k) => k.to_string(),
             automerge::legacy::Key::Seq(_) => "#".to_owned(),

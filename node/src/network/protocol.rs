@@ -68,6 +68,73 @@ pub struct SyncResponse {
     pub entries: Vec<ByteBuf>,
     pub proofs: Vec<ByteBuf>,
     pub more: bool,
+    /// The entries deflated together (see [`pack`]), in place of `entries`: entries of one
+    /// network repeat their network id, authors, document ids and much of their text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<ByteBuf>,
+}
+
+/// Why a packed batch was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("packed entries inflate past {0} bytes")]
+    TooLarge(usize),
+    #[error("packed entries are malformed: {0}")]
+    Malformed(String),
+}
+
+/// Deflates encoded entries together, each as a u32 big-endian length and its bytes.
+pub fn pack(entries: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    for e in entries {
+        let len = u32::try_from(e.len()).unwrap_or(u32::MAX).to_be_bytes();
+        // Writing into a Vec cannot fail.
+        let _ = z.write_all(&len);
+        let _ = z.write_all(e);
+    }
+    z.finish().unwrap_or_default()
+}
+
+/// Inflates a packed batch, reading at most `max_bytes` of it and refusing more than
+/// `max_entries` entries, so that a small hostile frame cannot inflate without bound.
+pub fn unpack(
+    packed: &[u8],
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Vec<Vec<u8>>, PackError> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    let limit = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    flate2::read::DeflateDecoder::new(packed)
+        .take(limit)
+        .read_to_end(&mut plain)
+        .map_err(|e| PackError::Malformed(e.to_string()))?;
+    if plain.len() > max_bytes {
+        return Err(PackError::TooLarge(max_bytes));
+    }
+    let mut entries = Vec::new();
+    let mut rest = plain.as_slice();
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| PackError::Malformed("a length is cut short".into()))?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+        if len > tail.len() {
+            return Err(PackError::Malformed("an entry is cut short".into()));
+        }
+        if entries.len() == max_entries {
+            return Err(PackError::Malformed(format!(
+                "more than {max_entries} entries"
+            )));
+        }
+        let (entry, tail) = tail.split_at(len);
+        entries.push(entry.to_vec());
+        rest = tail;
+    }
+    Ok(entries)
 }
 
 /// Size of a CBOR item header announcing `n` (a length or an integer).
@@ -119,6 +186,10 @@ impl SyncResponse {
             + byte_list(&self.proofs)
             + text("more")
             + 1
+            + self
+                .packed
+                .as_ref()
+                .map_or(0, |p| text("packed") + bytes(p))
     }
 }
 
@@ -308,6 +379,29 @@ pub enum SyncFrame {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn packed_batches_round_trip_and_cannot_inflate_without_bound() {
+        let entries = vec![vec![1u8; 300], Vec::new(), vec![7u8; 70_000]];
+        let packed = super::pack(&entries);
+        assert!(packed.len() < 1_000, "{}", packed.len());
+        assert_eq!(super::unpack(&packed, 3, 80_000).unwrap(), entries);
+        // A small frame that inflates to a megabyte is refused at the limit.
+        let bomb = super::pack(&[vec![0u8; 1 << 20]]);
+        assert!(bomb.len() * 50 < 1 << 20, "{}", bomb.len());
+        assert!(matches!(
+            super::unpack(&bomb, 10, 64 * 1024),
+            Err(super::PackError::TooLarge(_))
+        ));
+        assert!(matches!(
+            super::unpack(&packed, 2, 80_000),
+            Err(super::PackError::Malformed(_))
+        ));
+        assert!(super::unpack(b"not deflate at all", 10, 1024).is_err());
+        let mut cut = super::pack(&[vec![5u8; 100]]);
+        cut.truncate(cut.len() / 2);
+        assert!(super::unpack(&cut, 10, 1024).is_err());
+    }
     use futures::executor::block_on;
     use libp2p::request_response::Codec as _;
 
@@ -332,6 +426,7 @@ mod tests {
             entries: vec![ByteBuf::from(vec![2; 300]), ByteBuf::from(vec![3; 70_000])],
             proofs: vec![ByteBuf::from(vec![4; 32])],
             more: true,
+            packed: None,
         };
         let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
         let mut wire = futures::io::Cursor::new(Vec::new());

@@ -136,6 +136,7 @@ fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
                         entries: vec![entry; count],
                         proofs: Vec::new(),
                         more: false,
+                        packed: None,
                     })
                     .await;
             }
@@ -183,6 +184,7 @@ async fn admitted_peers_sync_and_gossip() {
         entries: vec![ByteBuf::from(b"entry".to_vec())],
         proofs: Vec::new(),
         more: true,
+        packed: None,
     };
     reply.send(answer.clone()).await;
     assert_eq!(within(sync).await.expect("task").expect("sync"), answer);

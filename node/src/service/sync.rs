@@ -26,6 +26,8 @@ use super::{Clock, Handle};
 pub const BATCH_ENTRIES: usize = 500;
 /// Bytes of entries per sync batch, well under the network's frame limit.
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// The most a packed batch may inflate to: a full batch and its length prefixes.
+const MAX_PACKED_BYTES: usize = BATCH_BYTES + 64 * 1024 + BATCH_ENTRIES * 4;
 /// Proofs per sync response.
 const BATCH_PROOFS: usize = 64;
 /// Rounds of one pull before it yields to the next anti-entropy tick.
@@ -363,8 +365,27 @@ async fn pull_from(node: &Handle, net: &network::Handle, peer: PeerId) -> Result
                 .await;
             return Err("sync batch over the limit".into());
         }
-        let mut entries = Vec::with_capacity(response.entries.len());
-        for bytes in &response.entries {
+        let unpacked = match &response.packed {
+            Some(packed) => {
+                network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES).map_err(|e| e.to_string())
+            }
+            None => Ok(Vec::new()),
+        };
+        let unpacked = match unpacked {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = net.disconnect(peer, e.clone()).await;
+                return Err(e);
+            }
+        };
+        if !unpacked.is_empty() && !response.entries.is_empty() {
+            let reason = "sync answer holds both packed and plain entries".to_owned();
+            let _ = net.disconnect(peer, reason.clone()).await;
+            return Err(reason);
+        }
+        let plain = response.entries.iter().map(|b| b.as_slice());
+        let mut entries = Vec::with_capacity(response.entries.len() + unpacked.len());
+        for bytes in plain.chain(unpacked.iter().map(Vec::as_slice)) {
             match SignedEntry::decode(bytes) {
                 Ok(e) => entries.push(e),
                 Err(e) => {
@@ -449,14 +470,13 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
         .take(BATCH_PROOFS)
         .map(|p| serde_bytes::ByteBuf::from(p.encode()))
         .collect();
+    let packed = (!entries.is_empty()).then(|| serde_bytes::ByteBuf::from(network::pack(&entries)));
     (
         SyncResponse {
-            entries: entries
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
+            entries: Vec::new(),
             proofs,
             more,
+            packed,
         },
         behind,
     )
