@@ -36,7 +36,9 @@ const MAX_ROUNDS: usize = 400;
 const MAX_TASKS: usize = 64;
 /// Pulls in flight at once. Any peer can bring a node up to date, so pulling the same
 /// entries from every peer at once would only multiply the bytes; the other peers wait
-/// their turn and then answer with what the first ones lacked, usually nothing.
+/// their turn and then answer with what the first ones lacked, usually nothing. A pull
+/// on admission or on a gap starts only when no other pull runs; the anti-entropy tick
+/// may start a second one, so that a stalled peer cannot hold every pull back.
 const MAX_PULLS: usize = 2;
 /// Anti-entropy period.
 pub const ANTI_ENTROPY: Duration = Duration::from_secs(10);
@@ -133,11 +135,12 @@ pub async fn run(
     let pull = |tasks: &mut JoinSet<Done>,
                 pulling: &mut HashSet<PeerId>,
                 wanted: &mut BTreeSet<PeerId>,
-                peer: PeerId| {
+                peer: PeerId,
+                limit: usize| {
         if pulling.contains(&peer) {
             return;
         }
-        if pulling.len() >= MAX_PULLS || tasks.len() >= MAX_TASKS {
+        if pulling.len() >= limit.min(MAX_PULLS) || tasks.len() >= MAX_TASKS {
             wanted.insert(peer);
             return;
         }
@@ -174,7 +177,7 @@ pub async fn run(
                         });
                     }
                     refresh_addresses(&net, &peers).await;
-                    pull(&mut tasks, &mut pulling, &mut wanted, peer);
+                    pull(&mut tasks, &mut pulling, &mut wanted, peer, 1);
                 }
                 Event::PeerGone { peer } => {
                     tracing::info!(%peer, "peer gone");
@@ -224,7 +227,7 @@ pub async fn run(
                     .map(|p| p.admitted.keys().copied().collect())
                     .unwrap_or_default();
                 for peer in admitted {
-                    pull(&mut tasks, &mut pulling, &mut wanted, peer);
+                    pull(&mut tasks, &mut pulling, &mut wanted, peer, MAX_PULLS);
                 }
             }
             Some(done) = tasks.join_next() => match done {
@@ -243,7 +246,7 @@ pub async fn run(
                         Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
                     }
                     if let Some(next) = wanted.pop_first() {
-                        pull(&mut tasks, &mut pulling, &mut wanted, next);
+                        pull(&mut tasks, &mut pulling, &mut wanted, next, MAX_PULLS);
                     }
                 }
                 Ok(Done::Served { peer, behind }) => {
@@ -254,7 +257,7 @@ pub async fn run(
                 }
                 Ok(Done::Gossiped { source, gaps }) => {
                     if gaps {
-                        pull(&mut tasks, &mut pulling, &mut wanted, source);
+                        pull(&mut tasks, &mut pulling, &mut wanted, source, 1);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sync task failed"),
