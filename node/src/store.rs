@@ -415,39 +415,49 @@ fn restore(
     proofs: Vec<EquivocationProof>,
     progress: Progress<'_>,
 ) -> Result<Replica, Error> {
-    let mut per_doc: BTreeMap<DocId, (HashSet<ChangeHash>, HashSet<ChangeHash>)> = BTreeMap::new();
+    // Decoding the changes and loading the snapshots are independent per item: both run
+    // on every core.
+    let decoded = par_map(&entries, |e| {
+        Change::from_bytes(e.entry.change.clone())
+            .map(|c| (c.hash(), c.deps().to_vec()))
+            .map_err(|err| format!("entry {}: {err}", e.hash()))
+    })
+    .ok_or_else(|| Error::Corrupt("an entry's change could not be decoded".into()))?;
     let mut changes = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let change = Change::from_bytes(e.entry.change.clone())
-            .map_err(|err| Error::Corrupt(format!("entry {}: {err}", e.hash())))?;
-        let (hashes, deps) = per_doc.entry(e.entry.doc.clone()).or_default();
-        hashes.insert(change.hash());
-        deps.extend(change.deps().iter().copied());
-        changes.push((change.hash(), change.deps().to_vec()));
+    let mut per_doc: BTreeMap<DocId, (HashSet<ChangeHash>, HashSet<ChangeHash>)> = BTreeMap::new();
+    for (e, change) in entries.iter().zip(decoded) {
+        let (hash, deps) = change.map_err(Error::Corrupt)?;
+        let (hashes, all_deps) = per_doc.entry(e.entry.doc.clone()).or_default();
+        hashes.insert(hash);
+        all_deps.extend(deps.iter().copied());
+        changes.push((hash, deps));
     }
     let entries = causal_order(entries, &changes)?;
-    let mut docs = Vec::with_capacity(per_doc.len());
     let total = per_doc.len();
-    for (i, (id, (hashes, deps))) in per_doc.into_iter().enumerate() {
+    progress("loading documents", 0, total);
+    let mut wanted = Vec::with_capacity(total);
+    for (id, (hashes, deps)) in per_doc {
         let bytes = snapshots
             .get(&id)
             .ok_or_else(|| Error::Corrupt(format!("no snapshot of {id}")))?;
-        let doc =
-            Automerge::load(bytes).map_err(|e| Error::Corrupt(format!("snapshot of {id}: {e}")))?;
         let mut expected: Vec<ChangeHash> = hashes.difference(&deps).copied().collect();
         expected.sort();
+        wanted.push((id, bytes.as_slice(), expected));
+    }
+    let loaded = par_map(&wanted, |(id, bytes, expected)| {
+        let doc = Automerge::load(bytes).map_err(|e| format!("snapshot of {id}: {e}"))?;
         let mut heads = doc.get_heads();
         heads.sort();
-        if heads != expected {
-            return Err(Error::Corrupt(format!(
-                "snapshot of {id} does not match its entries"
-            )));
+        if heads != *expected {
+            return Err(format!("snapshot of {id} does not match its entries"));
         }
-        docs.push((id, doc));
-        if i % 100 == 0 {
-            progress("loading documents", i, total);
-        }
-    }
+        Ok((id.clone(), doc))
+    })
+    .ok_or_else(|| Error::Corrupt("a snapshot could not be loaded".into()))?;
+    let docs = loaded
+        .into_iter()
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(Error::Corrupt)?;
     if docs.len() != snapshots.len() {
         return Err(Error::Corrupt(
             "a snapshot has no entries: an entry is missing".into(),
@@ -515,4 +525,25 @@ fn causal_order(
     }
     let mut slots: Vec<Option<SignedEntry>> = entries.into_iter().map(Some).collect();
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// Maps `f` over `items` on every core, keeping the order. None when a worker panicked
+/// (Automerge can panic on a malformed document).
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8);
+    let chunk = items.len().div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for w in workers {
+            out.extend(w.join().ok()?);
+        }
+        Some(out)
+    })
 }
