@@ -8,6 +8,7 @@
 //! starts, in one `JoinSet`, and stops them all on shutdown.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +39,8 @@ const MAX_TASKS: usize = 64;
 /// entries from every peer at once would only multiply the bytes; the other peers wait
 /// their turn and then answer with what the first ones lacked, usually nothing. A pull
 /// on admission or on a gap starts only when no other pull runs; the anti-entropy tick
-/// may start a second one, so that a stalled peer cannot hold every pull back.
+/// starts a second one when the running pulls brought nothing since the last tick, so
+/// that a stalled peer cannot hold every pull back.
 const MAX_PULLS: usize = 2;
 /// Anti-entropy period.
 pub const ANTI_ENTROPY: Duration = Duration::from_secs(10);
@@ -132,6 +134,10 @@ pub async fn run(
     let mut wanted: BTreeSet<PeerId> = BTreeSet::new();
     let mut tick = tokio::time::interval(ANTI_ENTROPY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rounds of pulls that brought entries, and their count at the last tick: a second
+    // pull starts only when the running ones brought nothing since then.
+    let rounds = Arc::new(AtomicU64::new(0));
+    let mut rounds_at_tick = 0;
     let pull = |tasks: &mut JoinSet<Done>,
                 pulling: &mut HashSet<PeerId>,
                 wanted: &mut BTreeSet<PeerId>,
@@ -146,11 +152,12 @@ pub async fn run(
         }
         wanted.remove(&peer);
         if pulling.insert(peer) {
-            let (node, net) = (node.clone(), net.clone());
+            let (node, net, rounds) = (node.clone(), net.clone(), rounds.clone());
             tasks.spawn(async move {
                 let span = tracing::debug_span!("pull", %peer);
                 let result =
-                    tracing::Instrument::instrument(pull_from(&node, &net, peer), span).await;
+                    tracing::Instrument::instrument(pull_from(&node, &net, peer, &rounds), span)
+                        .await;
                 Done::Pulled { peer, result }
             });
         }
@@ -226,8 +233,11 @@ pub async fn run(
                     .lock()
                     .map(|p| p.admitted.keys().copied().collect())
                     .unwrap_or_default();
+                let now = rounds.load(Ordering::Relaxed);
+                let limit = if now == rounds_at_tick { MAX_PULLS } else { 1 };
+                rounds_at_tick = now;
                 for peer in admitted {
-                    pull(&mut tasks, &mut pulling, &mut wanted, peer, MAX_PULLS);
+                    pull(&mut tasks, &mut pulling, &mut wanted, peer, limit);
                 }
             }
             Some(done) = tasks.join_next() => match done {
@@ -355,7 +365,12 @@ fn heights_request(
 }
 
 /// Pulls from one peer until it has nothing more for us; returns the entries accepted.
-async fn pull_from(node: &Handle, net: &network::Handle, peer: PeerId) -> Result<usize, String> {
+async fn pull_from(
+    node: &Handle,
+    net: &network::Handle,
+    peer: PeerId,
+    rounds: &AtomicU64,
+) -> Result<usize, String> {
     let mut accepted = 0;
     for _ in 0..MAX_ROUNDS {
         let heights = node.heights().await.map_err(|e| e.to_string())?;
@@ -418,6 +433,9 @@ async fn pull_from(node: &Handle, net: &network::Handle, peer: PeerId) -> Result
             return Err(reason);
         }
         accepted += summary.accepted.len();
+        if !summary.accepted.is_empty() {
+            rounds.fetch_add(1, Ordering::Relaxed);
+        }
         if !response.more || got == 0 {
             return Ok(accepted);
         }
