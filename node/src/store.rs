@@ -57,6 +57,16 @@ fn dberr<E: std::fmt::Display>(e: E) -> Error {
     Error::Db(e.to_string())
 }
 
+/// Runs a read of the file, turning a panic into `Corrupt`: redb can panic on some damaged
+/// pages (a key that is not UTF-8, an index out of range) instead of returning an error.
+fn guarded<T>(read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(Error::Corrupt(
+            "the store file is damaged: reading it failed inside the database".into(),
+        ))
+    })
+}
+
 /// The key of an entry: its log and seq, ordered so that a log's entries are contiguous.
 pub fn entry_key(log: &LogId, seq: u64) -> [u8; 44] {
     let mut k = [0u8; 44];
@@ -92,6 +102,10 @@ impl Store {
     /// Opens the store at `path`, creating it when missing. Another process holding it is
     /// refused.
     pub fn open(path: &Path) -> Result<Store, Error> {
+        guarded(|| Store::open_inner(path))
+    }
+
+    fn open_inner(path: &Path) -> Result<Store, Error> {
         let shown = path.display().to_string();
         let database = match Database::create(path) {
             Ok(database) => database,
@@ -150,6 +164,15 @@ impl Store {
     /// hash index matches, every log chain is whole, every signature verifies, every proof
     /// re-checks, and every snapshot covers exactly its document's entries.
     pub fn load(
+        &self,
+        charter: Arc<Charter>,
+        limits: Limits,
+        progress: Progress<'_>,
+    ) -> Result<Replica, Error> {
+        guarded(|| self.load_inner(charter, limits, progress))
+    }
+
+    fn load_inner(
         &self,
         charter: Arc<Charter>,
         limits: Limits,

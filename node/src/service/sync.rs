@@ -42,6 +42,8 @@ const MAX_TASKS: usize = 64;
 /// starts a second one when the running pulls brought nothing since the last tick, so
 /// that a stalled peer cannot hold every pull back.
 const MAX_PULLS: usize = 2;
+/// How long a running pull may bring nothing before a waiting one starts beside it.
+const STALL: Duration = Duration::from_secs(2);
 /// Anti-entropy period.
 pub const ANTI_ENTROPY: Duration = Duration::from_secs(10);
 
@@ -138,6 +140,11 @@ pub async fn run(
     // pull starts only when the running ones brought nothing since then.
     let rounds = Arc::new(AtomicU64::new(0));
     let mut rounds_at_tick = 0;
+    // A waiting pull gets the second slot sooner when the running one brought nothing for a
+    // whole stall period (a stopped or cut-off peer holds a pull until its timeout).
+    let mut stall = tokio::time::interval(STALL);
+    stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds_at_stall = 0;
     let pull = |tasks: &mut JoinSet<Done>,
                 pulling: &mut HashSet<PeerId>,
                 wanted: &mut BTreeSet<PeerId>,
@@ -227,6 +234,15 @@ pub async fn run(
                     });
                 }
             },
+            _ = stall.tick() => {
+                let now = rounds.load(Ordering::Relaxed);
+                if now == rounds_at_stall
+                    && let Some(next) = wanted.pop_first()
+                {
+                    pull(&mut tasks, &mut pulling, &mut wanted, next, MAX_PULLS);
+                }
+                rounds_at_stall = now;
+            }
             _ = tick.tick() => {
                 refresh_addresses(&net, &peers).await;
                 let admitted: Vec<PeerId> = peers
