@@ -4,6 +4,8 @@
 //! node, whose readiness is awaited on its own log line, never on a timer. Every process
 //! is killed when its `Proc` is dropped, so a failing test leaves nothing behind.
 
+pub mod hostile;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -316,4 +318,14 @@ pub fn refused_start(data_dir: &Path, env: &[(&str, &str)]) -> Result<String> {
         .find(|l| l.starts_with("spoc-node: "))
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("no one-line reason in {stderr:?}"))
+}
+
+/// A field of `/proc/PID/status` in KiB, such as `VmHWM` or `VmRSS`.
+pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }

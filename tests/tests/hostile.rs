@@ -1,38 +1,34 @@
 //! Hostile peers against real `spoc-node` processes.
 //!
 //! Each test lays out a three-state testnet and starts the nodes of the first two states
-//! (A, the Presidency, and B). The hostile peer is a real libp2p node in the test process,
-//! built on `spoc_node::network`, so it speaks admission, gossip and pull sync exactly as a
-//! node does. When it needs a valid node certificate it issues one with the third state's
-//! national key while that state's own node stays down: a compromised participant.
+//! (A, the Presidency, and B). The hostile peer (`spoc_tests::hostile`) is a real libp2p
+//! node in the test process, built on `spoc_node::network`, so it speaks admission, gossip
+//! and pull sync exactly as a node does. When it needs a valid node certificate it issues
+//! one with the third state's national key while that state's own node stays down: a
+//! compromised participant.
 //!
 //! The scenarios: a peer with another charter, peers without a valid certificate, invalid
-//! entries pushed by gossip and served to the nodes' pulls, an oversized sync request, and a
-//! flood of sync requests. Every wait is on an event, a log line or `/v1/wait`, with a
-//! timeout. The tests run one at a time, so that timings are not skewed by each other.
+//! entries pushed by gossip and served to the nodes' pulls, an oversized sync request, a
+//! flood of sync requests, an equivocation, replayed entries, a peer that withholds its
+//! answers, and a sustained flood of certified flooders and raw dials. Every wait is on an
+//! event, a log line or `/v1/wait`, with a timeout. The tests run one at a time, so that
+//! timings are not skewed by each other.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use rand::RngCore;
-use serde_json::{Value, json};
+use anyhow::{Result, bail, ensure};
+use serde_json::Value;
 use spoc_node::charter::Charter;
 use spoc_node::docs::command::Command;
 use spoc_node::identity::{NodeCertificate, SecretKey};
 use spoc_node::log::SignedEntry;
-use spoc_node::network::{
-    self, Acceptance, Admit, Config, Event, Keypair, LogHeight, Multiaddr, PeerId, SyncRequest,
-    SyncResponse,
-};
+use spoc_node::network::{LogHeight, PeerId, SyncRequest, SyncResponse};
 use spoc_node::replica::{Limits, Replica};
-use spoc_tests::{NodeInfo, Proc, Testnet};
-use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use spoc_tests::hostile::*;
 
-/// How long any one awaited outcome may take.
-const WAIT: Duration = Duration::from_secs(30);
+/// Incoming connections a node lets wait in their handshake (`network::Config::new`).
+const NODE_PENDING_INCOMING: u32 = 32;
 
 /// The nodes' sync frame limit (`network::Config::new`'s default).
 const NODE_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -41,409 +37,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The entries of a sync answer, plain or packed.
-fn entries_of(r: &SyncResponse) -> Vec<Vec<u8>> {
-    let mut all: Vec<Vec<u8>> = r.entries.iter().map(|e| e.to_vec()).collect();
-    if let Some(packed) = &r.packed {
-        all.extend(spoc_node::network::unpack(packed, 500, 8 << 20).unwrap_or_default());
-    }
-    all
-}
-
-fn hash(ack: &Value) -> String {
-    ack["entry"].as_str().unwrap_or_default().to_owned()
-}
-
-fn report(title: &str) -> Value {
-    json!({
-        "command": "obstacle_report",
-        "title": title,
-        "type": "pragmatic",
-        "description": "Requests wait in several queues.",
-    })
-}
-
-fn fresh_keypair() -> Result<Keypair> {
-    let mut seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut seed);
-    Ok(network::keypair_from_seed(&seed)?)
-}
-
-fn status(node: &Proc) -> Result<Value> {
-    let (code, body) = node.get("/v1/status")?;
-    ensure!(code == 200, "status answered {code}: {body}");
-    Ok(body)
-}
-
-/// A counter of `/v1/status`, such as `rejected.bad_signature`; 0 when absent.
-fn count(status: &Value, map: &str, key: &str) -> u64 {
-    status[map][key].as_u64().unwrap_or(0)
-}
-
-fn peer_id(node: &Proc) -> Result<PeerId> {
-    let s = status(node)?;
-    let text = s["peer_id"].as_str().context("status has no peer_id")?;
-    Ok(text.parse()?)
-}
-
-/// Whether the node lists `peer` among its admitted peers.
-fn lists(status: &Value, peer: &PeerId) -> bool {
-    let id = peer.to_string();
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["peer_id"].as_str() == Some(id.as_str()))
-}
-
-/// Whether the node holds the entry, answered at once.
-fn holds(node: &Proc, entry: &str) -> Result<bool> {
-    let (code, body) = node.get(&format!("/v1/wait?entries={entry}&timeout_ms=0"))?;
-    ensure!(code == 200, "wait answered {code}: {body}");
-    Ok(body["present"] == Value::Bool(true))
-}
-
-/// Waits for the node's log line saying it refused and disconnected `peer`, and checks
-/// the reason it gives. The node counts the refusal in its status right after this line.
-fn refused_log(node: &mut Proc, peer: &PeerId, reason: &str) -> Result<String> {
-    let deadline = Instant::now() + WAIT;
-    let id = peer.to_string();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = node
-            .wait_log("peer refused and disconnected", left)
-            .with_context(|| format!("{} never refused {id}", node.api))?;
-        if line.contains(&id) {
-            ensure!(
-                line.contains(reason),
-                "refused for another reason than {reason:?}: {line}"
-            );
-            return Ok(line);
-        }
-    }
-}
-
-/// Follows the node's log about `peer` until the node refuses it (returns the line that
-/// reports the refusal) or the connection closes before (returns `None`). Needs the
-/// network module's debug lines.
-fn admission_outcome(node: &mut Proc, peer: &PeerId) -> Result<Option<String>> {
-    let deadline = Instant::now() + WAIT;
-    let id = peer.to_string();
-    let mut refusing = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = node.wait_log(&id, left)?;
-        ensure!(!line.contains("peer admitted"), "admitted: {line}");
-        if line.contains("peer refused and disconnected") {
-            return Ok(Some(line));
-        }
-        if line.contains("peer refused") {
-            refusing = true;
-        } else if line.contains("disconnected") && !refusing {
-            return Ok(None);
-        }
-    }
-}
-
-/// What the hostile peer's event pump saw.
-#[derive(Debug)]
-enum Seen {
-    Admitted(PeerId),
-    Gone(PeerId),
-    Refused(PeerId, String),
-    Gossip(PeerId, Vec<u8>),
-    /// A node pulled from us, and got our canned answer.
-    Served(PeerId),
-}
-
-/// Admits every node: the hostile peer wants in, it keeps nobody out.
-struct AdmitAll;
-
-impl Admit for AdmitAll {
-    fn admit(&self, _: &PeerId, _: &[u8], _: &[u8; 32]) -> Result<String, String> {
-        Ok("node".to_owned())
-    }
-}
-
-/// A hostile libp2p peer running on the test's runtime.
-struct Hostile {
-    net: network::Handle,
-    id: PeerId,
-    seen: mpsc::Receiver<Seen>,
-    history: Vec<Seen>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-impl Hostile {
-    /// Waits until the peer sees something `pick` accepts; keeps everything seen.
-    fn wait(&mut self, rt: &Runtime, what: &str, pick: impl Fn(&Seen) -> bool) -> Result<()> {
-        if self.history.iter().any(&pick) {
-            return Ok(());
-        }
-        let seen = &mut self.seen;
-        let history = &mut self.history;
-        rt.block_on(async {
-            tokio::time::timeout(WAIT, async {
-                while let Some(s) = seen.recv().await {
-                    let hit = pick(&s);
-                    history.push(s);
-                    if hit {
-                        return Ok(());
-                    }
-                }
-                bail!("the hostile peer stopped")
-            })
-            .await
-            .map_err(|_| anyhow!("hostile peer: no {what} within {WAIT:?}"))?
-        })
-        .with_context(|| format!("seen so far: {:?}", self.history))
-    }
-
-    /// Takes in what was seen so far without waiting.
-    fn drain(&mut self) {
-        while let Ok(s) = self.seen.try_recv() {
-            self.history.push(s);
-        }
-    }
-
-    /// How many things seen so far `pick` accepts.
-    fn history_of(&mut self, pick: impl Fn(&Seen) -> bool) -> usize {
-        self.drain();
-        self.history.iter().filter(|s| pick(s)).count()
-    }
-
-    fn gossip_from(&mut self, node: &PeerId) -> usize {
-        self.history_of(|s| matches!(s, Seen::Gossip(p, _) if p == node))
-    }
-
-    /// Waits until `node` has admitted us: it pulls from every peer it admits.
-    fn wait_admitted_by(&mut self, rt: &Runtime, node: &PeerId) -> Result<()> {
-        self.wait(
-            rt,
-            "admission",
-            |s| matches!(s, Seen::Admitted(p) if p == node),
-        )?;
-        self.wait(rt, "pull", |s| matches!(s, Seen::Served(p) if p == node))
-    }
-
-    fn wait_gone(&mut self, rt: &Runtime, node: &PeerId) -> Result<()> {
-        self.wait(
-            rt,
-            "disconnection",
-            |s| matches!(s, Seen::Gone(p) if p == node),
-        )
-    }
-
-    fn sync(&self, rt: &Runtime, node: PeerId, request: SyncRequest) -> Result<SyncResponse> {
-        let net = self.net.clone();
-        rt.block_on(async move {
-            tokio::time::timeout(WAIT + Duration::from_secs(10), net.sync(node, request))
-                .await
-                .map_err(|_| anyhow!("sync did not end"))?
-                .map_err(anyhow::Error::from)
-        })
-    }
-
-    fn publish(&self, rt: &Runtime, data: Vec<u8>) -> Result<()> {
-        Ok(rt.block_on(self.net.publish(data))?)
-    }
-}
-
-/// A running testnet: nodes A and B of three states, and what the hostile peer knows.
-struct Net {
-    a: Proc,
-    b: Proc,
-    a_id: PeerId,
-    b_id: PeerId,
-    charter: Arc<Charter>,
-    /// The third state, whose node is not started, and its national key.
-    rogue: String,
-    rogue_key: SecretKey,
-    rt: Runtime,
-    testnet: Testnet,
-}
-
-impl Net {
-    /// Lays out the testnet, starts A and B, and waits until an entry written on A
-    /// reaches B, so they are connected before any hostile peer shows up.
-    fn start() -> Result<Net> {
-        Net::start_with(&[])
-    }
-
-    /// The same, with extra environment variables for the nodes.
-    fn start_with(env: &[(&str, &str)]) -> Result<Net> {
-        let dir = tempfile::tempdir()?;
-        let today = time::OffsetDateTime::now_utc().date();
-        let nodes =
-            spoc_node::testnet::generate(&dir.path().join("net"), 3, today, &mut rand::rng())?;
-        let nodes: Vec<NodeInfo> = nodes
-            .into_iter()
-            .map(|n| NodeInfo {
-                state: n.state,
-                data_dir: n.data_dir,
-                api: n.api,
-                listen: n.listen,
-            })
-            .collect();
-        let testnet = Testnet { dir, nodes };
-        let text = std::fs::read_to_string(testnet.nodes[0].data_dir.join("charter.toml"))?;
-        let charter = Arc::new(Charter::parse(&text)?);
-        let rogue = testnet.nodes[2].state.clone();
-        let rogue_key = SecretKey::load(&testnet.nodes[2].data_dir.join("national.key"), None)?;
-        let a = Proc::start_with(&testnet.nodes[0], env)?;
-        let b = Proc::start_with(&testnet.nodes[1], env)?;
-        let ack = a.write(&report("Baseline"))?;
-        b.wait_entries(&[hash(&ack)], WAIT)?;
-        let (a_id, b_id) = (peer_id(&a)?, peer_id(&b)?);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        Ok(Net {
-            a,
-            b,
-            a_id,
-            b_id,
-            charter,
-            rogue,
-            rogue_key,
-            rt,
-            testnet,
-        })
-    }
-
-    /// A certificate for `keypair`'s peer id, signed by the rogue state's national key.
-    fn certify(&self, keypair: &Keypair) -> Vec<u8> {
-        NodeCertificate::issue(
-            &self.rogue_key,
-            &self.charter.network,
-            &keypair.public().to_peer_id().to_bytes(),
-            now_ms() + 3_600_000,
-        )
-        .encode()
-    }
-
-    /// A peer configuration for this network that dials the given nodes (0 is A, 1 is B).
-    fn config(&self, keypair: Keypair, certificate: Vec<u8>, dial: &[usize]) -> Result<Config> {
-        let mut config = Config::new(
-            keypair,
-            self.charter.network.clone(),
-            certificate,
-            self.charter.hash(),
-            Arc::new(AdmitAll),
-        );
-        config.dial = dial
-            .iter()
-            .map(|i| network::parse_addr(&self.testnet.nodes[*i].listen))
-            .collect::<Result<Vec<Multiaddr>, _>>()?;
-        Ok(config)
-    }
-
-    /// A fresh peer holding a valid certificate of the rogue state.
-    fn rogue_config(&self, dial: &[usize]) -> Result<Config> {
-        let keypair = fresh_keypair()?;
-        let certificate = self.certify(&keypair);
-        self.config(keypair, certificate, dial)
-    }
-
-    /// Starts a hostile peer that answers every pull with `answer`.
-    fn spawn(&self, config: Config, answer: SyncResponse) -> Result<Hostile> {
-        let _runtime = self.rt.enter();
-        let (net, mut events, actor) = network::spawn(config, Default::default())?;
-        let id = net.local_peer_id();
-        let (tx, seen) = mpsc::channel(4096);
-        let reporter = net.clone();
-        let pump = self.rt.spawn(async move {
-            while let Some(event) = events.recv().await {
-                let seen = match event {
-                    Event::Listening { .. } => continue,
-                    Event::PeerAdmitted { peer, .. } => Seen::Admitted(peer),
-                    Event::PeerGone { peer } => Seen::Gone(peer),
-                    Event::PeerRefused { peer, reason } => Seen::Refused(peer, reason),
-                    Event::Gossip {
-                        source,
-                        message_id,
-                        data,
-                    } => {
-                        let _ = reporter
-                            .report_gossip(message_id, source, Acceptance::Ignore)
-                            .await;
-                        Seen::Gossip(source, data)
-                    }
-                    Event::SyncRequested { peer, reply, .. } => {
-                        reply.send(answer.clone()).await;
-                        Seen::Served(peer)
-                    }
-                };
-                if tx.send(seen).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Hostile {
-            net,
-            id,
-            seen,
-            history: Vec::new(),
-            tasks: vec![actor, pump],
-        })
-    }
-
-    /// A valid entry of the rogue state, in a fresh log: an obstacle report it owns.
-    fn forge(&self, title: &str) -> Result<SignedEntry> {
-        let replica = Replica::new(self.charter.clone(), Limits::default());
-        let command: Command = serde_json::from_value(report(title))?;
-        let incarnation = rand::random::<u32>() | 1;
-        let ulid = (u128::from(now_ms()) << 80) | u128::from(rand::random::<u64>());
-        let (entry, _) = replica.prepare(
-            &self.rogue_key,
-            incarnation,
-            &command,
-            now_ms(),
-            ulid.into(),
-        )?;
-        Ok(entry)
-    }
-
-    /// A forged entry whose signature does not verify.
-    fn bad_signature(&self, title: &str) -> Result<SignedEntry> {
-        let mut bytes = self.forge(title)?.bytes().to_vec();
-        let r = bytes.len() - 64;
-        bytes[r] ^= 0x01;
-        Ok(SignedEntry::decode(&bytes)?)
-    }
-
-    /// A well signed entry that breaks a rule: the rogue state's change, creating an
-    /// obstacle, put in a document that A's state owns ("only A may create ...").
-    fn foreign_owner(&self, title: &str) -> Result<SignedEntry> {
-        let forged = self.forge(title)?;
-        let mut entry = forged.entry.clone();
-        let owner = &self.testnet.nodes[0].state;
-        entry.doc = entry
-            .doc
-            .as_str()
-            .replacen(&format!("/{}/", self.rogue), &format!("/{owner}/"), 1)
-            .parse()?;
-        ensure!(entry.doc.owner() == owner.as_str(), "doc id not rewritten");
-        Ok(entry.sign(&self.rogue_key))
-    }
 }
 
 #[test]
@@ -867,5 +460,193 @@ fn a_sync_answer_over_the_batch_limit_cuts_the_peer_off() -> Result<()> {
     // The node goes on serving the others.
     let ack = net.b.write(&report("After the oversized batch"))?;
     net.a.wait_entries(&[hash(&ack)], WAIT)?;
+    Ok(())
+}
+
+#[test]
+fn replayed_entries_change_nothing_and_are_relayed_by_none() -> Result<()> {
+    let _serial = serial();
+    let net = Net::start()?;
+    let (a_id, b_id) = (net.a_id, net.b_id);
+    // Valid rogue entries reach A and B by pull only, so they never travelled by gossip.
+    let chain = net.forge_chain("Replayed", 3)?;
+    let hashes: Vec<String> = chain.iter().map(|e| e.hash().to_string()).collect();
+    let bytes: Vec<serde_bytes::ByteBuf> =
+        chain.iter().map(|e| e.bytes().to_vec().into()).collect();
+    let answer = SyncResponse {
+        entries: bytes.clone(),
+        ..SyncResponse::default()
+    };
+    let source = net.spawn(net.rogue_config(&[0, 1])?, answer.clone())?;
+    net.a.wait_entries(&hashes, WAIT)?;
+    net.b.wait_entries(&hashes, WAIT)?;
+    drop(source);
+
+    // The watcher, connected to B only, sees everything B relays, once it is in B's
+    // gossip mesh: entries written on A until one reaches it through B say so.
+    let mut watcher = net.spawn(net.rogue_config(&[1])?, SyncResponse::default())?;
+    watcher.wait_admitted_by(&net.rt, &b_id)?;
+    let through_b = |watcher: &mut Hostile, title: &str| -> Result<Vec<String>> {
+        let mut written = Vec::new();
+        for _ in 0..20 {
+            let entry = hash(&net.a.write(&report(title))?);
+            written.push(entry.clone());
+            let seen =
+                watcher.wait_within(&net.rt, "an entry through B", Duration::from_secs(2), |s| {
+                    matches!(s, Seen::Gossip(_, data)
+                    if SignedEntry::decode(data).is_ok_and(|e| e.hash().to_string() == entry))
+                });
+            if seen.is_ok() {
+                return Ok(written);
+            }
+        }
+        bail!("no entry written on A reached the watcher through B")
+    };
+    let mut honest = through_b(&mut watcher, "Before the replay")?;
+    let before = [status(&net.a)?, status(&net.b)?];
+
+    // The replayer answers both nodes' pulls with the held entries, then gossips them.
+    let mut replayer = net.spawn(net.rogue_config(&[0, 1])?, answer)?;
+    replayer.wait_admitted_by(&net.rt, &a_id)?;
+    replayer.wait_admitted_by(&net.rt, &b_id)?;
+    let pushed = through_b(&mut watcher, "While the replayer connects")?;
+    honest.extend(pushed.iter().cloned());
+    for e in &chain {
+        replayer.publish(&net.rt, e.bytes().to_vec())?;
+    }
+    // Entries written after the replay travel A, B, watcher: had B relayed a replayed
+    // entry, the watcher would have had it first.
+    let after_replay = through_b(&mut watcher, "After the replay")?;
+    honest.extend(after_replay.iter().cloned());
+    let relayed = watcher.history_of(|s| {
+        matches!(s, Seen::Gossip(_, data)
+            if SignedEntry::decode(data).is_ok_and(|e| hashes.contains(&e.hash().to_string())))
+    });
+    net.b.wait_entries(&honest, WAIT)?;
+    let written_since = (pushed.len() + after_replay.len()) as u64;
+
+    let after = [status(&net.a)?, status(&net.b)?];
+    for (b, a) in before.iter().zip(&after) {
+        let entries = |s: &Value| s["entries"].as_u64().unwrap_or(0);
+        assert_eq!(
+            entries(a),
+            entries(b) + written_since,
+            "replays changed the entries: {a}"
+        );
+        assert_eq!(
+            a["rejected"], b["rejected"],
+            "a replay counted as invalid: {a}"
+        );
+        assert_eq!(a["refused_peers"], b["refused_peers"], "{a}");
+        assert_eq!(a["pending"], 0, "{a}");
+        assert!(lists(a, &replayer.id), "the replayer was cut off: {a}");
+    }
+    for node in [&net.a, &net.b] {
+        for h in &hashes {
+            assert!(holds(node, h)?, "{h} lost");
+        }
+    }
+    assert_eq!(relayed, 0, "B relayed {relayed} replayed entries");
+    eprintln!(
+        "replay: {} held entries replayed by pull to A and B and by gossip; 0 changed, 0 relayed",
+        chain.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_withholding_peer_holds_no_one_back() -> Result<()> {
+    let _serial = serial();
+    let net = Net::start()?;
+    let (a_id, b_id) = (net.a_id, net.b_id);
+    // The withholder gives its log to B only; A's pulls it holds unanswered, and it
+    // relays nothing by gossip.
+    let chain = net.forge_chain("Withheld from A", 2)?;
+    let hashes: Vec<String> = chain.iter().map(|e| e.hash().to_string()).collect();
+    let to_b = SyncResponse {
+        entries: chain.iter().map(|e| e.bytes().to_vec().into()).collect(),
+        ..SyncResponse::default()
+    };
+    let answer: Answer = Arc::new(move |peer: &PeerId| (*peer == b_id).then(|| to_b.clone()));
+    let mut h = net.spawn_with(net.rogue_config(&[0, 1])?, answer)?;
+    h.wait_admitted_by(&net.rt, &a_id)?;
+    h.wait_admitted_by(&net.rt, &b_id)?;
+    net.b.wait_entries(&hashes, WAIT)?;
+    // A pull held by the withholder does not stop A's others: B serves the withheld log.
+    net.a.wait_entries(&hashes, Duration::from_secs(60))?;
+    // Writes still flow both ways.
+    let from_b = hash(&net.b.write(&report("Written on B beside the withholder"))?);
+    net.a.wait_entries(&[from_b], WAIT)?;
+    let from_a = hash(&net.a.write(&report("Written on A beside the withholder"))?);
+    net.b.wait_entries(&[from_a], WAIT)?;
+    let withheld = h.history_of(|s| matches!(s, Seen::Withheld(p) if *p == a_id));
+    let served_a = h.history_of(|s| matches!(s, Seen::Served(p) if *p == a_id));
+    assert!(withheld >= 1, "A never pulled from the withholder");
+    assert_eq!(served_a, 0, "the withholder answered A");
+    let s = status(&net.a)?;
+    assert_eq!(s["pending"], 0, "{s}");
+    eprintln!("withholding: {withheld} pulls of A held unanswered; A got the log from B");
+    Ok(())
+}
+
+#[test]
+fn a_sustained_flood_is_cut_off_and_the_node_keeps_serving() -> Result<()> {
+    let _serial = serial();
+    let net = Net::start()?;
+    let before = [status(&net.a)?, status(&net.b)?];
+    let mut flood = net.flood(2)?;
+    // While it lasts, A's operators write and B's writes arrive.
+    let mut written = Vec::new();
+    for i in 0..10 {
+        written
+            .push(hash(&net.a.write(&report(&format!(
+                "Written on A under the flood {i}"
+            )))?));
+        written
+            .push(hash(&net.b.write(&report(&format!(
+                "Written on B under the flood {i}"
+            )))?));
+    }
+    net.a.wait_entries(&written, WAIT)?;
+    net.b.wait_entries(&written, WAIT)?;
+    // More raw connections than the node lets wait in their handshake, and flooders of
+    // both kinds.
+    flood.wait_for(&net.rt, Duration::from_secs(60), |p| {
+        p.dials > 2 * u64::from(NODE_PENDING_INCOMING) && p.flooders >= 4
+    })?;
+    let peak_kib = spoc_tests::vm_kib(net.a.pid().unwrap_or(0), "VmHWM")?;
+    let report = flood.stop(&net.rt)?;
+    eprintln!("flood: {report:?}; A's peak RSS {} MiB", peak_kib / 1024);
+    assert!(report.flooders >= 2, "{report:?}");
+    assert_eq!(report.cut_off.len() as u64, report.flooders);
+    // The node closed the connections over its pending limit at once (the others wait
+    // for their handshake to time out): the few opened as the flood stopped may not have
+    // been refused yet.
+    assert!(
+        report.dials - report.dials_closed <= u64::from(NODE_PENDING_INCOMING) + 8,
+        "{report:?}"
+    );
+    assert!(report.invalid_answers >= 2, "{report:?}");
+    let after = [status(&net.a)?, status(&net.b)?];
+    for (b, a) in before.iter().zip(&after) {
+        // Only the 20 honest writes counted: no flooded entry was accepted.
+        let entries = |s: &Value| s["entries"].as_u64().unwrap_or(0);
+        assert_eq!(entries(a), entries(b) + 20, "{a}");
+        assert_eq!(a["pending"], 0, "{a}");
+    }
+    let refused = |s: &Value| {
+        s["refused_peers"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())
+    };
+    assert_eq!(
+        refused(&after[0]) - refused(&before[0]),
+        report.flooders,
+        "{}",
+        after[0]
+    );
+    // A still admits a newcomer once the flood is over.
+    let mut fresh = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
+    fresh.wait_admitted_by(&net.rt, &net.a_id)?;
     Ok(())
 }

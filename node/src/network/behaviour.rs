@@ -38,6 +38,8 @@ use super::{
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DIAL_BACKOFF_START: Duration = Duration::from_millis(500);
 const DIAL_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Dial failures of one address logged at debug level before they are logged at info.
+const QUIET_DIAL_FAILURES: u32 = 3;
 /// Room for the signature, key and framing around a gossip payload.
 const GOSSIP_OVERHEAD: usize = 1024;
 /// Events kept while the owner's channel is full; gossip is never kept.
@@ -264,7 +266,8 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
     };
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
-        .with_max_established_per_peer(Some(config.max_connections_per_peer));
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_pending_incoming));
     let behaviour = Behaviour {
         deny: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits),
@@ -726,7 +729,12 @@ impl Actor {
             return;
         };
         let delay = backoff(&mut self.rng, dial.attempt);
-        debug!(address = %dial.address, %error, ?delay, "dial failed, retrying");
+        // The first failures are a peer still starting; later ones an operator should see.
+        if dial.attempt >= QUIET_DIAL_FAILURES {
+            info!(address = %dial.address, %error, ?delay, "dial failed, retrying");
+        } else {
+            debug!(address = %dial.address, %error, ?delay, "dial failed, retrying");
+        }
         dial.pending = None;
         dial.next = Some(Instant::now() + delay);
         dial.attempt = dial.attempt.saturating_add(1);

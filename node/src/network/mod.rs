@@ -67,6 +67,9 @@ pub struct Config {
     pub max_connections: u32,
     /// Established connections per peer.
     pub max_connections_per_peer: u32,
+    /// Incoming connections still in their handshake (Noise, Yamux); more are refused
+    /// at once, so a dial flood holds at most this many half-open connections.
+    pub max_pending_incoming: u32,
     /// Largest sync request or response, in bytes.
     pub max_frame_bytes: usize,
     /// Largest gossip message payload, in bytes.
@@ -97,6 +100,7 @@ impl Config {
             mdns: false,
             max_connections: 128,
             max_connections_per_peer: 2,
+            max_pending_incoming: 32,
             max_frame_bytes: 8 * 1024 * 1024,
             max_gossip_bytes: 64 * 1024,
             max_requests_per_second: 20,
@@ -121,6 +125,7 @@ impl fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("max_pending_incoming", &self.max_pending_incoming)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_gossip_bytes", &self.max_gossip_bytes)
             .field("max_requests_per_second", &self.max_requests_per_second)

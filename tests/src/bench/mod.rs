@@ -8,6 +8,7 @@ pub mod amsync;
 pub mod catchup;
 pub mod data;
 pub mod gossip;
+pub mod hostile;
 pub mod ingest;
 #[cfg(feature = "peer-iroh")]
 pub mod peer;

@@ -200,15 +200,7 @@ pub fn await_admitted(p: &mut Proc, api: &Api, peers: usize, timeout: Duration) 
     }
 }
 
-/// A field of `/proc/PID/status` in KiB, such as `VmHWM` or `VmRSS`.
-pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
+pub use spoc_tests::vm_kib;
 
 /// TCP payload bytes (sent, received) of each of `pids` over its open sockets, from the
 /// kernel's per-socket counters (`ss -tinp`), leaving out sockets on `skip_ports` (the

@@ -2,9 +2,10 @@
 //!
 //! It generates a realistic history from a seed (meetings with agendas, obstacles with
 //! endorsements, comments and long edits, practices, fact sheets, training), then measures
-//! five scenarios: ingest, publish, propagation, catch-up and cold start. Every figure is a
-//! ratio against a baseline measured in the same run on the same data, with the absolute
-//! times beside it. It prints a table for people, or with `--json` one JSON object with one
+//! five scenarios: ingest, publish, propagation, catch-up and cold start, and a sixth,
+//! hostile, that measures an honest node's API under a sustained flood against the same
+//! node without it. Every figure is a ratio against a baseline measured in the same run on
+//! the same data, with the absolute times beside it. It prints a table for people, or with `--json` one JSON object with one
 //! key per scenario. Real `spoc-node` processes are started through the test harness,
 //! which kills each one when it is dropped. It exits non-zero only when a scenario could
 //! not be measured, never for a missed target.
@@ -40,7 +41,7 @@ struct Cli {
     /// Print one JSON object, one key per scenario, instead of the table.
     #[arg(long)]
     json: bool,
-    /// Run only these scenarios: ingest, publish, cold_start, propagation, catch_up, peer_iroh.
+    /// Run only these scenarios: ingest, publish, cold_start, propagation, catch_up, peer_iroh, hostile.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Replace the sizes (entries) of ingest, publish, cold start and catch-up.
@@ -67,13 +68,14 @@ enum Sub {
     HoldDocs { file: PathBuf },
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "ingest",
     "publish",
     "cold_start",
     "propagation",
     "catch_up",
     "peer_iroh",
+    "hostile",
 ];
 
 fn main() -> ExitCode {
@@ -144,9 +146,15 @@ fn run(cli: &Cli) -> Result<bool> {
         plan.sizes.clear();
     }
     let processes = peer
-        || ["publish", "cold_start", "propagation", "catch_up"]
-            .iter()
-            .any(|s| wanted(s));
+        || [
+            "publish",
+            "cold_start",
+            "propagation",
+            "catch_up",
+            "hostile",
+        ]
+        .iter()
+        .any(|s| wanted(s));
     if processes {
         procs::ensure_node_binary()?;
     }
@@ -241,6 +249,14 @@ fn run(cli: &Cli) -> Result<bool> {
             vec![
                 bench::catchup::run(&ctx)
                     .unwrap_or_else(|e| Outcome::failure("catch_up", "4. catch-up", &e)),
+            ]
+        });
+    }
+    if wanted("hostile") {
+        timed("hostile", &mut || {
+            vec![
+                bench::hostile::run(ctx.plan.quick)
+                    .unwrap_or_else(|e| Outcome::failure("hostile", bench::hostile::TITLE, &e)),
             ]
         });
     }
