@@ -686,25 +686,28 @@ async fn flood_once(
         let mut requests = tokio::task::JoinSet::new();
         while let Some(event) = events.recv().await {
             match event {
-                Event::PeerAdmitted { peer, .. } if peer == target && !invalid => {
-                    fired = Some(Instant::now());
-                    for _ in 0..FLOOD_REQUESTS {
-                        let net = net.clone();
-                        requests.spawn(async move {
-                            net.sync(target, SyncRequest::default()).await.is_ok()
-                        });
-                    }
-                    progress.send_modify(|p| p.requests += FLOOD_REQUESTS as u64);
-                }
+                // A pulls from every peer it admits: its first pull says the flood can
+                // start (requests sent before A's admission would only be refused).
                 Event::SyncRequested { peer, reply, .. } => {
-                    if invalid && peer == target && fired.is_none() {
-                        fired = Some(Instant::now());
+                    reply.send(answer.clone()).await;
+                    if peer != target || fired.is_some() {
+                        continue;
+                    }
+                    fired = Some(Instant::now());
+                    if invalid {
                         progress.send_modify(|p| {
                             p.invalid_answers += 1;
                             p.invalid_sent += plan.invalid.len() as u64;
                         });
+                    } else {
+                        for _ in 0..FLOOD_REQUESTS {
+                            let net = net.clone();
+                            requests.spawn(async move {
+                                net.sync(target, SyncRequest::default()).await.is_ok()
+                            });
+                        }
+                        progress.send_modify(|p| p.requests += FLOOD_REQUESTS as u64);
                     }
-                    reply.send(answer.clone()).await;
                 }
                 Event::Gossip {
                     source, message_id, ..

@@ -53,8 +53,10 @@ pub fn run(quick: bool) -> Result<Outcome> {
     for _ in 0..5 {
         write(&api, &mut n)?;
     }
+    let (rss_start, writes_start) = (procs::vm_kib(pid, "VmRSS")?, n);
     let quiet = sample(&api, &mut n, phase_length)?;
     let hwm_quiet = procs::vm_kib(pid, "VmHWM")?;
+    let (rss_quiet, writes_quiet) = (procs::vm_kib(pid, "VmRSS")?, n);
 
     let mut flood = net.flood(2)?;
     // The flood is under way: flooders of both kinds came and went, and more raw
@@ -91,6 +93,8 @@ pub fn run(quick: bool) -> Result<Outcome> {
             hwm_quiet,
             hwm_flood,
             rss_flood,
+            quiet_growth: growth_per_1k(rss_start, rss_quiet, writes_quiet - writes_start),
+            flood_growth: growth_per_1k(rss_quiet, rss_flood, n - writes_quiet),
         },
         invalid_accepted,
         rejected,
@@ -125,11 +129,21 @@ fn sample(api: &Api, n: &mut usize, length: Duration) -> Result<Phase> {
     Ok(phase)
 }
 
+/// RSS growth in KiB per thousand writes, between two readings.
+fn growth_per_1k(from_kib: u64, to_kib: u64, writes: usize) -> f64 {
+    (to_kib as f64 - from_kib as f64) * 1_000.0 / writes.max(1) as f64
+}
+
+/// The node's memory, from `/proc/PID/status`, in KiB.
 #[derive(Debug)]
 struct Memory {
     hwm_quiet: u64,
     hwm_flood: u64,
     rss_flood: u64,
+    /// RSS growth per thousand writes without the flood, and under it: the writes hold
+    /// entries in memory, so the flood's own cost is the difference.
+    quiet_growth: f64,
+    flood_growth: f64,
 }
 
 fn outcome(
@@ -175,6 +189,15 @@ fn outcome(
         memory.hwm_flood as f64 / memory.hwm_quiet as f64,
         None,
     ));
+    let per_1k = |kib: f64| format!("{:.1} MiB / 1k writes", kib / 1024.0);
+    rows.push(Row::ratio(
+        "flood",
+        "RSS growth",
+        per_1k(memory.flood_growth),
+        per_1k(memory.quiet_growth),
+        memory.flood_growth / memory.quiet_growth,
+        None,
+    ));
     let cut = &report.cut_off;
     rows.push(Row::context(
         "flood",
@@ -211,7 +234,7 @@ fn outcome(
         report.dials_closed
     ));
     o.notes.push(format!(
-        "A's RSS under the flood {}; peak {} (before the flood {}); A refused {rejected} invalid entries",
+        "A's RSS under the flood {}; peak {} (before the flood {}); the writes of both phases stay in memory (every entry is held), so the RSS growth per thousand writes, without the flood and under it, shows what the flood itself costs; A refused {rejected} invalid entries",
         mib(memory.rss_flood),
         mib(memory.hwm_flood),
         mib(memory.hwm_quiet)
@@ -226,6 +249,8 @@ fn outcome(
         "peak_rss_quiet_kib": memory.hwm_quiet,
         "peak_rss_flood_kib": memory.hwm_flood,
         "rss_flood_kib": memory.rss_flood,
+        "rss_growth_quiet_kib_per_1k_writes": round3(memory.quiet_growth),
+        "rss_growth_flood_kib_per_1k_writes": round3(memory.flood_growth),
         "flooders": report.flooders,
         "cut_off_p50_ms": round3(percentile_ms(cut, 50.0)),
         "cut_off_max_ms": round3(percentile_ms(cut, 100.0)),
