@@ -68,6 +68,9 @@ pub struct Settings {
     pub mdns: bool,
     /// A file holding the national key's passphrase; `SPOC_KEY_PASSPHRASE` may give it too.
     pub key_passphrase_file: Option<PathBuf>,
+    /// `SPOC_FAILPOINT`, for crash tests only: the store commit step at which the node
+    /// holds until it is killed.
+    pub failpoint: Option<crate::store::Failpoint>,
 }
 
 fn value(name: &str, message: impl Into<String>) -> Error {
@@ -182,6 +185,9 @@ impl Settings {
             None => raw.mdns.unwrap_or(false),
         };
         let state = env("SPOC_STATE").or(raw.state);
+        let failpoint = env("SPOC_FAILPOINT")
+            .map(|f| f.parse().map_err(|e: String| value("SPOC_FAILPOINT", e)))
+            .transpose()?;
         Ok(Settings {
             data_dir: data_dir.to_owned(),
             state,
@@ -194,6 +200,7 @@ impl Settings {
             log_format,
             mdns,
             key_passphrase_file,
+            failpoint,
         })
     }
 
@@ -249,5 +256,38 @@ mod tests {
         assert!(err("\nlisten_on = []").starts_with("node.toml line 2:"));
         assert!(err("log_format = \"xml\"").contains("log_format"));
         assert!(err("listen = [\"tcp:80\"]").contains("not a multiaddr"));
+    }
+
+    #[test]
+    fn failpoints_parse_or_are_named() {
+        use crate::store::{CommitStep, Failpoint};
+        let dir = Path::new("/d");
+        let with = |v: &'static str| move |k: &str| (k == "SPOC_FAILPOINT").then(|| v.to_owned());
+        let s = Settings::parse(dir, "node.toml", "", &with("after-commit:3")).unwrap();
+        assert_eq!(
+            s.failpoint,
+            Some(Failpoint {
+                step: CommitStep::AfterCommit,
+                at: 3
+            })
+        );
+        assert_eq!(
+            Settings::parse(dir, "node.toml", "", &no_env)
+                .unwrap()
+                .failpoint,
+            None
+        );
+        for bad in [
+            "in-commit:1",
+            "before-commit:0",
+            "before-commit",
+            "after-commit:x",
+        ] {
+            let e = Settings::parse(dir, "node.toml", "", &with(bad)).unwrap_err();
+            assert!(
+                e.to_string().starts_with("bad setting SPOC_FAILPOINT: "),
+                "{e}"
+            );
+        }
     }
 }

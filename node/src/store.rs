@@ -87,6 +87,45 @@ fn log_key(log: &LogId) -> [u8; 36] {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Where a crash test wants the process held, and the commits made so far.
+    failpoint: Option<Failpoint>,
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// A step of [`Store::commit`] at which a crash test holds the process until it kills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Everything is written into the transaction, which is not committed yet.
+    BeforeCommit,
+    /// The transaction is durable; the caller has not acknowledged anything yet.
+    AfterCommit,
+}
+
+/// Holds the process at `step` of the `at`th commit since the store was opened (from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failpoint {
+    pub step: CommitStep,
+    pub at: u64,
+}
+
+impl std::str::FromStr for Failpoint {
+    type Err = String;
+
+    /// `before-commit:N` or `after-commit:N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not before-commit:N or after-commit:N (N from 1)");
+        let (step, at) = s.split_once(':').ok_or_else(bad)?;
+        let step = match step {
+            "before-commit" => CommitStep::BeforeCommit,
+            "after-commit" => CommitStep::AfterCommit,
+            _ => return Err(bad()),
+        };
+        let at: u64 = at.parse().map_err(|_| bad())?;
+        if at == 0 {
+            return Err(bad());
+        }
+        Ok(Failpoint { step, at })
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -122,6 +161,8 @@ impl Store {
         let store = Store {
             db: database,
             path: path.to_owned(),
+            failpoint: None,
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         let tx = store.db.begin_write().map_err(dberr)?;
         {
@@ -311,6 +352,22 @@ impl Store {
         Ok(replica)
     }
 
+    /// Arms a failpoint: the commit it names holds its thread for good, so that a crash
+    /// test can kill the process at that exact step. Never set in production.
+    pub fn with_failpoint(mut self, failpoint: Option<Failpoint>) -> Store {
+        self.failpoint = failpoint;
+        self
+    }
+
+    fn reached(&self, step: CommitStep, commit: u64) {
+        if self.failpoint == Some(Failpoint { step, at: commit }) {
+            tracing::warn!(?step, commit, "failpoint reached, holding until killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
     /// Makes an ingest durable: its accepted entries, the snapshots of the documents it
     /// touched and its proofs, in one transaction. After a rebuild, the whole store is
     /// rewritten from the replica.
@@ -318,6 +375,9 @@ impl Store {
         if report.accepted.is_empty() && report.new_proofs.is_empty() && !report.rebuilt {
             return Ok(());
         }
+        let commit = 1 + self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.db.begin_write().map_err(dberr)?;
         {
             let mut entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
@@ -369,7 +429,10 @@ impl Store {
                     .map_err(dberr)?;
             }
         }
-        tx.commit().map_err(dberr)
+        self.reached(CommitStep::BeforeCommit, commit);
+        tx.commit().map_err(dberr)?;
+        self.reached(CommitStep::AfterCommit, commit);
+        Ok(())
     }
 
     /// Everything `load` checks, and then every rule again: all entries are replayed into a

@@ -1,5 +1,8 @@
-//! Crash consistency under many crashes: 500 `kill -9`s of one real `spoc-node`, each at a
-//! seeded random moment while writes are in flight. After every restart the store opens,
+//! Crash consistency under many crashes: 500 `kill -9`s of one real `spoc-node` while
+//! writes are in flight. Three in four land at a seeded random moment; the fourth at a
+//! failpoint of the store's commit (`SPOC_FAILPOINT`): with the transaction written but not
+//! committed, or committed but not yet acknowledged, where the node holds until the test,
+//! seeing its log line, kills it. After every restart the store opens,
 //! every contribution the node acknowledged is there, and nothing is there that no client
 //! wrote; the node's full verification passes along the way and at the end.
 //!
@@ -21,6 +24,8 @@ use spoc_tests::{Proc, Testnet};
 
 /// How many times the node is killed.
 const KILLS: usize = 500;
+/// One kill in this many is at a failpoint of the store's commit instead of a random moment.
+const FAILPOINT_EVERY: usize = 4;
 /// How often (in kills) the node re-checks its whole store with `/v1/verify`.
 const VERIFY_EVERY: usize = 50;
 
@@ -109,9 +114,26 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
     // The longest pause between sending the in-flight writes and the kill: about the
     // time a write takes, so that kills land before, during and after the commit.
     let mut window_us = 20_000u64;
+    let mut held = [0usize; 2];
     for kills in 0..=KILLS {
+        // The writes of this round: some acknowledged before anything happens (few: every
+        // entry makes each later restart slower, as the node re-verifies its whole store),
+        // then one or two in flight at the kill.
+        let before = rng.random_range(0..2);
+        let in_flight = rng.random_range(1..=2);
+        // Every fourth kill lands at a failpoint of the store's commit, on one of the
+        // in-flight writes: the node holds there, says so, and is killed on that event.
+        let failpoint = (kills % FAILPOINT_EVERY == FAILPOINT_EVERY - 1).then(|| {
+            let step = rng.random_range(0..2);
+            held[step] += 1;
+            let at = before + rng.random_range(1..=in_flight);
+            format!("{}:{at}", ["before-commit", "after-commit"][step])
+        });
         let t = Instant::now();
-        let mut node = Proc::start(lt)?;
+        let mut node = match &failpoint {
+            Some(f) => Proc::start_with(lt, &[("SPOC_FAILPOINT", f.as_str())])?,
+            None => Proc::start(lt)?,
+        };
         restart += t.elapsed();
         let present = obstacles(&node)?;
         ledger.check(&present, kills)?;
@@ -129,9 +151,7 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
             break;
         }
 
-        // Now and then a write that is acknowledged before anything happens (few: every
-        // entry makes each later restart slower, as the node re-verifies its whole store).
-        for _ in 0..rng.random_range(0..2) {
+        for _ in 0..before {
             let title = format!("Write {written}");
             written += 1;
             let t = Instant::now();
@@ -151,7 +171,7 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
             .trim()
             .to_owned();
         let mut flights = Vec::new();
-        for _ in 0..rng.random_range(1..=2) {
+        for _ in 0..in_flight {
             let title = format!("Write {written}");
             written += 1;
             let (api, token) = (node.api.clone(), token.clone());
@@ -160,8 +180,14 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
                 std::thread::spawn(move || post(&api, &token, &report(&title))),
             ));
         }
-        // The chaos schedule: a seeded moment, not a wait for an event.
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..window_us)));
+        match &failpoint {
+            Some(f) => {
+                node.wait_log("failpoint reached", Duration::from_secs(30))
+                    .map_err(|e| e.context(format!("failpoint {f}")))?;
+            }
+            // The chaos schedule: a seeded moment, not a wait for an event.
+            None => std::thread::sleep(Duration::from_micros(rng.random_range(0..window_us))),
+        }
         node.kill9()?;
         for (title, flight) in flights {
             match flight.join() {
@@ -184,9 +210,11 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
         .filter(|t| ledger.unknown.contains(*t))
         .count();
     eprintln!(
-        "crash_many: {KILLS} kill -9s, {written} writes, {} acknowledged ({} of them in flight at the kill), \
+        "crash_many: {KILLS} kill -9s ({} held before and {} after a commit at failpoints), {written} writes, {} acknowledged ({} of them in flight at the kill), \
          {} cut by the kill ({landed} of which were committed anyway), 0 lost, 0 unexpected; \
          {} entries at the end; mean restart {:?}; {:?} in all",
+        held[0],
+        held[1],
         ledger.acked.len(),
         ledger.in_flight_acked,
         ledger.unknown.len(),

@@ -464,8 +464,12 @@ impl Actor {
             {
                 continue;
             }
+            // A fresh local port for every dial: reusing the listening port would give a
+            // node restarted at once the 4-tuple of its last life's connection, which the
+            // kernel may still hold in TIME_WAIT, and its dials would fail for a minute.
             let opts = DialOpts::unknown_peer_id()
                 .address(dial.address.clone())
+                .allocate_new_port()
                 .build();
             let connection = opts.connection_id();
             match self.swarm.dial(opts) {
@@ -750,10 +754,12 @@ impl Actor {
                     if self.denied.contains_key(&peer) || self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    if let Err(error) = self
-                        .swarm
-                        .dial(DialOpts::peer_id(peer).addresses(vec![address]).build())
-                    {
+                    if let Err(error) = self.swarm.dial(
+                        DialOpts::peer_id(peer)
+                            .addresses(vec![address])
+                            .allocate_new_port()
+                            .build(),
+                    ) {
                         debug!(%peer, %error, "dialling discovered peer failed");
                     }
                 }

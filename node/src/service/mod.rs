@@ -233,7 +233,7 @@ impl Node {
             }
             Err(e) => return Err(Error::NodeKey(e)),
         };
-        let store = Store::open(&settings.store_path())?;
+        let store = Store::open(&settings.store_path())?.with_failpoint(settings.failpoint);
         let token = api_token(&settings.token_path())?;
         let replica = actor::load(&store, charter.clone())?;
         // Every start is a new incarnation: a log never continues after a restart, so a
