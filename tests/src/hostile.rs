@@ -504,6 +504,8 @@ pub struct FloodReport {
     pub answered: u64,
     /// For each flooder, from its first hostile act until A disconnected it.
     pub cut_off: Vec<Duration>,
+    /// Flooders that never got in: A had no slot for their handshake, or never pulled.
+    pub starved: u64,
     /// Raw TCP connections opened to A's network port.
     pub dials: u64,
     /// Of those, the ones A closed while the flood lasted.
@@ -523,6 +525,9 @@ pub struct FloodPlan {
     /// Entries with bad signatures and broken rules, for the invalid answers.
     invalid: Vec<Vec<u8>>,
 }
+
+/// How long a flooder tries to get admitted by A before the next one takes its place.
+const FLOODER_ADMISSION: Duration = Duration::from_secs(5);
 
 /// Sync requests each request flooder fires at once.
 pub const FLOOD_REQUESTS: usize = 200;
@@ -681,10 +686,18 @@ async fn flood_once(
     } else {
         SyncResponse::default()
     };
-    let outcome = tokio::time::timeout(WAIT, async {
-        let mut fired: Option<Instant> = None;
+    let mut fired: Option<Instant> = None;
+    let admit_by = tokio::time::Instant::now() + FLOODER_ADMISSION;
+    let outcome = async {
         let mut requests = tokio::task::JoinSet::new();
-        while let Some(event) = events.recv().await {
+        loop {
+            // Until A pulls from it, the flooder waits for admission; then for its cut-off.
+            let deadline = fired.map_or(admit_by, |f| tokio::time::Instant::from_std(f) + WAIT);
+            let event = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => bail!("the flooder's network stopped"),
+                Err(_) => return Ok(None),
+            };
             match event {
                 // A pulls from every peer it admits: its first pull says the flood can
                 // start (requests sent before A's admission would only be refused).
@@ -723,18 +736,25 @@ async fn flood_once(
                     let cut_off = fired.elapsed();
                     let answered = requests.join_all().await;
                     let answered = answered.into_iter().filter(|ok| *ok).count() as u64;
-                    return Ok((cut_off, answered));
+                    return Ok(Some((cut_off, answered)));
                 }
                 _ => {}
             }
         }
-        bail!("the flooder's network stopped")
-    })
+    }
     .await;
     net.shutdown().await;
     let _ = actor.await;
-    let (cut_off, answered) =
-        outcome.map_err(|_| anyhow!("A did not cut the flooder off within {WAIT:?}"))??;
+    let (cut_off, answered) = match outcome? {
+        Some(done) => done,
+        // The dial flood holds A's slots for incoming handshakes: a flooder that could not
+        // get in before its deadline never flooded.
+        None if fired.is_none() => {
+            progress.send_modify(|p| p.starved += 1);
+            return Ok(());
+        }
+        None => bail!("A did not cut the flooder off within {WAIT:?}"),
+    };
     progress.send_modify(|p| {
         p.flooders += 1;
         p.answered += answered;

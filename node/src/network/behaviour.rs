@@ -154,7 +154,13 @@ impl Bucket {
             Verdict::Serve
         } else {
             self.window_refused += 1;
-            Verdict::Refuse
+            // More refusals in one second than the rate allows requests: a flood, even when
+            // it arrives spread out too thinly to trip the per-second request limit.
+            if self.window_refused > rate {
+                Verdict::Flood
+            } else {
+                Verdict::Refuse
+            }
         }
     }
 }
@@ -1031,5 +1037,41 @@ impl Actor {
                 commands,
             },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `count` requests evenly over `over`; returns the index of the one that made
+    /// the bucket call it a flood.
+    fn flood_at(rate: u32, count: u32, over: Duration) -> Option<u32> {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(rate, start);
+        (0..count).find(|i| {
+            let at = start + over.mul_f64(f64::from(*i) / f64::from(count));
+            matches!(bucket.take(rate, at), Verdict::Flood)
+        })
+    }
+
+    #[test]
+    fn a_burst_over_the_request_limit_is_a_flood() {
+        // 40 served from the full bucket, then the 21st refusal.
+        assert_eq!(flood_at(20, 200, Duration::from_millis(10)), Some(60));
+    }
+
+    #[test]
+    fn a_flood_spread_over_two_seconds_is_a_flood() {
+        // 100 requests a second: never more than 5 x 20 in a second, and two seconds are too
+        // short for a streak of refusals, but 40 or so are refused in the first second.
+        let at = flood_at(20, 200, Duration::from_secs(2));
+        assert!(at.is_some_and(|i| i < 100), "{at:?}");
+    }
+
+    #[test]
+    fn a_peer_within_its_rate_is_served() {
+        assert_eq!(flood_at(20, 200, Duration::from_secs(10)), None);
+        assert_eq!(flood_at(20, 40, Duration::from_millis(1)), None);
     }
 }

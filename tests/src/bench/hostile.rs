@@ -224,12 +224,13 @@ fn outcome(
         phase_length.as_secs_f64()
     ));
     o.notes.push(format!(
-        "the flood: {} certified flooders two at a time ({} with {} invalid entries in their answers, the others {} sync requests in all, {} answered before the cut-off); {} raw TCP connections to A's network port, {} closed by A while the flood lasted",
+        "the flood: {} certified flooders two at a time ({} with {} invalid entries in their answers, the others {} sync requests in all, {} answered before the cut-off; {} more never got in within 5 s, A's 32 slots for incoming handshakes being held by the dial flood); {} raw TCP connections to A's network port, {} closed by A while the flood lasted",
         report.flooders,
         report.invalid_answers,
         report.invalid_sent,
         report.requests,
         report.answered,
+        report.starved,
         report.dials,
         report.dials_closed
     ));
@@ -259,6 +260,7 @@ fn outcome(
         "invalid_sent": report.invalid_sent,
         "invalid_rejected": rejected,
         "invalid_accepted": invalid_accepted,
+        "starved": report.starved,
         "dials": report.dials,
         "dials_closed": report.dials_closed,
     });
