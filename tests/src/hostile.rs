@@ -45,12 +45,12 @@ pub fn now_ms() -> u64 {
 }
 
 /// The entries of a sync answer, plain or packed.
-pub fn entries_of(r: &SyncResponse) -> Vec<Vec<u8>> {
+pub fn entries_of(r: &SyncResponse) -> Result<Vec<Vec<u8>>> {
     let mut all: Vec<Vec<u8>> = r.entries.iter().map(|e| e.to_vec()).collect();
     if let Some(packed) = &r.packed {
-        all.extend(spoc_node::network::unpack(packed, 500, 8 << 20).unwrap_or_default());
+        all.extend(spoc_node::network::unpack(packed, 500, 8 << 20)?);
     }
-    all
+    Ok(all)
 }
 
 pub fn hash(ack: &Value) -> String {
@@ -527,7 +527,7 @@ pub struct FloodPlan {
 }
 
 /// How long a flooder tries to get admitted by A before the next one takes its place.
-const FLOODER_ADMISSION: Duration = Duration::from_secs(5);
+pub const FLOODER_ADMISSION: Duration = Duration::from_secs(5);
 
 /// Sync requests each request flooder fires at once.
 pub const FLOOD_REQUESTS: usize = 200;
@@ -617,8 +617,12 @@ impl Flood {
                     Ok(Ok(p)) => Ok(p.clone()),
                     _ => bail!("the flood did not get there within {timeout:?}"),
                 },
-                // A task that fails ends the wait with its error.
-                Some(Ok(Err(e))) = tasks.join_next() => Err(e),
+                // A task that fails or panics ends the wait with its error.
+                Some(done) = tasks.join_next() => match done {
+                    Ok(Ok(())) => bail!("a flood task ended before it was stopped"),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow!("a flood task panicked: {e}")),
+                },
             }
         })
         .with_context(|| format!("flood so far: {:?}", self.progress()))
@@ -644,12 +648,14 @@ async fn flood_lane(
     stop: tokio::sync::watch::Receiver<bool>,
     progress: Arc<tokio::sync::watch::Sender<FloodReport>>,
 ) -> Result<()> {
+    // Each lane alternates the two kinds, starting with its own: even lanes flood
+    // requests first, odd lanes answer with invalid entries first.
     let mut round = lane;
     while !*stop.borrow() {
         flood_once(&plan, round % 2 == 1, &progress)
             .await
             .with_context(|| format!("flooder {round} of lane {lane}"))?;
-        round += 2;
+        round += 1;
     }
     Ok(())
 }

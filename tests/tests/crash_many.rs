@@ -115,6 +115,9 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
     // time a write takes, so that kills land before, during and after the commit.
     let mut window_us = 20_000u64;
     let mut held = [0usize; 2];
+    // After a failpoint kill: that round's in-flight titles and how many of them must be
+    // present, since each write is one commit and the failpoint names the commit.
+    let mut expected: Option<(Vec<String>, usize)> = None;
     for kills in 0..=KILLS {
         // The writes of this round: some acknowledged before anything happens (few: every
         // entry makes each later restart slower, as the node re-verifies its whole store),
@@ -126,17 +129,30 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
         let failpoint = (kills % FAILPOINT_EVERY == FAILPOINT_EVERY - 1).then(|| {
             let step = rng.random_range(0..2);
             held[step] += 1;
-            let at = before + rng.random_range(1..=in_flight);
-            format!("{}:{at}", ["before-commit", "after-commit"][step])
+            let k = rng.random_range(1..=in_flight);
+            // Held before its commit, the kth in-flight write is lost and the ones before it
+            // are kept; held after it, the kth is kept too.
+            let kept = if step == 0 { k - 1 } else { k };
+            (
+                format!("{}:{}", ["before-commit", "after-commit"][step], before + k),
+                kept,
+            )
         });
         let t = Instant::now();
         let mut node = match &failpoint {
-            Some(f) => Proc::start_with(lt, &[("SPOC_FAILPOINT", f.as_str())])?,
+            Some((f, _)) => Proc::start_with(lt, &[("SPOC_FAILPOINT", f.as_str())])?,
             None => Proc::start(lt)?,
         };
         restart += t.elapsed();
         let present = obstacles(&node)?;
         ledger.check(&present, kills)?;
+        if let Some((titles, kept)) = expected.take() {
+            let found = present.values().filter(|t| titles.contains(t)).count();
+            ensure!(
+                found == kept,
+                "after kill {kills} at a failpoint, {found} of {titles:?} are present, not {kept}"
+            );
+        }
         if kills.is_multiple_of(VERIFY_EVERY) || kills == KILLS {
             let (_, v) = node.post("/v1/verify", &json!({}))?;
             ensure!(v["ok"] == true, "after {kills} kills, verify: {v}");
@@ -181,9 +197,11 @@ fn five_hundred_kills_during_writes_lose_no_acknowledged_contribution() -> Resul
             ));
         }
         match &failpoint {
-            Some(f) => {
+            Some((f, kept)) => {
                 node.wait_log("failpoint reached", Duration::from_secs(30))
                     .map_err(|e| e.context(format!("failpoint {f}")))?;
+                let titles = flights.iter().map(|(t, _)| t.clone()).collect();
+                expected = Some((titles, *kept));
             }
             // The chaos schedule: a seeded moment, not a wait for an event.
             None => std::thread::sleep(Duration::from_micros(rng.random_range(0..window_us))),

@@ -23,12 +23,9 @@ use spoc_node::charter::Charter;
 use spoc_node::docs::command::Command;
 use spoc_node::identity::{NodeCertificate, SecretKey};
 use spoc_node::log::SignedEntry;
-use spoc_node::network::{LogHeight, PeerId, SyncRequest, SyncResponse};
+use spoc_node::network::{LogHeight, MAX_PENDING_INCOMING, PeerId, SyncRequest, SyncResponse};
 use spoc_node::replica::{Limits, Replica};
 use spoc_tests::hostile::*;
-
-/// Incoming connections a node lets wait in their handshake (`network::Config::new`).
-const NODE_PENDING_INCOMING: u32 = 32;
 
 /// The nodes' sync frame limit (`network::Config::new`'s default).
 const NODE_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -319,13 +316,13 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
     fresh.wait_admitted_by(&net.rt, &a_id)?;
     let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
     assert!(
-        !entries_of(&pulled).is_empty(),
+        !entries_of(&pulled)?.is_empty(),
         "A answered with no entries"
     );
     eprintln!(
         "oversized frame: {size} bytes refused in {took:?} ({}), sender cut off; a fresh peer then pulled {} entries; {:?}",
         refused.err().map(|e| e.to_string()).unwrap_or_default(),
-        entries_of(&pulled).len(),
+        entries_of(&pulled)?.len(),
         started.elapsed()
     );
     Ok(())
@@ -341,7 +338,7 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     h.wait_admitted_by(&net.rt, &a_id)?;
     let ordinary = h.sync(&net.rt, a_id, SyncRequest::default())?;
     assert!(
-        !entries_of(&ordinary).is_empty(),
+        !entries_of(&ordinary)?.is_empty(),
         "A answered with no entries"
     );
 
@@ -375,7 +372,7 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     fresh.wait_admitted_by(&net.rt, &a_id)?;
     let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
     assert!(
-        !entries_of(&pulled).is_empty(),
+        !entries_of(&pulled)?.is_empty(),
         "A answered the new peer with no entries"
     );
     eprintln!(
@@ -463,10 +460,30 @@ fn a_sync_answer_over_the_batch_limit_cuts_the_peer_off() -> Result<()> {
     Ok(())
 }
 
+/// Writes on A until one entry reaches `watcher` (connected to B only) by gossip, which
+/// says the watcher is in B's gossip mesh; returns the entries written.
+fn through_b(net: &Net, watcher: &mut Hostile, title: &str) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for _ in 0..20 {
+        let entry = hash(&net.a.write(&report(title))?);
+        written.push(entry.clone());
+        let seen =
+            watcher.wait_within(&net.rt, "an entry through B", Duration::from_secs(2), |s| {
+                matches!(s, Seen::Gossip(_, data)
+                if SignedEntry::decode(data).is_ok_and(|e| e.hash().to_string() == entry))
+            });
+        if seen.is_ok() {
+            return Ok(written);
+        }
+    }
+    bail!("no entry written on A reached the watcher through B")
+}
+
 #[test]
 fn replayed_entries_change_nothing_and_are_relayed_by_none() -> Result<()> {
     let _serial = serial();
-    let net = Net::start()?;
+    // The nodes log each gossiped entry they already hold (a debug line of the sync task).
+    let mut net = Net::start_with(&[("SPOC_LOG_LEVEL", "info,spoc_node::service::sync=debug")])?;
     let (a_id, b_id) = (net.a_id, net.b_id);
     // Valid rogue entries reach A and B by pull only, so they never travelled by gossip.
     let chain = net.forge_chain("Replayed", 3)?;
@@ -486,37 +503,27 @@ fn replayed_entries_change_nothing_and_are_relayed_by_none() -> Result<()> {
     // gossip mesh: entries written on A until one reaches it through B say so.
     let mut watcher = net.spawn(net.rogue_config(&[1])?, SyncResponse::default())?;
     watcher.wait_admitted_by(&net.rt, &b_id)?;
-    let through_b = |watcher: &mut Hostile, title: &str| -> Result<Vec<String>> {
-        let mut written = Vec::new();
-        for _ in 0..20 {
-            let entry = hash(&net.a.write(&report(title))?);
-            written.push(entry.clone());
-            let seen =
-                watcher.wait_within(&net.rt, "an entry through B", Duration::from_secs(2), |s| {
-                    matches!(s, Seen::Gossip(_, data)
-                    if SignedEntry::decode(data).is_ok_and(|e| e.hash().to_string() == entry))
-                });
-            if seen.is_ok() {
-                return Ok(written);
-            }
-        }
-        bail!("no entry written on A reached the watcher through B")
-    };
-    let mut honest = through_b(&mut watcher, "Before the replay")?;
+    let mut honest = through_b(&net, &mut watcher, "Before the replay")?;
     let before = [status(&net.a)?, status(&net.b)?];
 
     // The replayer answers both nodes' pulls with the held entries, then gossips them.
     let mut replayer = net.spawn(net.rogue_config(&[0, 1])?, answer)?;
     replayer.wait_admitted_by(&net.rt, &a_id)?;
     replayer.wait_admitted_by(&net.rt, &b_id)?;
-    let pushed = through_b(&mut watcher, "While the replayer connects")?;
+    let pushed = through_b(&net, &mut watcher, "While the replayer connects")?;
     honest.extend(pushed.iter().cloned());
     for e in &chain {
         replayer.publish(&net.rt, e.bytes().to_vec())?;
     }
+    // Both nodes received every replay by gossip, found it held, and did not relay it.
+    for node in [&mut net.a, &mut net.b] {
+        for _ in &chain {
+            node.wait_log("gossiped entry already held", WAIT)?;
+        }
+    }
     // Entries written after the replay travel A, B, watcher: had B relayed a replayed
     // entry, the watcher would have had it first.
-    let after_replay = through_b(&mut watcher, "After the replay")?;
+    let after_replay = through_b(&net, &mut watcher, "After the replay")?;
     honest.extend(after_replay.iter().cloned());
     let relayed = watcher.history_of(|s| {
         matches!(s, Seen::Gossip(_, data)
@@ -572,8 +579,10 @@ fn a_withholding_peer_holds_no_one_back() -> Result<()> {
     h.wait_admitted_by(&net.rt, &a_id)?;
     h.wait_admitted_by(&net.rt, &b_id)?;
     net.b.wait_entries(&hashes, WAIT)?;
-    // A pull held by the withholder does not stop A's others: B serves the withheld log.
-    net.a.wait_entries(&hashes, Duration::from_secs(60))?;
+    // A pull held by the withholder does not stop A's others: B serves the withheld log
+    // within an anti-entropy round or two, well before the held pull times out.
+    net.a
+        .wait_entries(&hashes, spoc_node::service::sync::ANTI_ENTROPY * 2)?;
     // Writes still flow both ways.
     let from_b = hash(&net.b.write(&report("Written on B beside the withholder"))?);
     net.a.wait_entries(&[from_b], WAIT)?;
@@ -592,41 +601,43 @@ fn a_withholding_peer_holds_no_one_back() -> Result<()> {
 #[test]
 fn a_sustained_flood_is_cut_off_and_the_node_keeps_serving() -> Result<()> {
     let _serial = serial();
-    let net = Net::start()?;
+    let mut net = Net::start()?;
     let before = [status(&net.a)?, status(&net.b)?];
     let mut flood = net.flood(2)?;
-    // While it lasts, A's operators write and B's writes arrive.
+    let slots = u64::from(MAX_PENDING_INCOMING);
+    // The flood is under way: flooders of both kinds came and went, and A closed the raw
+    // connections over its handshake slots at once. (Without that bound they would stay
+    // open until their handshake timed out, 10 s, and the flood's 256 would all be open.)
+    flood.wait_for(&net.rt, Duration::from_secs(60), |p| {
+        p.invalid_answers >= 2
+            && p.requests >= 2 * FLOOD_REQUESTS as u64
+            && p.dials > 4 * slots
+            && p.dials - p.dials_closed <= slots + 16
+    })?;
+    // Under it, A's operators write and B's writes arrive.
+    let dials_before = flood.progress().dials;
     let mut written = Vec::new();
     for i in 0..10 {
-        written
-            .push(hash(&net.a.write(&report(&format!(
-                "Written on A under the flood {i}"
-            )))?));
-        written
-            .push(hash(&net.b.write(&report(&format!(
-                "Written on B under the flood {i}"
-            )))?));
+        let on_a = report(&format!("Written on A under the flood {i}"));
+        written.push(hash(&net.a.write(&on_a)?));
+        let on_b = report(&format!("Written on B under the flood {i}"));
+        written.push(hash(&net.b.write(&on_b)?));
     }
     net.a.wait_entries(&written, WAIT)?;
     net.b.wait_entries(&written, WAIT)?;
-    // More raw connections than the node lets wait in their handshake, and flooders of
-    // both kinds.
+    // The flood went on meanwhile. (Its dial flood keeps A's handshake slots full, so most
+    // new flooders cannot get in: the raw connections are what keeps coming.)
+    let so_far = dials_before;
     flood.wait_for(&net.rt, Duration::from_secs(60), |p| {
-        p.dials > 2 * u64::from(NODE_PENDING_INCOMING) && p.flooders >= 4
+        p.dials > so_far + slots
     })?;
     let peak_kib = spoc_tests::vm_kib(net.a.pid().unwrap_or(0), "VmHWM")?;
     let report = flood.stop(&net.rt)?;
     eprintln!("flood: {report:?}; A's peak RSS {} MiB", peak_kib / 1024);
-    assert!(report.flooders >= 2, "{report:?}");
-    assert_eq!(report.cut_off.len() as u64, report.flooders);
-    // The node closed the connections over its pending limit at once (the others wait
-    // for their handshake to time out): the few opened as the flood stopped may not have
-    // been refused yet.
-    assert!(
-        report.dials - report.dials_closed <= u64::from(NODE_PENDING_INCOMING) + 8,
-        "{report:?}"
-    );
-    assert!(report.invalid_answers >= 2, "{report:?}");
+    // A logs each refusal after counting it: one line per flooder it cut off.
+    for _ in 0..report.flooders {
+        net.a.wait_log("peer refused and disconnected", WAIT)?;
+    }
     let after = [status(&net.a)?, status(&net.b)?];
     for (b, a) in before.iter().zip(&after) {
         // Only the 20 honest writes counted: no flooded entry was accepted.
@@ -639,10 +650,12 @@ fn a_sustained_flood_is_cut_off_and_the_node_keeps_serving() -> Result<()> {
             .as_object()
             .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())
     };
-    assert_eq!(
-        refused(&after[0]) - refused(&before[0]),
-        report.flooders,
-        "{}",
+    // Every flooder that flooded was refused; one that gave up waiting for its admission
+    // may have been refused too.
+    let delta = refused(&after[0]) - refused(&before[0]);
+    assert!(
+        (report.flooders..=report.flooders + report.starved).contains(&delta),
+        "{delta} refusals for {report:?}: {}",
         after[0]
     );
     // A still admits a newcomer once the flood is over.

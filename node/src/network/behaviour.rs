@@ -1056,7 +1056,7 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_over_the_request_limit_is_a_flood() {
+    fn a_burst_is_a_flood_at_the_first_refusal_over_the_rate() {
         // 40 served from the full bucket, then the 21st refusal.
         assert_eq!(flood_at(20, 200, Duration::from_millis(10)), Some(60));
     }

@@ -100,7 +100,7 @@ impl Config {
             mdns: false,
             max_connections: 128,
             max_connections_per_peer: 2,
-            max_pending_incoming: 32,
+            max_pending_incoming: MAX_PENDING_INCOMING,
             max_frame_bytes: 8 * 1024 * 1024,
             max_gossip_bytes: 64 * 1024,
             max_requests_per_second: 20,
@@ -357,6 +357,9 @@ pub const DENY_DURATION: Duration = Duration::from_secs(60);
 
 /// How long a connected peer has to get admitted.
 pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default bound on incoming connections still in their handshake.
+pub const MAX_PENDING_INCOMING: u32 = 32;
 
 /// Builds the swarm, starts listening and spawns the actor on the current tokio runtime.
 ///

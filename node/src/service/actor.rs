@@ -56,6 +56,8 @@ pub struct WriteAck {
 pub struct IngestSummary {
     pub accepted: Vec<SignedEntry>,
     pub rejected: usize,
+    /// Entries this node already held.
+    pub duplicates: usize,
     pub new_proofs: Vec<EquivocationProof>,
     /// Logs with entries waiting for a predecessor that has not arrived.
     pub gaps: bool,
@@ -509,6 +511,7 @@ impl Actor {
                 .filter(|(_, i)| !matches!(i, crate::log::Invalid::Equivocated { .. }))
                 .count();
             summary.accepted = report.accepted;
+            summary.duplicates = report.duplicates;
             summary.new_proofs.extend(report.new_proofs);
         }
         summary.gaps = self.replica.pending_count() > 0;

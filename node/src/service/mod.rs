@@ -233,6 +233,12 @@ impl Node {
             }
             Err(e) => return Err(Error::NodeKey(e)),
         };
+        if let Some(failpoint) = settings.failpoint {
+            tracing::warn!(
+                ?failpoint,
+                "SPOC_FAILPOINT is set: this node will hold at that commit until it is killed"
+            );
+        }
         let store = Store::open(&settings.store_path())?.with_failpoint(settings.failpoint);
         let token = api_token(&settings.token_path())?;
         let replica = actor::load(&store, charter.clone())?;

@@ -201,12 +201,12 @@ pub async fn run(
                     }
                 }
                 Event::PeerRefused { peer, reason } => {
-                    tracing::warn!(%peer, %reason, "peer refused and disconnected");
                     wanted.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
-                        *p.refused.entry(reason).or_default() += 1;
+                        *p.refused.entry(reason.clone()).or_default() += 1;
                     }
+                    tracing::warn!(%peer, %reason, "peer refused and disconnected");
                 }
                 Event::Gossip { source, message_id, data } => {
                     if tasks.len() >= MAX_TASKS {
@@ -338,6 +338,9 @@ async fn on_gossip(
             let verdict = if summary.rejected > 0 {
                 Acceptance::Reject
             } else if summary.accepted.is_empty() {
+                if summary.duplicates > 0 {
+                    tracing::debug!(%source, "gossiped entry already held, not relayed");
+                }
                 Acceptance::Ignore
             } else {
                 Acceptance::Accept

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use serde_json::{Value, json};
-use spoc_tests::hostile::{FloodReport, Net};
+use spoc_tests::hostile::{FLOODER_ADMISSION, FloodReport, Net};
 
 use super::procs::{self, Api};
 use super::report::{Outcome, Row};
@@ -61,8 +61,9 @@ pub fn run(quick: bool) -> Result<Outcome> {
     let mut flood = net.flood(2)?;
     // The flood is under way: flooders of both kinds came and went, and more raw
     // connections were opened than A lets wait in their handshake.
+    let slots = u64::from(spoc_node::network::MAX_PENDING_INCOMING);
     flood.wait_for(&net.rt, Duration::from_secs(60), |p| {
-        p.flooders >= 2 && p.dials >= 64
+        p.invalid_answers >= 1 && p.requests >= 1 && p.dials >= 2 * slots
     })?;
     let flooded = sample(&api, &mut n, phase_length)?;
     let hwm_flood = procs::vm_kib(pid, "VmHWM")?;
@@ -190,14 +191,24 @@ fn outcome(
         None,
     ));
     let per_1k = |kib: f64| format!("{:.1} MiB / 1k writes", kib / 1024.0);
-    rows.push(Row::ratio(
-        "flood",
-        "RSS growth",
-        per_1k(memory.flood_growth),
-        per_1k(memory.quiet_growth),
-        memory.flood_growth / memory.quiet_growth,
-        None,
-    ));
+    // A ratio only between two real growths; otherwise the two figures side by side.
+    if memory.quiet_growth > 0.0 && memory.flood_growth >= 0.0 {
+        rows.push(Row::ratio(
+            "flood",
+            "RSS growth",
+            per_1k(memory.flood_growth),
+            per_1k(memory.quiet_growth),
+            memory.flood_growth / memory.quiet_growth,
+            None,
+        ));
+    } else {
+        rows.push(Row::context(
+            "flood",
+            "RSS growth",
+            per_1k(memory.flood_growth),
+            per_1k(memory.quiet_growth),
+        ));
+    }
     let cut = &report.cut_off;
     rows.push(Row::context(
         "flood",
@@ -224,13 +235,15 @@ fn outcome(
         phase_length.as_secs_f64()
     ));
     o.notes.push(format!(
-        "the flood: {} certified flooders two at a time ({} with {} invalid entries in their answers, the others {} sync requests in all, {} answered before the cut-off; {} more never got in within 5 s, A's 32 slots for incoming handshakes being held by the dial flood); {} raw TCP connections to A's network port, {} closed by A while the flood lasted",
+        "the flood: {} certified flooders two at a time ({} with {} invalid entries in their answers, the others {} sync requests in all, {} answered before the cut-off; {} more never got in within {} s, A's {} slots for incoming handshakes being held by the dial flood); {} raw TCP connections to A's network port, {} closed by A while the flood lasted",
         report.flooders,
         report.invalid_answers,
         report.invalid_sent,
         report.requests,
         report.answered,
         report.starved,
+        FLOODER_ADMISSION.as_secs(),
+        spoc_node::network::MAX_PENDING_INCOMING,
         report.dials,
         report.dials_closed
     ));

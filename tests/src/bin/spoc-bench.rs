@@ -2,9 +2,9 @@
 //!
 //! It generates a realistic history from a seed (meetings with agendas, obstacles with
 //! endorsements, comments and long edits, practices, fact sheets, training), then measures
-//! five scenarios: ingest, publish, propagation, catch-up and cold start, and a sixth,
-//! hostile, that measures an honest node's API under a sustained flood against the same
-//! node without it. Every figure is a ratio against a baseline measured in the same run on
+//! five scenarios: ingest, publish, propagation, catch-up and cold start; the sixth, the
+//! iroh-docs peer, only with the `peer-iroh` feature; and the seventh, hostile, an honest
+//! node's API under a sustained flood against the same node without it. Every figure is a ratio against a baseline measured in the same run on
 //! the same data, with the absolute times beside it. It prints a table for people, or with `--json` one JSON object with one
 //! key per scenario. Real `spoc-node` processes are started through the test harness,
 //! which kills each one when it is dropped. It exits non-zero only when a scenario could
