@@ -407,19 +407,32 @@ impl Actor {
 
     /// Disconnects a peer, deny-lists it and tells the owner why.
     fn refuse(&mut self, peer: PeerId, reason: String) {
+        self.refuse_as(peer, reason, true);
+    }
+
+    /// Disconnects a peer and tells the owner why; with `deny`, also deny-lists it for
+    /// `DENY_DURATION`. A peer that only failed to finish its admission in time (loss, a
+    /// partition, a stopped process) is not deny-listed: it may be an honest node, and its
+    /// next connection gets a fresh chance.
+    fn refuse_as(&mut self, peer: PeerId, reason: String, deny: bool) {
         let _span = peer_span(&peer).entered();
         if self.denied.contains_key(&peer) {
             return;
         }
-        warn!(%reason, "peer refused");
+        warn!(%reason, deny, "peer refused");
         self.stats.refused_peers += 1;
-        self.denied.insert(peer, Instant::now() + DENY_DURATION);
+        let now = Instant::now();
+        if deny {
+            self.denied.insert(peer, now + DENY_DURATION);
+            self.swarm.behaviour_mut().deny.block_peer(peer);
+        }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.state = None;
+            // Not refused again while its connection closes.
+            p.deadline = now + ADMISSION_TIMEOUT;
         }
-        let behaviour = self.swarm.behaviour_mut();
-        behaviour.deny.block_peer(peer);
-        behaviour
+        self.swarm
+            .behaviour_mut()
             .gossipsub
             .set_application_score(&peer, UNADMITTED_SCORE);
         if self.swarm.disconnect_peer_id(peer).is_err() {
@@ -450,10 +463,8 @@ impl Actor {
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
-            self.refuse(
-                peer,
-                format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs()),
-            );
+            let reason = format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs());
+            self.refuse_as(peer, reason, false);
         }
     }
 

@@ -382,14 +382,25 @@ async fn silent_peers_are_refused_after_the_admission_timeout() {
         .with_swarm_config(|c| c.with_idle_connection_timeout(WAIT))
         .build();
     let id = *silent.local_peer_id();
+    let (redial, mut dials) = mpsc::channel::<libp2p::Multiaddr>(1);
     silent.dial(a.address.clone()).expect("dial");
     let driver = tokio::spawn(async move {
         loop {
-            silent.select_next_some().await;
+            tokio::select! {
+                _ = silent.select_next_some() => {}
+                Some(address) = dials.recv() => {
+                    silent.dial(address).expect("dial");
+                }
+            }
         }
     });
     assert_eq!(refused(&mut a, id).await, "no admission within 10 s");
     let peers = a.handle.peers().await.expect("peers");
     assert!(peers.iter().all(|p| p.peer != id || !p.admitted));
+    // A late admission is no sign of hostility: the peer is not deny-listed, so its next
+    // connection is let in and given its own ten seconds (a deny-listed peer's connection
+    // would be refused before any of that).
+    redial.send(a.address.clone()).await.expect("driver");
+    assert_eq!(refused(&mut a, id).await, "no admission within 10 s");
     driver.abort();
 }
