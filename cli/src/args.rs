@@ -257,8 +257,8 @@ pub enum MeetingCmd {
         #[arg(long, value_name = "KEY")]
         item: Option<String>,
     },
-    /// List the meetings.
-    List,
+    /// List the meetings, a page at a time.
+    List(ListArgs),
     /// Show one meeting.
     Show {
         /// The meeting's document id.
@@ -334,8 +334,8 @@ pub enum ObstacleCmd {
         #[arg(long)]
         reference: Option<String>,
     },
-    /// List the obstacles.
-    List,
+    /// List the obstacles, a page at a time.
+    List(ListArgs),
     /// Show one obstacle.
     Show {
         /// The obstacle's document id.
@@ -385,8 +385,8 @@ pub enum PracticeCmd {
         #[arg(long)]
         text: String,
     },
-    /// List the practices.
-    List,
+    /// List the practices, a page at a time.
+    List(ListArgs),
     /// Show one practice.
     Show {
         /// The practice's document id.
@@ -481,8 +481,8 @@ pub enum TrainingCmd {
         #[arg(long)]
         note: Option<String>,
     },
-    /// List the training items.
-    List,
+    /// List the training items, a page at a time.
+    List(ListArgs),
     /// Show one training item.
     Show {
         /// The training item's document id.
@@ -499,9 +499,36 @@ pub struct LogArgs {
     /// Only the changes of this document.
     #[arg(long, value_name = "ID")]
     pub doc: Option<String>,
-    /// At most this many changes.
+    /// At most this many changes (the newest; 100 unless given).
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// The changes accepted before this position: the cursor a previous page printed.
+    #[arg(long, value_name = "POSITION")]
+    pub before: Option<u64>,
+}
+
+/// The filters and the page of a list.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListArgs {
+    /// Only items with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only items of this state (the one that created them).
+    #[arg(long, value_name = "CODE")]
+    pub state: Option<String>,
+    /// Only items of this kind: an obstacle's type, a training item's kind, a meeting's
+    /// format.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only items changed since this date (YYYY-MM-DD) or time (RFC 3339).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// At most this many items (100 unless given).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// The page after the one that printed this cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 /// `spoc report`.

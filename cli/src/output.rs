@@ -228,6 +228,14 @@ pub fn stdout(text: &str) -> std::io::Result<()> {
 }
 
 /// Whether an error is a closed stdout pipe.
+/// Writes text to stderr: hints that are not the command's output.
+pub fn stderr(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    err.write_all(text.as_bytes())?;
+    err.flush()
+}
+
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<std::io::Error>()

@@ -161,6 +161,29 @@ async fn command(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
 #[derive(Deserialize)]
 struct ListQuery {
     collection: String,
+    status: Option<String>,
+    state: Option<String>,
+    kind: Option<String>,
+    /// RFC 3339 or `YYYY-MM-DD`.
+    since: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Reads `2026-12-01` or `2026-12-01T10:00:00Z` as milliseconds since the epoch.
+fn since_ms(text: &str) -> Result<u64, ApiError> {
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|_| {
+            time::Date::parse(
+                text,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map(|d| d.midnight().assume_utc())
+        })
+        .map_err(|_| bad(format!("since {text:?} is not a date or an RFC 3339 time")))?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| bad(format!("since {text:?} is before 1970")))
 }
 
 async fn list(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
@@ -169,7 +192,22 @@ async fn list(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection
         .collection
         .parse()
         .map_err(|e: crate::docs::DocIdError| bad(e.to_string()))?;
-    Ok(Json(app.node.list(collection).await?).into_response())
+    let filter = crate::store::ListFilter {
+        status: q.status,
+        state: q.state,
+        kind: q.kind,
+        since_ms: q.since.as_deref().map(since_ms).transpose()?,
+    };
+    let page = app
+        .node
+        .list(
+            collection,
+            filter,
+            q.cursor,
+            q.limit.unwrap_or(crate::service::actor::PAGE),
+        )
+        .await?;
+    Ok(Json(json!({"items": page.items, "next": page.next})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -197,11 +235,18 @@ struct LogQuery {
     author: Option<String>,
     doc: Option<String>,
     limit: Option<usize>,
+    before: Option<u64>,
 }
 
 async fn log(State(app): State<App>, q: Result<Query<LogQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    Ok(Json(app.node.log(q.author, q.doc, q.limit).await?).into_response())
+    let query = crate::service::actor::AuditQuery {
+        author: q.author,
+        doc: q.doc,
+        limit: q.limit,
+        before: q.before,
+    };
+    Ok(Json(app.node.log(query).await?).into_response())
 }
 
 async fn verify(State(app): State<App>) -> Answer {

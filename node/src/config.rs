@@ -50,7 +50,11 @@ struct Raw {
     log_format: Option<String>,
     mdns: Option<bool>,
     key_passphrase_file: Option<PathBuf>,
+    cached_documents: Option<usize>,
 }
+
+/// Documents a node keeps in memory, unless `cached_documents` says otherwise.
+pub const CACHED_DOCUMENTS: usize = 1024;
 
 /// The settings of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +75,9 @@ pub struct Settings {
     /// `SPOC_FAILPOINT`, for crash tests only: the store commit step at which the node
     /// holds until it is killed.
     pub failpoint: Option<crate::store::Failpoint>,
+    /// Documents kept in memory (`cached_documents`, `SPOC_CACHED_DOCUMENTS`); the rest
+    /// are read from the store when they are needed.
+    pub cached_documents: usize,
 }
 
 fn value(name: &str, message: impl Into<String>) -> Error {
@@ -184,6 +191,18 @@ impl Settings {
             },
             None => raw.mdns.unwrap_or(false),
         };
+        let cached_documents = match env("SPOC_CACHED_DOCUMENTS") {
+            Some(v) => v.parse().map_err(|_| {
+                value(
+                    "SPOC_CACHED_DOCUMENTS",
+                    format!("{v:?} is not a number of documents"),
+                )
+            })?,
+            None => raw.cached_documents.unwrap_or(CACHED_DOCUMENTS),
+        };
+        if cached_documents == 0 {
+            return Err(value("cached_documents", "must be at least 1"));
+        }
         let state = env("SPOC_STATE").or(raw.state);
         let failpoint = env("SPOC_FAILPOINT")
             .map(|f| f.parse().map_err(|e: String| value("SPOC_FAILPOINT", e)))
@@ -198,6 +217,7 @@ impl Settings {
             node_key,
             log_level,
             log_format,
+            cached_documents,
             mdns,
             key_passphrase_file,
             failpoint,

@@ -141,10 +141,9 @@ impl Script {
             Err(Refused::Invalid(why)) if why == "nothing to change" => return true,
             Err(e) => panic!("{} could not write {command:?}: {e}", author.code),
         };
-        let unseen = self
-            .entries
-            .iter()
-            .any(|e| e.entry.doc == entry.entry.doc && !author.replica.contains(&e.hash()));
+        let unseen = self.entries.iter().any(|e| {
+            e.entry.doc == entry.entry.doc && !author.replica.contains(&e.hash()).unwrap()
+        });
         if unseen {
             self.concurrent += 1;
         }

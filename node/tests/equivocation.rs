@@ -235,7 +235,7 @@ fn both_orders_of_arrival_give_the_same_proof_and_the_same_cut() {
     assert!(x.doc(&DocId::factsheet("LT")).is_none());
     assert!(x.doc(&DocId::factsheet("EL")).is_none());
     for e in &s.others {
-        assert!(x.contains(&e.hash()) && y.contains(&e.hash()));
+        assert!(x.contains(&e.hash()).unwrap() && y.contains(&e.hash()).unwrap());
     }
 }
 

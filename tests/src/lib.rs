@@ -224,6 +224,18 @@ impl Proc {
         Ok((status, body))
     }
 
+    /// Every summary of a collection, page after page.
+    pub fn list(&self, collection: &str) -> Result<Vec<Value>> {
+        all_pages(
+            |path| {
+                let (status, body) = self.get(path)?;
+                anyhow::ensure!(status == 200, "GET {path} answered {status}: {body}");
+                Ok(body)
+            },
+            &format!("/v1/docs?collection={collection}&limit=1000"),
+        )
+    }
+
     /// POST JSON to an API path.
     pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
         let mut r = self
@@ -328,4 +340,29 @@ pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// Every item of a paged API answer (`/v1/docs` or `/v1/log`), following `next` from
+/// page to page: `get` answers one path.
+pub fn all_pages(mut get: impl FnMut(&str) -> Result<Value>, path: &str) -> Result<Vec<Value>> {
+    let (items, cursor) = if path.starts_with("/v1/log") {
+        ("entries", "before")
+    } else {
+        ("items", "cursor")
+    };
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..100_000 {
+        let page = match &next {
+            None => get(path)?,
+            Some(n) => get(&format!("{path}&{cursor}={n}"))?,
+        };
+        out.extend(page[items].as_array().cloned().unwrap_or_default());
+        next = match &page["next"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => return Ok(out),
+        };
+    }
+    anyhow::bail!("{path} did not end after 100,000 pages")
 }

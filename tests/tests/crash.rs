@@ -19,11 +19,9 @@ fn report(i: usize) -> serde_json::Value {
 
 /// The ids of the obstacles a node holds.
 fn obstacle_ids(node: &Proc) -> Result<BTreeSet<String>> {
-    let (_, list) = node.get("/v1/docs?collection=obstacles")?;
-    Ok(list
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(node
+        .list("obstacles")?
+        .iter()
         .filter_map(|o| o["id"].as_str().map(str::to_owned))
         .collect())
 }

@@ -54,12 +54,9 @@ fn post(api: &str, token: &str, body: &Value) -> Option<Value> {
 
 /// The obstacles the node holds: id to title.
 fn obstacles(node: &Proc) -> Result<BTreeMap<String, String>> {
-    let (status, list) = node.get("/v1/docs?collection=obstacles")?;
-    ensure!(status == 200, "listing answered {status}: {list}");
-    Ok(list
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(node
+        .list("obstacles")?
+        .iter()
         .filter_map(|o| {
             Some((
                 o["id"].as_str()?.to_owned(),

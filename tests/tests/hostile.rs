@@ -390,7 +390,7 @@ fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Resul
     // Two entries of one log (same key, same incarnation) with the same seq.
     let incarnation = rand::random::<u32>() | 1;
     let fork = |title: &str| -> Result<SignedEntry> {
-        let replica = Replica::new(net.charter.clone(), Limits::default());
+        let mut replica = Replica::new(net.charter.clone(), Limits::default());
         let command: Command = serde_json::from_value(report(title))?;
         let ulid = (u128::from(now_ms()) << 80) | u128::from(rand::random::<u64>());
         Ok(replica

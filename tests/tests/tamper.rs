@@ -43,20 +43,29 @@ use rand_chacha::ChaCha20Rng;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use spoc_node::charter::Charter;
+use spoc_node::docs::Collection;
 use spoc_node::docs::DocId;
 use spoc_node::docs::command::Command;
 use spoc_node::identity::SecretKey;
 use spoc_node::log::{LogId, SignedEntry};
 use spoc_node::replica::{Limits, Replica};
-use spoc_node::store::{Store, entry_key};
+use spoc_node::store::{ListFilter, Reader, Store, entry_key};
 use spoc_tests::{Proc, Testnet, refused_start};
 
 /// The store's tables, as `spoc_node::store` defines them (the module is private).
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hashes");
-const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");
-const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BYTE_TABLES: [&str; 8] = [
+    "entries",
+    "hashes",
+    "logs",
+    "doc_entries",
+    "list",
+    "terms",
+    "proofs",
+    "arrival",
+];
+const TEXT_TABLES: [&str; 4] = ["meta", "docs", "snapshots", "summaries"];
 
 /// The participants of the in-process network; the first three form the core group.
 const CODES: [&str; 5] = ["IE", "LT", "EL", "FI", "LV"];
@@ -138,11 +147,13 @@ fn difference(want: &Content, got: &Content) -> String {
     )
 }
 
+/// What an in-memory replica holds.
 fn content(r: &Replica) -> Content {
     let heights = r.heights();
     let entries = heights
         .keys()
-        .flat_map(|l| r.log_entries(l).iter().map(|e| e.hash().0))
+        .flat_map(|l| r.log_entries(l).expect("in memory"))
+        .map(|e| e.hash().0)
         .collect();
     let docs = r
         .docs()
@@ -160,6 +171,54 @@ fn content(r: &Replica) -> Content {
     }
 }
 
+/// What a loaded store holds, read as use reads it: every log, every listed document and
+/// every document itself. The first read that fails is the error.
+fn used_content(
+    store: &Store,
+    r: &mut Replica<Reader>,
+) -> Result<Content, spoc_node::store::Error> {
+    let corrupt = |e: spoc_node::replica::Error| spoc_node::store::Error::Corrupt(e.to_string());
+    let heights = r.heights();
+    let mut entries = BTreeSet::new();
+    for log in heights.keys() {
+        for e in r.log_entries(log).map_err(corrupt)? {
+            entries.insert(e.hash().0);
+        }
+    }
+    let mut docs = BTreeMap::new();
+    for collection in Collection::ALL {
+        let mut cursor = None;
+        loop {
+            let page =
+                store
+                    .reader()
+                    .list(collection, &ListFilter::default(), cursor.as_deref(), 100)?;
+            for item in &page.items {
+                let id: DocId = item["id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| spoc_node::store::Error::Corrupt("a listed id".into()))?;
+                let doc = r.load_doc(&id).map_err(corrupt)?.ok_or_else(|| {
+                    spoc_node::store::Error::Corrupt(format!("{id} is listed but missing"))
+                })?;
+                let mut heads = doc.get_heads();
+                heads.sort();
+                docs.insert(id, heads);
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(Content {
+        heights,
+        entries,
+        docs,
+        proofs: r.proofs().count(),
+    })
+}
+
 /// Every row of every table, as redb returns them without any spocnet check.
 type Rows = Vec<(&'static str, Vec<u8>, Vec<u8>)>;
 
@@ -167,14 +226,25 @@ fn rows(path: &Path) -> Result<Rows, String> {
     let db = redb::Database::open(path).map_err(|e| e.to_string())?;
     let tx = db.begin_read().map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for (name, def) in [("entries", ENTRIES), ("hashes", HASHES), ("proofs", PROOFS)] {
+    for name in BYTE_TABLES {
+        if name == "arrival" {
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(name);
+            let t = tx.open_table(def).map_err(|e| e.to_string())?;
+            for row in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                out.push((name, k.value().to_be_bytes().to_vec(), v.value().to_vec()));
+            }
+            continue;
+        }
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
         let t = tx.open_table(def).map_err(|e| e.to_string())?;
         for row in t.iter().map_err(|e| e.to_string())? {
             let (k, v) = row.map_err(|e| e.to_string())?;
             out.push((name, k.value().to_vec(), v.value().to_vec()));
         }
     }
-    for (name, def) in [("snapshots", SNAPSHOTS), ("meta", META)] {
+    for name in TEXT_TABLES {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
         let t = tx.open_table(def).map_err(|e| e.to_string())?;
         for row in t.iter().map_err(|e| e.to_string())? {
             let (k, v) = row.map_err(|e| e.to_string())?;
@@ -184,8 +254,11 @@ fn rows(path: &Path) -> Result<Rows, String> {
     Ok(out)
 }
 
-fn load(path: &Path, charter: &Arc<Charter>) -> Result<Replica, spoc_node::store::Error> {
-    Store::open(path)?.load(charter.clone(), Limits::default(), &mut |_, _, _| {})
+/// Opens and loads a store, and reads everything through it as use would.
+fn load(path: &Path, charter: &Arc<Charter>) -> Result<Content, spoc_node::store::Error> {
+    let store = Store::open(path)?;
+    let mut replica = store.load(charter.clone(), Limits::default(), &mut |_, _, _| {})?;
+    used_content(&store, &mut replica)
 }
 
 /// A store built in-process, with everything needed to judge a tampered copy.
@@ -203,6 +276,8 @@ struct Base {
     entries: Vec<SignedEntry>,
     /// Each document's last snapshot, as the store wrote it.
     snapshots: Vec<Vec<u8>>,
+    /// The key that seals the store's rows, which lives beside the file.
+    key: Vec<u8>,
     scratch: PathBuf,
 }
 
@@ -291,14 +366,20 @@ fn build_with(seed: u64, writes: usize, tail: &[(&str, Step)]) -> Result<Base> {
         store.commit(&replica, &report)?;
         entries.push(entry);
     }
+    // Every document saved whole, as compaction leaves them, so that snapshots are in the
+    // file to be tampered with.
+    for (id, _) in replica.docs() {
+        store.save_whole(id)?;
+    }
     let snapshots = replica.docs().map(|(_, d)| d.save()).collect();
+    let key = std::fs::read(spoc_node::store::key_path(&path))?;
     let crashed = std::fs::read(&path)?;
     drop(store);
     let clean = std::fs::read(&path)?;
     let base_rows = rows(&path).map_err(|e| anyhow!(e))?;
     let loaded = load(&path, &charter)?;
     ensure!(
-        content(&loaded) == content(&replica),
+        loaded == content(&replica),
         "the store does not load as written"
     );
     Ok(Base {
@@ -312,6 +393,7 @@ fn build_with(seed: u64, writes: usize, tail: &[(&str, Step)]) -> Result<Base> {
         rows: base_rows,
         entries,
         snapshots,
+        key,
     })
 }
 
@@ -355,6 +437,17 @@ impl Base {
         let subject = self.scratch.join("subject.redb");
         std::fs::write(&oracle, bytes)?;
         std::fs::write(&subject, bytes)?;
+        let key = spoc_node::store::key_path(&subject);
+        if !key.exists() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)?
+                .write_all(&self.key)?;
+        }
         let rowset = match no_panic(|| rows(&oracle)) {
             Ok(Ok(r)) if r == self.rows => Rowset::Same,
             Ok(Ok(_)) => Rowset::Changed,
@@ -362,8 +455,7 @@ impl Base {
         };
         let verdict = match no_panic(|| load(&subject, &self.charter)) {
             Ok(Err(e)) => Verdict::Detected(e.to_string()),
-            Ok(Ok(r)) => {
-                let got = content(&r);
+            Ok(Ok(got)) => {
                 if got == self.content {
                     Verdict::Harmless
                 } else if got == self.before_last {

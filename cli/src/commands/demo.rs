@@ -341,14 +341,20 @@ fn run(ctx: &Ctx, args: &DemoArgs, binary: &Path, root: &Path) -> Result<()> {
         )?;
     }
 
-    // What each node sees: the same heights and the same documents everywhere.
+    // What each node sees: the same logs (one digest of every log's tip) and the same
+    // documents everywhere.
     let mut seen = Vec::new();
     for (i, client) in demo.clients.iter().enumerate() {
         let status: Value = client.get_json("/v1/status", &[])?;
         let count = |collection: &str| -> Result<usize> {
-            let list: Value =
-                client.get_json("/v1/docs", &[("collection", collection.to_owned())])?;
-            Ok(list.as_array().map_or(0, Vec::len))
+            let list: Value = client.get_json(
+                "/v1/docs",
+                &[
+                    ("collection", collection.to_owned()),
+                    ("limit", "1000".to_owned()),
+                ],
+            )?;
+            Ok(list["items"].as_array().map_or(0, Vec::len))
         };
         seen.push(json!({
             "state": states[i],
@@ -359,10 +365,10 @@ fn run(ctx: &Ctx, args: &DemoArgs, binary: &Path, root: &Path) -> Result<()> {
             "meetings": count("meetings")?,
             "obstacles": count("obstacles")?,
             "practices": count("practices")?,
-            "heights": status["heights"],
+            "digest": status["digest"],
         }));
     }
-    let converged = seen.iter().all(|s| s["heights"] == seen[0]["heights"]);
+    let converged = seen.iter().all(|s| s["digest"] == seen[0]["digest"]);
     let all: Vec<u128> = demo
         .done
         .iter()

@@ -69,6 +69,11 @@ impl Ctx {
     pub fn line(&self, text: &str) -> Result<()> {
         self.print(&format!("{text}\n"))
     }
+
+    /// Prints a hint on stderr, so that the output stays what a script reads.
+    pub fn note(&self, text: &str) -> Result<()> {
+        output::stderr(&format!("{text}\n")).map_err(anyhow::Error::from)
+    }
 }
 
 /// Runs a parsed command line.

@@ -70,12 +70,16 @@ pub fn status_text(s: &Value) -> String {
         ("rejected", rejected),
         ("equivocations", equivocations),
     ]);
-    if let Some(heights) = s.get("heights").and_then(Value::as_object)
-        && !heights.is_empty()
+    if let Some(states) = s.get("states").and_then(Value::as_object)
+        && !states.is_empty()
     {
-        let mut table = Table::new(&["LOG", "ENTRIES"]);
-        for (log, n) in heights {
-            table.row(vec![log.clone(), output::cell(n)]);
+        let mut table = Table::new(&["STATE", "LOGS", "ENTRIES"]);
+        for (state, n) in states {
+            table.row(vec![
+                state.clone(),
+                output::cell(&n["logs"]),
+                output::cell(&n["entries"]),
+            ]);
         }
         text.push('\n');
         text.push_str(&table.render());
@@ -103,10 +107,19 @@ pub fn log(ctx: &Ctx, args: &LogArgs) -> Result<()> {
     if let Some(n) = args.limit {
         query.push(("limit", n.to_string()));
     }
-    let entries: Vec<Value> = {
+    if let Some(before) = args.before {
+        query.push(("before", before.to_string()));
+    }
+    let page: Value = {
         let _spinner = Spinner::start(ctx.chatty(), "reading the log");
         client.get_json("/v1/log", &query)?
     };
+    let entries: Vec<Value> = page["entries"].as_array().cloned().unwrap_or_default();
+    if let Some(next) = page["next"].as_u64()
+        && !ctx.quiet
+    {
+        ctx.note(&format!("older: add --before {next}"))?;
+    }
     if ctx.json {
         ctx.print_json(&Value::Array(entries))?;
     } else if entries.is_empty() {
@@ -318,7 +331,7 @@ mod tests {
         let s = json!({
             "state": "LT", "network": "testnet", "charter_hash": "0123456789abcdef0123",
             "presidency": null, "incarnation": 123456, "peer_id": "12D3KooWabc",
-            "heights": {"IE/3735928559": 4, "LT/123456": 2},
+            "states": {"IE": {"logs": 1, "entries": 4}, "LT": {"logs": 1, "entries": 2}},
             "entries": 6, "pending": 0,
             "equivocations": [{"state": "EL", "incarnation": 7, "seq": 3}],
             "rejected": {"bad_signature": 1},
@@ -333,7 +346,7 @@ mod tests {
             "store          1.5 MiB\n",
             "rejected       1 bad_signature\n",
             "equivocations  EL/7 at seq 3\n",
-            "LOG            ENTRIES\nIE/3735928559  4\nLT/123456      2\n",
+            "STATE  LOGS  ENTRIES\nIE     1     4\nLT     1     2\n",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }

@@ -12,7 +12,7 @@ use spoc_node::docs::Collection;
 use spoc_node::docs::command::Command;
 
 use super::{Ctx, Usage};
-use crate::args::{FactsheetCmd, MeetingCmd, ObstacleCmd, PracticeCmd, TrainingCmd};
+use crate::args::{FactsheetCmd, ListArgs, MeetingCmd, ObstacleCmd, PracticeCmd, TrainingCmd};
 use crate::client::{Client, TIMEOUT};
 use crate::output::{self, Table, field};
 
@@ -21,8 +21,8 @@ use crate::output::{self, Table, field};
 pub enum Action {
     /// Post a write.
     Write(Command),
-    /// List a collection's summaries.
-    List(Collection),
+    /// List a collection's summaries, a page at a time.
+    List(Collection, ListArgs),
     /// Show one document.
     Show(String),
     /// Show a state's fact sheet, the node's own when none is named.
@@ -97,7 +97,7 @@ pub fn meeting(cmd: MeetingCmd) -> Action {
             text,
             item,
         },
-        MeetingCmd::List => return Action::List(Collection::Meetings),
+        MeetingCmd::List(args) => return Action::List(Collection::Meetings, args),
         MeetingCmd::Show { id } => return Action::Show(id),
     })
 }
@@ -160,7 +160,7 @@ pub fn obstacle(cmd: ObstacleCmd) -> Action {
             status,
             reference,
         },
-        ObstacleCmd::List => return Action::List(Collection::Obstacles),
+        ObstacleCmd::List(args) => return Action::List(Collection::Obstacles, args),
         ObstacleCmd::Show { id } => return Action::Show(id),
     })
 }
@@ -196,7 +196,7 @@ pub fn practice(cmd: PracticeCmd) -> Action {
             practice: practice.id(),
             text,
         },
-        PracticeCmd::List => return Action::List(Collection::Practices),
+        PracticeCmd::List(args) => return Action::List(Collection::Practices, args),
         PracticeCmd::Show { id } => return Action::Show(id),
     })
 }
@@ -259,7 +259,7 @@ pub fn training(cmd: TrainingCmd) -> Action {
             verdict,
             note,
         },
-        TrainingCmd::List => return Action::List(Collection::Training),
+        TrainingCmd::List(args) => return Action::List(Collection::Training, args),
         TrainingCmd::Show { id } => return Action::Show(id),
     })
 }
@@ -301,9 +301,27 @@ pub fn execute(ctx: &Ctx, action: Action) -> Result<()> {
                 ctx.line(id)?;
             }
         }
-        Action::List(collection) => {
-            let items: Vec<Value> =
-                client.get_json("/v1/docs", &[("collection", collection.as_str().into())])?;
+        Action::List(collection, args) => {
+            let mut query = vec![("collection", collection.as_str().to_owned())];
+            for (name, value) in [
+                ("status", &args.status),
+                ("state", &args.state.as_ref().map(|s| s.to_uppercase())),
+                ("kind", &args.kind),
+                ("since", &args.since),
+                ("cursor", &args.cursor),
+                ("limit", &args.limit.map(|n| n.to_string())),
+            ] {
+                if let Some(v) = value {
+                    query.push((name, v.clone()));
+                }
+            }
+            let page: Value = client.get_json("/v1/docs", &query)?;
+            let items: Vec<Value> = page["items"].as_array().cloned().unwrap_or_default();
+            if let Some(next) = page["next"].as_str()
+                && !ctx.quiet
+            {
+                ctx.note(&format!("more: add --cursor {next}"))?;
+            }
             if ctx.json {
                 ctx.print_json(&Value::Array(items))?;
             } else {
@@ -641,7 +659,7 @@ mod tests {
         };
         assert_eq!(
             action("spoc meeting list"),
-            Action::List(Collection::Meetings)
+            Action::List(Collection::Meetings, ListArgs::default())
         );
         assert_eq!(
             action(&format!("spoc meeting show {M}")),
@@ -653,8 +671,15 @@ mod tests {
         );
         assert_eq!(action("spoc factsheet show"), Action::ShowFactsheet(None));
         assert_eq!(
-            action("spoc training list"),
-            Action::List(Collection::Training)
+            action("spoc training list --status open --limit 5"),
+            Action::List(
+                Collection::Training,
+                ListArgs {
+                    status: Some("open".into()),
+                    limit: Some(5),
+                    ..ListArgs::default()
+                }
+            )
         );
     }
 

@@ -16,7 +16,7 @@ use crate::docs::{Collection, DocId, view};
 use crate::identity::SecretKey;
 use crate::log::{EquivocationProof, LogId, SignedEntry};
 use crate::replica::{Limits, Replica, Report};
-use crate::store::Store;
+use crate::store::{ListFilter, ListPage, Reader, Store};
 
 use super::{Clock, report};
 
@@ -69,14 +69,18 @@ type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 pub(crate) enum Request {
     Write(Command, Reply<WriteAck>),
     Status(Reply<Value>),
-    List(Collection, Reply<Vec<Value>>),
+    List {
+        collection: Collection,
+        filter: ListFilter,
+        cursor: Option<String>,
+        limit: usize,
+        reply: Reply<ListPage>,
+    },
     Doc(DocId, Reply<Value>),
     Export(DocId, Reply<Vec<u8>>),
     Log {
-        author: Option<String>,
-        doc: Option<String>,
-        limit: Option<usize>,
-        reply: Reply<Vec<Value>>,
+        query: AuditQuery,
+        reply: Reply<Value>,
     },
     Verify(Reply<Value>),
     Report(String, Reply<Value>),
@@ -98,6 +102,23 @@ pub(crate) enum Request {
         Reply<Vec<crate::log::EntryHash>>,
     ),
 }
+
+/// What a page of the audit trail asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// A state code.
+    pub author: Option<String>,
+    /// A document id.
+    pub doc: Option<String>,
+    pub limit: Option<usize>,
+    /// The `next` of the page after this one (entries accepted before it).
+    pub before: Option<u64>,
+}
+
+/// Items per page of a list or of the audit trail, unless the caller asks for fewer.
+pub const PAGE: usize = 100;
+/// The most items a caller may ask for in one page.
+pub const MAX_PAGE: usize = 1000;
 
 /// A cloneable handle on the node actor.
 #[derive(Clone, Debug)]
@@ -133,8 +154,26 @@ impl Handle {
     pub async fn status(&self) -> Result<Value, Failure> {
         ask!(self, Status)
     }
-    pub async fn list(&self, collection: Collection) -> Result<Vec<Value>, Failure> {
-        ask!(self, List, collection)
+    pub async fn list(
+        &self,
+        collection: Collection,
+        filter: ListFilter,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<ListPage, Failure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::List {
+                collection,
+                filter,
+                cursor,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
     }
     pub async fn doc(&self, id: DocId) -> Result<Value, Failure> {
         ask!(self, Doc, id)
@@ -187,20 +226,10 @@ impl Handle {
             }
         }
     }
-    pub async fn log(
-        &self,
-        author: Option<String>,
-        doc: Option<String>,
-        limit: Option<usize>,
-    ) -> Result<Vec<Value>, Failure> {
+    pub async fn log(&self, query: AuditQuery) -> Result<Value, Failure> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Log {
-                author,
-                doc,
-                limit,
-                reply,
-            })
+            .send(Request::Log { query, reply })
             .await
             .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
         rx.await
@@ -250,7 +279,7 @@ pub(crate) type StatusExtra = Arc<dyn Fn() -> Value + Send + Sync>;
 /// The state the actor owns.
 pub(crate) struct Actor {
     pub charter: Arc<Charter>,
-    pub replica: Replica,
+    pub replica: Replica<Reader>,
     pub store: Store,
     pub key: SecretKey,
     pub code: String,
@@ -263,7 +292,13 @@ pub(crate) struct Actor {
     /// delivers them instead.
     pub publish: Option<mpsc::Sender<Vec<u8>>>,
     pub entries_watch: tokio::sync::watch::Sender<u64>,
+    /// Documents touched since they were last considered for compaction, bounded.
+    pub compact: std::collections::BTreeSet<DocId>,
 }
+
+/// Documents waiting to be considered for compaction; past it, the rest wait until they
+/// are touched again.
+const MAX_COMPACT_QUEUE: usize = 4096;
 
 /// Starts the actor thread; it stops when every handle is dropped, and the returned join
 /// handle gives back any fatal error (a failed durable commit).
@@ -297,13 +332,32 @@ impl Actor {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Result<(), Failure> {
         let _span = tracing::info_span!("node", state = %self.code, incarnation = self.incarnation)
             .entered();
-        while let Some(request) = rx.blocking_recv() {
+        loop {
+            // Idle time goes to compaction, one document at a time, so a request never
+            // waits behind more than one.
+            let request = match rx.try_recv() {
+                Ok(request) => request,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if let Some(id) = self.compact.pop_first() {
+                        if let Err(e) = self.store.compact(&id) {
+                            tracing::error!(error = %e, doc = %id, "compaction failed; stopping");
+                            self.fatal.cancel();
+                            return Err(Failure::Internal(format!("compaction failed: {e}")));
+                        }
+                        continue;
+                    }
+                    match rx.blocking_recv() {
+                        Some(request) => request,
+                        None => return Ok(()),
+                    }
+                }
+            };
             if let Err(f) = self.serve(request) {
                 self.fatal.cancel();
                 return Err(f);
             }
         }
-        Ok(())
     }
 
     /// Commits an ingest durably; a failed commit is fatal, since memory and disk would
@@ -313,6 +367,12 @@ impl Actor {
             tracing::error!(error = %e, "durable commit failed; stopping");
             Failure::Internal(format!("durable commit failed: {e}"))
         })?;
+        self.replica.flush();
+        for id in &report.touched {
+            if self.compact.len() < MAX_COMPACT_QUEUE {
+                self.compact.insert(id.clone());
+            }
+        }
         self.entries_watch
             .send_replace(self.replica.entry_count() as u64);
         Ok(())
@@ -343,44 +403,46 @@ impl Actor {
             Request::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
             }
-            Request::List(collection, reply) => {
-                let items = self
-                    .replica
-                    .docs()
-                    .filter(|(id, _)| id.collection() == collection)
-                    .map(|(id, doc)| view::summary(id, doc))
-                    .collect();
-                let _ = reply.send(Ok(items));
-            }
-            Request::Doc(id, reply) => {
-                let result = self
-                    .replica
-                    .doc(&id)
-                    .map(|doc| view::document(&id, doc))
-                    .ok_or_else(|| Failure::NotFound(format!("no document {id}")));
-                let _ = reply.send(result);
-            }
-            Request::Export(id, reply) => {
-                let result = self
-                    .replica
-                    .doc(&id)
-                    .map(|doc| doc.save())
-                    .ok_or_else(|| Failure::NotFound(format!("no document {id}")));
-                let _ = reply.send(result);
-            }
-            Request::Log {
-                author,
-                doc,
+            Request::List {
+                collection,
+                filter,
+                cursor,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(Ok(self.audit(author, doc, limit)));
+                let page = self
+                    .store
+                    .reader()
+                    .list(
+                        collection,
+                        &filter,
+                        cursor.as_deref(),
+                        limit.clamp(1, MAX_PAGE),
+                    )
+                    .map_err(|e| match e {
+                        crate::store::Error::Corrupt(m) if m.contains("cursor") => {
+                            Failure::BadRequest(m)
+                        }
+                        e => Failure::Internal(e.to_string()),
+                    });
+                let _ = reply.send(page);
+            }
+            Request::Doc(id, reply) => {
+                let result = self.with_doc(&id, |doc| view::document(&id, doc));
+                let _ = reply.send(result);
+            }
+            Request::Export(id, reply) => {
+                let result = self.with_doc(&id, automerge::Automerge::save);
+                let _ = reply.send(result);
+            }
+            Request::Log { query, reply } => {
+                let _ = reply.send(self.audit(query));
             }
             Request::Verify(reply) => {
                 let _ = reply.send(Ok(self.verify()));
             }
             Request::Report(term, reply) => {
-                let _ = reply.send(report::draft(&self.replica, &term));
+                let _ = reply.send(report::draft(&self.charter, &self.store.reader(), &term));
             }
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.metrics()));
@@ -388,11 +450,9 @@ impl Actor {
             Request::Heights(reply) => {
                 let heights = self
                     .replica
-                    .heights()
-                    .into_iter()
-                    .filter_map(|(log, seq)| {
-                        self.replica.entry(&log, seq).map(|e| (log, seq, e.hash()))
-                    })
+                    .tips()
+                    .iter()
+                    .map(|(log, tip)| (*log, tip.seq, tip.hash))
                     .collect();
                 let _ = reply.send(Ok(heights));
             }
@@ -401,33 +461,22 @@ impl Actor {
                 max,
                 reply,
             } => {
-                let divergent: Vec<Vec<u8>> = heights
-                    .iter()
-                    .filter_map(|(log, (seq, tip))| {
-                        let ours = self.replica.entry(log, *seq)?;
-                        (tip.is_some_and(|t| t != ours.hash())).then(|| ours.bytes().to_vec())
-                    })
-                    .take(max)
-                    .collect();
-                let plain: HashMap<LogId, u64> = heights
-                    .into_iter()
-                    .map(|(log, (seq, _))| (log, seq))
-                    .collect();
-                let (entries, more) = self.replica.entries_after(
-                    &plain,
-                    max.saturating_sub(divergent.len()).max(1),
-                    super::sync::BATCH_BYTES,
-                );
-                let mut bytes = divergent;
-                bytes.extend(entries.into_iter().map(|e| e.bytes().to_vec()));
-                let _ = reply.send(Ok((bytes, more)));
+                let _ = reply.send(self.entries_after(heights, max));
             }
             Request::Missing(hashes, reply) => {
-                let missing = hashes
-                    .into_iter()
-                    .filter(|h| !self.replica.contains(h))
-                    .collect();
-                let _ = reply.send(Ok(missing));
+                let mut missing = Vec::new();
+                let mut failed = None;
+                for h in hashes {
+                    match self.replica.contains(&h) {
+                        Ok(true) => {}
+                        Ok(false) => missing.push(h),
+                        Err(e) => {
+                            failed = Some(Failure::Internal(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                let _ = reply.send(failed.map_or(Ok(missing), Err));
             }
             Request::Proofs(reply) => {
                 let _ = reply.send(Ok(self.replica.proofs().cloned().collect()));
@@ -518,20 +567,80 @@ impl Actor {
         Ok(summary)
     }
 
+    /// Reads a document, loading it into the cache when it is not in memory.
+    fn with_doc<T>(
+        &mut self,
+        id: &DocId,
+        f: impl FnOnce(&automerge::Automerge) -> T,
+    ) -> Result<T, Failure> {
+        match self.replica.load_doc(id) {
+            Ok(Some(doc)) => Ok(f(doc)),
+            Ok(None) => Err(Failure::NotFound(format!("no document {id}"))),
+            Err(e) => Err(Failure::Internal(e.to_string())),
+        }
+    }
+
+    /// The entries after `heights` (see `Replica::entries_after`), preceded by our entry
+    /// at any height whose tip hash differs from ours: the evidence of an equivocation.
+    fn entries_after(
+        &self,
+        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
+        let internal = |e: crate::replica::Error| Failure::Internal(e.to_string());
+        let mut bytes = Vec::new();
+        for (log, (seq, tip)) in &heights {
+            if bytes.len() == max {
+                break;
+            }
+            let Some(theirs) = tip else { continue };
+            if self
+                .replica
+                .tips()
+                .get(log)
+                .is_none_or(|ours| ours.seq < *seq)
+            {
+                continue;
+            }
+            if let Some(ours) = self.replica.entry(log, *seq).map_err(internal)?
+                && ours.hash() != *theirs
+            {
+                bytes.push(ours.bytes().to_vec());
+            }
+        }
+        let plain: HashMap<LogId, u64> = heights
+            .into_iter()
+            .map(|(log, (seq, _))| (log, seq))
+            .collect();
+        let (entries, more) = self
+            .replica
+            .entries_after(
+                &plain,
+                max.saturating_sub(bytes.len()).max(1),
+                super::sync::BATCH_BYTES,
+            )
+            .map_err(internal)?;
+        bytes.extend(entries.into_iter().map(|e| e.bytes().to_vec()));
+        Ok((bytes, more))
+    }
+
+    /// The status: every figure is kept as it changes, so its cost does not grow with
+    /// the history.
     fn status(&self) -> Value {
         let today = crate::docs::rules::date_of_ms(self.clock.now_ms());
         let presidency = today
             .and_then(|d| self.charter.presidency_at(d))
             .map(|t| t.state.clone());
-        let heights: BTreeMap<String, u64> = self
+        let states: BTreeMap<String, Value> = self
             .replica
-            .heights()
-            .into_iter()
-            .map(|(log, seq)| {
-                (
-                    format!("{}/{}", code_of(&self.charter, &log), log.incarnation),
-                    seq,
-                )
+            .authors()
+            .iter()
+            .map(|(author, (logs, entries))| {
+                let code = self
+                    .charter
+                    .participant_by_key(author)
+                    .map_or_else(|| author.short(), |p| p.code.clone());
+                (code, json!({"logs": logs, "entries": entries}))
             })
             .collect();
         let equivocations: Vec<Value> = self
@@ -551,12 +660,15 @@ impl Actor {
             "charter_hash": self.charter.hash_hex(),
             "presidency": presidency,
             "incarnation": self.incarnation,
-            "heights": heights,
+            "states": states,
+            "logs": self.replica.tips().len(),
+            "digest": hex::encode(self.replica.digest()),
             "entries": self.replica.entry_count(),
             "pending": self.replica.pending_count(),
             "equivocations": equivocations,
             "rejected": self.replica.rejected_counts(),
-            "documents": self.replica.docs().count(),
+            "documents": self.store.reader().doc_count().unwrap_or(0),
+            "cached_documents": self.replica.cached_docs(),
             "store_bytes": self.store.size_bytes(),
         });
         if let (Value::Object(s), Value::Object(extra)) = (&mut status, (self.status_extra)()) {
@@ -565,37 +677,35 @@ impl Actor {
         status
     }
 
-    fn audit(
-        &self,
-        author: Option<String>,
-        doc: Option<String>,
-        limit: Option<usize>,
-    ) -> Vec<Value> {
-        let mut rows: Vec<&SignedEntry> = Vec::new();
-        for (log, _) in self.replica.heights() {
-            let code = code_of(&self.charter, &log);
-            if author.as_ref().is_some_and(|a| *a != code) {
-                continue;
-            }
-            rows.extend(
-                self.replica
-                    .log_entries(&log)
-                    .iter()
-                    .filter(|e| doc.as_ref().is_none_or(|d| e.entry.doc.as_str() == d)),
-            );
-        }
-        rows.sort_by_key(|e| {
-            (
-                e.entry.timestamp_ms,
-                e.entry.author,
-                e.entry.incarnation,
-                e.entry.seq,
-            )
-        });
-        let skip = limit.map_or(0, |l| rows.len().saturating_sub(l));
-        rows.into_iter()
-            .skip(skip)
-            .map(|e| {
+    /// One page of the audit trail, by arrival, served from the store's indexes.
+    fn audit(&self, query: AuditQuery) -> Result<Value, Failure> {
+        let author = match &query.author {
+            None => None,
+            Some(code) => Some(
+                self.charter
+                    .participant(code)
+                    .and_then(|p| p.key)
+                    .ok_or_else(|| {
+                        Failure::BadRequest(format!("no state {code:?} with a key in the charter"))
+                    })?,
+            ),
+        };
+        let doc: Option<DocId> = query
+            .doc
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: crate::docs::DocIdError| Failure::BadRequest(e.to_string()))?;
+        let limit = query.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+        let page = self
+            .store
+            .reader()
+            .audit(query.before, limit, author.as_ref(), doc.as_ref())
+            .map_err(|e| Failure::Internal(e.to_string()))?;
+        let entries: Vec<Value> = page
+            .entries
+            .iter()
+            .map(|(position, e)| {
                 let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(
                     i128::from(e.entry.timestamp_ms) * 1_000_000,
                 )
@@ -606,6 +716,7 @@ impl Actor {
                 })
                 .unwrap_or_default();
                 json!({
+                    "position": position,
                     "hash": e.hash().to_string(),
                     "author": code_of(&self.charter, &e.entry.log()),
                     "incarnation": e.entry.incarnation,
@@ -615,7 +726,8 @@ impl Actor {
                     "summary": view::change_summary(&e.entry.change),
                 })
             })
-            .collect()
+            .collect();
+        Ok(json!({"entries": entries, "next": page.next}))
     }
 
     /// Re-checks everything from the store: signatures, chains, snapshots, and every
@@ -646,7 +758,7 @@ impl Actor {
         gauge(
             "spoc_documents",
             "Documents held.",
-            self.replica.docs().count().to_string(),
+            self.store.reader().doc_count().unwrap_or(0).to_string(),
         );
         gauge(
             "spoc_pending",
@@ -694,6 +806,14 @@ impl Actor {
 }
 
 /// Opens the replica from the store, for the service start.
-pub(crate) fn load(store: &Store, charter: Arc<Charter>) -> Result<Replica, crate::store::Error> {
-    store.load(charter, Limits::default(), &mut |_, _, _| {})
+pub(crate) fn load(
+    store: &Store,
+    charter: Arc<Charter>,
+    cached_docs: usize,
+) -> Result<Replica<Reader>, crate::store::Error> {
+    let limits = Limits {
+        max_cached_docs: cached_docs,
+        ..Limits::default()
+    };
+    store.load(charter, limits, &mut |_, _, _| {})
 }

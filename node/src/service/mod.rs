@@ -241,7 +241,7 @@ impl Node {
         }
         let store = Store::open(&settings.store_path())?.with_failpoint(settings.failpoint);
         let token = api_token(&settings.token_path())?;
-        let replica = actor::load(&store, charter.clone())?;
+        let replica = actor::load(&store, charter.clone(), settings.cached_documents)?;
         // Every start is a new incarnation: a log never continues after a restart, so a
         // node restored from an old backup cannot sign a second entry for a seq it already
         // used.
@@ -250,8 +250,8 @@ impl Node {
             state = %code,
             incarnation,
             entries = replica.entry_count(),
-            documents = replica.docs().count(),
-            "store verified and loaded"
+            logs = replica.tips().len(),
+            "store opened"
         );
         let fatal = CancellationToken::new();
         let keypair = crate::network::keypair_from_seed(&node_key.seed_bytes())
@@ -306,6 +306,7 @@ impl Node {
                 fatal: fatal.clone(),
                 publish: Some(publish),
                 entries_watch: tokio::sync::watch::Sender::new(0),
+                compact: std::collections::BTreeSet::new(),
             },
             256,
         );

@@ -2,16 +2,16 @@
 //!
 //! What happened in a term is read from the signed entries whose timestamps fall in it
 //! (a meeting convened, an obstacle opened, resolved or escalated, a practice shared or
-//! endorsed, an expert nominated or assessed); the current documents give the titles.
+//! endorsed, an expert nominated or assessed), which the store indexes by term; the
+//! documents' summaries give the titles. Its cost follows the term, not the history.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::ReadDoc;
 use serde_json::{Value, json};
 
-use crate::charter::parse_half_year;
-use crate::docs::{Collection, DocId, view};
-use crate::replica::Replica;
+use crate::charter::{Charter, parse_half_year};
+use crate::docs::{Collection, DocId};
+use crate::store::{ListFilter, Reader};
 
 use super::actor::Failure;
 
@@ -28,19 +28,20 @@ struct Tally {
     opportunities: BTreeSet<DocId>,
 }
 
-fn title(replica: &Replica, id: &DocId) -> String {
-    replica
-        .doc(id)
-        .and_then(|d| d.get(automerge::ROOT, "title").ok().flatten())
-        .and_then(|(v, _)| v.into_string().ok())
+fn title(store: &Reader, id: &DocId) -> String {
+    store
+        .summary(id)
+        .ok()
+        .flatten()
+        .and_then(|s| s.get("title").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| id.to_string())
 }
 
 /// Drafts the note for `term` (`YYYY-H1` or `YYYY-H2`).
-pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
+pub fn draft(charter: &Charter, store: &Reader, term: &str) -> Result<Value, Failure> {
     let (from, to) = parse_half_year(term)
         .ok_or_else(|| Failure::BadRequest(format!("term {term:?} is not YYYY-H1 or YYYY-H2")))?;
-    let charter = replica.charter();
+    let internal = |e: crate::store::Error| Failure::Internal(e.to_string());
     let presidency = charter.presidency_at(from).map(|t| t.state.clone());
     let start_ms = u64::try_from(from.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000;
     let end_ms = to
@@ -49,12 +50,12 @@ pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
         .unwrap_or(u64::MAX);
 
     let mut tally = Tally::default();
-    for log in replica.heights().into_keys() {
+    for e in store.term_entries(term).map_err(internal)? {
         let code = charter
-            .participant_by_key(&log.author)
+            .participant_by_key(&e.entry.author)
             .map(|p| p.code.clone())
             .unwrap_or_default();
-        for e in replica.log_entries(&log) {
+        {
             if e.entry.timestamp_ms < start_ms || e.entry.timestamp_ms >= end_ms {
                 continue;
             }
@@ -119,10 +120,25 @@ pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
     }
 
     // Meetings of the term, by their date, whenever they were convened.
-    let meetings: Vec<Value> = replica
-        .docs()
-        .filter(|(id, _)| id.collection() == Collection::Meetings)
-        .map(|(id, doc)| view::summary(id, doc))
+    let mut meetings: Vec<Value> = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(
+                Collection::Meetings,
+                &ListFilter::default(),
+                cursor.as_deref(),
+                super::actor::MAX_PAGE,
+            )
+            .map_err(internal)?;
+        meetings.extend(page.items);
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let meetings: Vec<Value> = meetings
+        .into_iter()
         .filter(|m| {
             m["date"]
                 .as_str()
@@ -180,7 +196,7 @@ pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
         for id in ids {
             md.push_str(&format!(
                 "- {} ({}, {})\n",
-                title(replica, id),
+                title(store, id),
                 id.owner(),
                 id
             ));
@@ -196,7 +212,7 @@ pub fn draft(replica: &Replica, term: &str) -> Result<Value, Failure> {
     for (id, states) in &tally.endorsements {
         md.push_str(&format!(
             "- {} (supported by {})\n",
-            title(replica, id),
+            title(store, id),
             states.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }

@@ -146,13 +146,13 @@ pub fn next_entry(
         incarnation,
     };
     let height = replica.heights().get(&log).copied().unwrap_or(0);
-    let prev = replica.entry(&log, height);
+    let prev = replica.entry(&log, height).expect("reading an entry");
     Entry {
         network: replica.charter().network.clone(),
         author: key.public(),
         incarnation,
         seq: height + 1,
-        prev: prev.map(SignedEntry::hash),
+        prev: prev.as_ref().map(SignedEntry::hash),
         timestamp_ms: prev.map_or(now_ms, |p| p.entry.timestamp_ms.max(now_ms)),
         doc: doc.clone(),
         change,
@@ -244,9 +244,11 @@ pub fn json(replica: &Replica, id: &str) -> serde_json::Value {
 /// Every entry of `from` that `to` lacks, in log order.
 pub fn missing(from: &Replica, to: &Replica) -> Vec<SignedEntry> {
     let heights: HashMap<LogId, u64> = to.heights().into_iter().collect();
-    let (entries, more) = from.entries_after(&heights, usize::MAX, usize::MAX);
+    let (entries, more) = from
+        .entries_after(&heights, usize::MAX, usize::MAX)
+        .expect("reading entries");
     assert!(!more);
-    entries.into_iter().cloned().collect()
+    entries
 }
 
 /// A root-level string of a document, as the replica holds it.

@@ -580,6 +580,7 @@ pub fn generate(
         Limits {
             max_pending_entries: usize::MAX,
             max_pending_bytes: usize::MAX,
+            ..Limits::default()
         },
     );
     let mut model = Model::default();

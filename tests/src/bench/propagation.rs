@@ -133,7 +133,7 @@ fn measure(ctx: &Ctx, n: usize, entry_bytes: usize) -> Result<Measured> {
     }))?;
     reach(&hash, 0, Instant::now())?;
     let (_, listed) = apis[0].get("/v1/docs?collection=obstacles")?;
-    let obstacle = listed[0]["id"]
+    let obstacle = listed["items"][0]["id"]
         .as_str()
         .ok_or_else(|| anyhow!("no obstacle listed: {listed}"))?
         .to_owned();

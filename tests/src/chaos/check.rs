@@ -342,18 +342,18 @@ impl Summary {
     }
 }
 
-/// The hashes in a `/v1/log` answer, with each entry's author.
-fn log_entries(log: &Value) -> Vec<(String, String)> {
-    log.as_array()
-        .into_iter()
-        .flatten()
+/// Every entry of a node's audit trail, with its author.
+fn log_entries(h: &super::helper::Helper, timeout: Duration) -> Result<Vec<(String, String)>> {
+    let log = spoc_tests::all_pages(|path| h.get_ok(path, timeout), "/v1/log?limit=1000")?;
+    Ok(log
+        .iter()
         .filter_map(|e| {
             Some((
                 e["hash"].as_str()?.to_owned(),
                 e["author"].as_str().unwrap_or_default().to_owned(),
             ))
         })
-        .collect()
+        .collect())
 }
 
 /// The final check, after the faults: see the module comment.
@@ -397,11 +397,7 @@ pub fn final_check(lab: &Lab, ledger: &Shared, reach: Duration, s: &mut Summary)
     // so that the heights can be compared.
     let mut union: BTreeSet<String> = BTreeSet::new();
     for h in &helpers {
-        union.extend(
-            log_entries(&h.get_ok("/v1/log", long)?)
-                .into_iter()
-                .map(|(hash, _)| hash),
-        );
+        union.extend(log_entries(h, long)?.into_iter().map(|(hash, _)| hash));
     }
     let union: Vec<String> = union.into_iter().collect();
     let (u, _) = converge(lab, &union, Instant::now(), reach)?;
@@ -412,7 +408,7 @@ pub fn final_check(lab: &Lab, ledger: &Shared, reach: Duration, s: &mut Summary)
     let mut heights = Vec::new();
     let mut lists = Vec::new();
     for h in &helpers {
-        let entries = log_entries(&h.get_ok("/v1/log", long)?);
+        let entries = log_entries(h, long)?;
         let mut authors: HashMap<String, Vec<String>> = HashMap::new();
         for (hash, author) in &entries {
             authors
@@ -422,15 +418,17 @@ pub fn final_check(lab: &Lab, ledger: &Shared, reach: Duration, s: &mut Summary)
         }
         logs.push(entries.into_iter().map(|(hash, _)| hash).collect());
         by_author.push(authors);
-        heights.push(h.get_ok("/v1/status", long)?["heights"].clone());
-        lists.push(h.get_ok("/v1/docs?collection=obstacles", long)?);
+        heights.push(h.get_ok("/v1/status", long)?);
+        lists.push(spoc_tests::all_pages(
+            |path| h.get_ok(path, long),
+            "/v1/docs?collection=obstacles&limit=1000",
+        )?);
     }
-    s.heights_identical = heights.windows(2).all(|w| w[0] == w[1]);
+    s.heights_identical = heights
+        .windows(2)
+        .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["entries"] == w[1]["entries"]);
     s.lists_identical = lists.windows(2).all(|w| w[0] == w[1]);
-    s.entries = heights[0]
-        .as_object()
-        .map(|h| h.values().filter_map(Value::as_u64).sum())
-        .unwrap_or_default();
+    s.entries = heights[0]["entries"].as_u64().unwrap_or_default();
 
     // Lost: acknowledged, and not on some node.
     for a in &acked {
@@ -506,7 +504,7 @@ pub fn final_check(lab: &Lab, ledger: &Shared, reach: Duration, s: &mut Summary)
         }
     }
     for (i, list) in lists.iter().enumerate() {
-        for o in list.as_array().into_iter().flatten() {
+        for o in list.iter() {
             let id = o["id"].as_str().unwrap_or_default();
             let count = o["comments"].as_u64().unwrap_or_default();
             let (acked_comments, unknown_comments) = comments.get(id).copied().unwrap_or_default();

@@ -223,11 +223,9 @@ fn short(why: &str) -> String {
         .join(" ")
 }
 
-/// The obstacle ids in a `/v1/docs?collection=obstacles` answer, with their titles.
-pub fn obstacle_titles(list: &Value) -> BTreeMap<String, String> {
-    list.as_array()
-        .into_iter()
-        .flatten()
+/// The obstacle ids in the summaries of `/v1/docs?collection=obstacles`, with their titles.
+pub fn obstacle_titles(list: &[Value]) -> BTreeMap<String, String> {
+    list.iter()
         .filter_map(|o| {
             Some((
                 o["id"].as_str()?.to_owned(),

@@ -1,0 +1,1171 @@
+//! The replica: the state machine that decides which entries are accepted and what the
+//! documents say, driven by `ingest` and `prepare`. It does no IO.
+//!
+//! `ingest` takes entries in any order, with duplicates, and accepts exactly those whose
+//! causal past is accepted and that pass every check. Entries waiting for their past sit
+//! in a bounded pending set and wake when what they wait for is accepted. Two entries of
+//! one log with the same seq make a proof; the log is then cut before that seq on every
+//! node, with everything that builds on the cut part, and the documents it touched are
+//! rebuilt from what stays accepted, so the verdict is the same whichever of the two a
+//! node saw first.
+//!
+//! What the replica holds in memory is bounded: each log's tip, the proofs, the pending
+//! set, a cache of documents, and the entries accepted since the last flush (the
+//! overlay). Everything older is read through a [`Backing`], which the store implements;
+//! the caller makes each ingest durable and then calls [`Replica::flush`]. A replica with
+//! the [`Nothing`] backing never flushes and keeps everything in memory.
+
+pub mod backing;
+mod cache;
+mod overlay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use automerge::{Automerge, Change, ChangeHash};
+
+pub use backing::{Backing, Nothing};
+use cache::{Cache, DocState};
+use overlay::Overlay;
+
+use crate::charter::Charter;
+use crate::docs::DocId;
+use crate::docs::command::{Command, Refused, Writer};
+use crate::docs::rules::{self, Staged};
+use crate::identity::SecretKey;
+use crate::log::{self, Entry, EntryHash, EquivocationProof, Invalid, LogId, SignedEntry, Tip};
+
+/// Bounds of what the replica holds in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_pending_entries: usize,
+    pub max_pending_bytes: usize,
+    /// Documents kept in memory beside those changed since the last flush.
+    pub max_cached_docs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending_entries: 20_000,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_cached_docs: 1024,
+        }
+    }
+}
+
+/// Entries whose changes Automerge could not apply that are remembered, so that they are
+/// refused at once when they come again; older ones are forgotten and refused again by
+/// the same check when they come back.
+const MAX_POISONED: usize = 4096;
+
+/// An internal failure: a bug, a corrupted document or a failed read of the backing,
+/// never a peer's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying changes to {doc} failed: {reason}")]
+    Apply { doc: String, reason: String },
+    #[error("reading the store failed: {0}")]
+    Backing(#[from] backing::Error),
+}
+
+/// What one `ingest` did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Newly accepted entries, in the order they were accepted (causal order).
+    pub accepted: Vec<SignedEntry>,
+    pub rejected: Vec<(EntryHash, Invalid)>,
+    pub duplicates: usize,
+    /// Entries refused because the pending set was full.
+    pub overflow: usize,
+    pub new_proofs: Vec<EquivocationProof>,
+    /// Entries accepted before and cut now, by a proof or because they build on a change
+    /// that could not be applied: the store must delete them.
+    pub removed: Vec<SignedEntry>,
+    /// A rebuild ran: the documents in `rebuilt_docs` must be saved whole.
+    pub rebuilt: bool,
+    pub rebuilt_docs: BTreeSet<DocId>,
+    /// Documents that changed.
+    pub touched: BTreeSet<DocId>,
+}
+
+struct Candidate {
+    entry: SignedEntry,
+    change: Change,
+    /// The change this entry waits for, if any, so that dropping it also forgets the wait.
+    waits_for: Option<ChangeHash>,
+}
+
+type PendingKey = (LogId, u64, EntryHash);
+
+/// The state of one node's view of the network.
+pub struct Replica<B: Backing = Nothing> {
+    charter: Arc<Charter>,
+    limits: Limits,
+    backing: B,
+    tips: BTreeMap<LogId, Tip>,
+    /// Per author: logs and entries, kept with the tips so that totals cost nothing.
+    by_author: BTreeMap<crate::identity::PublicKey, (u64, u64)>,
+    /// XOR of a hash of every log's tip: equal on two nodes that hold the same logs.
+    digest: [u8; 32],
+    overlay: Overlay,
+    /// Entries of the backing cut since the last flush.
+    cut: HashSet<EntryHash>,
+    /// Logs cut before their tip by a rebuild (log -> first seq cut): this node never
+    /// signs those seqs again.
+    truncated: BTreeMap<LogId, u64>,
+    cache: Cache,
+    entry_count: u64,
+    pending: BTreeMap<PendingKey, Candidate>,
+    pending_bytes: usize,
+    waiting_dep: HashMap<ChangeHash, Vec<PendingKey>>,
+    proofs: BTreeMap<LogId, EquivocationProof>,
+    rejected: BTreeMap<&'static str, u64>,
+    /// Entries whose changes Automerge could not apply, oldest first, bounded.
+    poisoned: VecDeque<EntryHash>,
+    poisoned_set: HashSet<EntryHash>,
+}
+
+impl<B: Backing> std::fmt::Debug for Replica<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("cached_docs", &self.cache.len())
+            .field("logs", &self.tips.len())
+            .field("entries", &self.entry_count)
+            .field("pending", &self.pending.len())
+            .field("proofs", &self.proofs.len())
+            .finish()
+    }
+}
+
+/// One document's changes accepted in a round, with the objects they make and, for each,
+/// its last op counter (to check the changes that depend on them).
+#[derive(Default)]
+struct Stage {
+    staged: Staged,
+    changes: Vec<(Change, EntryHash)>,
+    max_ops: HashMap<ChangeHash, u64>,
+}
+
+/// Per-document work staged during one ingest, applied in one `apply_changes` call.
+#[derive(Default)]
+struct Round {
+    staged: HashMap<DocId, Stage>,
+}
+
+enum Verdict {
+    Accept,
+    WaitPrev,
+    WaitDep(ChangeHash),
+    Duplicate,
+    Reject(Invalid),
+    Equivocation(Box<SignedEntry>),
+}
+
+impl Replica<Nothing> {
+    /// A replica that keeps everything in memory.
+    pub fn new(charter: Arc<Charter>, limits: Limits) -> Replica<Nothing> {
+        let limits = Limits {
+            max_cached_docs: usize::MAX,
+            ..limits
+        };
+        Replica::with_backing(charter, limits, Nothing, BTreeMap::new(), Vec::new())
+    }
+}
+
+impl<B: Backing> Replica<B> {
+    /// A replica over a backing that holds `tips` and `proofs` (read from a store).
+    pub fn with_backing(
+        charter: Arc<Charter>,
+        limits: Limits,
+        backing: B,
+        tips: BTreeMap<LogId, Tip>,
+        proofs: Vec<EquivocationProof>,
+    ) -> Replica<B> {
+        let entry_count = backing.entry_count();
+        let mut replica = Replica {
+            charter,
+            limits,
+            backing,
+            tips: BTreeMap::new(),
+            by_author: BTreeMap::new(),
+            digest: [0; 32],
+            overlay: Overlay::default(),
+            cut: HashSet::new(),
+            truncated: BTreeMap::new(),
+            cache: Cache::new(limits.max_cached_docs),
+            entry_count,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            waiting_dep: HashMap::new(),
+            proofs: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            poisoned: VecDeque::new(),
+            poisoned_set: HashSet::new(),
+        };
+        for p in proofs {
+            replica.add_proof(p);
+        }
+        for (log, tip) in tips {
+            replica.set_tip(log, Some(tip));
+        }
+        replica
+    }
+
+    /// Moves a log's tip, keeping the per-author totals and the digest.
+    fn set_tip(&mut self, log: LogId, tip: Option<Tip>) {
+        let old = match tip {
+            Some(tip) => self.tips.insert(log, tip),
+            None => self.tips.remove(&log),
+        };
+        let totals = self.by_author.entry(log.author).or_default();
+        if let Some(old) = old {
+            totals.0 -= 1;
+            totals.1 -= old.seq;
+            xor(&mut self.digest, &tip_hash(&log, &old));
+        }
+        if let Some(new) = tip {
+            totals.0 += 1;
+            totals.1 += new.seq;
+            xor(&mut self.digest, &tip_hash(&log, &new));
+        }
+        if totals.0 == 0 {
+            self.by_author.remove(&log.author);
+        }
+    }
+
+    /// Each author's logs and entries.
+    pub fn authors(&self) -> &BTreeMap<crate::identity::PublicKey, (u64, u64)> {
+        &self.by_author
+    }
+
+    /// A digest of every log's tip: two nodes with the same digest hold the same logs.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    pub fn charter(&self) -> &Arc<Charter> {
+        &self.charter
+    }
+
+    pub fn backing(&self) -> &B {
+        &self.backing
+    }
+
+    /// The caller made everything accepted so far durable in the backing: the overlay
+    /// is dropped and no document stays pinned in the cache. A replica whose backing
+    /// holds nothing keeps everything.
+    pub fn flush(&mut self) {
+        if !self.backing.is_durable() {
+            return;
+        }
+        self.overlay.clear();
+        self.cut.clear();
+        self.cache.flushed();
+    }
+
+    /// Takes in entries from anywhere, in any order. Signatures are checked in one batch.
+    pub fn ingest(&mut self, entries: Vec<SignedEntry>) -> Result<Report, Error> {
+        self.ingest_inner(entries, true)
+    }
+
+    /// Takes in entries whose signatures were already verified (a node's own writes).
+    pub fn ingest_verified(&mut self, entries: Vec<SignedEntry>) -> Result<Report, Error> {
+        self.ingest_inner(entries, false)
+    }
+
+    fn ingest_inner(&mut self, entries: Vec<SignedEntry>, verify: bool) -> Result<Report, Error> {
+        let mut report = Report::default();
+        let mut fresh: Vec<Candidate> = Vec::with_capacity(entries.len());
+        let mut seen = HashSet::with_capacity(entries.len());
+        for entry in entries {
+            let hash = entry.hash();
+            let key = (entry.entry.log(), entry.entry.seq, hash);
+            if self.pending.contains_key(&key) || !seen.insert(hash) || self.holds(&hash)? {
+                report.duplicates += 1;
+                continue;
+            }
+            if self.poisoned_set.contains(&hash) {
+                self.reject(
+                    &mut report,
+                    hash,
+                    Invalid::MalformedChange("the change cannot be applied to its document".into()),
+                );
+                continue;
+            }
+            match log::check_intrinsic(&entry, &self.charter) {
+                Ok((_, change)) => fresh.push(Candidate {
+                    entry,
+                    change,
+                    waits_for: None,
+                }),
+                Err(invalid) => self.reject(&mut report, hash, invalid),
+            }
+        }
+        if verify {
+            fresh = self.verify_signatures(fresh, &mut report);
+        }
+        let mut queue = VecDeque::with_capacity(fresh.len());
+        for c in fresh {
+            let size = c.entry.bytes().len();
+            let log = c.entry.entry.log();
+            // The next entry of its log may be what the waiting ones wait for: it is taken
+            // in even when the set is full, and the set is trimmed after the drain.
+            let next = c.entry.entry.seq == self.tip(&log).map_or(0, |t| t.seq) + 1;
+            if !next && self.over_limits(size) {
+                report.overflow += 1;
+                continue;
+            }
+            let key = (log, c.entry.entry.seq, c.entry.hash());
+            self.pending_bytes += size;
+            self.pending.insert(key, c);
+            queue.push_back(key);
+        }
+        // Lower seqs first, so that one pass accepts a log that arrived in order.
+        queue.make_contiguous().sort();
+        let poisoned = self.drain(queue, &mut report)?;
+        report.overflow += self.trim_pending();
+        if !report.new_proofs.is_empty() || !poisoned.is_empty() {
+            self.rebuild(&mut report, &poisoned)?;
+        }
+        Ok(report)
+    }
+
+    /// Whether the entry named `hash` is accepted.
+    fn holds(&self, hash: &EntryHash) -> Result<bool, Error> {
+        if self.overlay.locate(hash).is_some() {
+            return Ok(true);
+        }
+        if self.cut.contains(hash) {
+            return Ok(false);
+        }
+        Ok(self.backing.locate(hash)?.is_some())
+    }
+
+    fn locate(&self, hash: &EntryHash) -> Result<Option<(LogId, u64)>, Error> {
+        if let Some(at) = self.overlay.locate(hash) {
+            return Ok(Some(at));
+        }
+        if self.cut.contains(hash) {
+            return Ok(None);
+        }
+        Ok(self.backing.locate(hash)?)
+    }
+
+    fn over_limits(&self, extra: usize) -> bool {
+        self.pending.len() >= self.limits.max_pending_entries
+            || self.pending_bytes + extra > self.limits.max_pending_bytes
+    }
+
+    /// Drops the waiting entries furthest from their logs' tips until the set is within
+    /// its limits; sync brings them again later. Returns how many were dropped.
+    fn trim_pending(&mut self) -> usize {
+        let mut dropped = 0;
+        while self.pending.len() > self.limits.max_pending_entries
+            || self.pending_bytes > self.limits.max_pending_bytes
+        {
+            let Some(key) = self
+                .pending
+                .keys()
+                .max_by_key(|(log, seq, _)| seq.saturating_sub(self.tip(log).map_or(0, |t| t.seq)))
+                .copied()
+            else {
+                break;
+            };
+            self.take_pending(&key);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn reject(&mut self, report: &mut Report, hash: EntryHash, invalid: Invalid) {
+        *self.rejected.entry(invalid.reason()).or_default() += 1;
+        report.rejected.push((hash, invalid));
+    }
+
+    fn verify_signatures(&mut self, fresh: Vec<Candidate>, report: &mut Report) -> Vec<Candidate> {
+        let verdicts = {
+            let items: Vec<_> = fresh
+                .iter()
+                .map(|c| {
+                    (
+                        &c.entry.entry.author,
+                        crate::identity::DOMAIN_ENTRY,
+                        c.entry.body(),
+                        &c.entry.signature,
+                    )
+                })
+                .collect();
+            crate::identity::verify_many(&items)
+        };
+        let mut good = Vec::with_capacity(fresh.len());
+        for (c, ok) in fresh.into_iter().zip(verdicts) {
+            if ok {
+                good.push(c);
+            } else {
+                self.reject(report, c.entry.hash(), Invalid::BadSignature);
+            }
+        }
+        good
+    }
+
+    fn tip(&self, log: &LogId) -> Option<Tip> {
+        self.tips.get(log).copied()
+    }
+
+    /// The entry of `log` at `seq`, from the overlay or the backing.
+    fn read(&self, log: &LogId, seq: u64) -> Result<Option<SignedEntry>, Error> {
+        if let Some(e) = self.overlay.get(log, seq) {
+            return Ok(Some(e.clone()));
+        }
+        if self.tip(log).is_none_or(|t| seq > t.seq) {
+            return Ok(None);
+        }
+        Ok(self
+            .backing
+            .entry(log, seq)?
+            .filter(|e| !self.cut.contains(&e.hash())))
+    }
+
+    /// Loads a document into the cache, if it exists.
+    fn load(&mut self, id: &DocId) -> Result<(), Error> {
+        if self.cache.contains(id) {
+            self.cache.touch(id);
+            return Ok(());
+        }
+        let extra = self.overlay.doc_entries(id);
+        let doc = match self.backing.doc(id)? {
+            Some(mut doc) => {
+                if !extra.is_empty() {
+                    apply_whole(&mut doc, id, &extra)?;
+                }
+                doc
+            }
+            None if extra.is_empty() => return Ok(()),
+            None => {
+                let mut doc = Automerge::new();
+                apply_whole(&mut doc, id, &extra)?;
+                doc
+            }
+        };
+        self.cache.insert(id.clone(), DocState::new(doc), false);
+        Ok(())
+    }
+
+    /// Builds a document from its accepted entries, leaving out `without`.
+    fn replay(&self, id: &DocId, without: &HashSet<EntryHash>) -> Result<Automerge, Error> {
+        let mut entries = self.backing.doc_entries(id)?;
+        entries.retain(|e| !self.cut.contains(&e.hash()));
+        entries.extend(self.overlay.doc_entries(id));
+        entries.retain(|e| !without.contains(&e.hash()));
+        let mut doc = Automerge::new();
+        apply_whole(&mut doc, id, &entries)?;
+        Ok(doc)
+    }
+
+    fn drain(
+        &mut self,
+        mut queue: VecDeque<PendingKey>,
+        report: &mut Report,
+    ) -> Result<Vec<EntryHash>, Error> {
+        let mut round = Round::default();
+        while let Some(key) = queue.pop_front() {
+            let Some(doc_id) = self.pending.get(&key).map(|c| c.entry.entry.doc.clone()) else {
+                continue;
+            };
+            self.load(&doc_id)?;
+            let Some(candidate) = self.pending.get(&key) else {
+                continue;
+            };
+            match self.judge(&key, candidate, &mut round)? {
+                Verdict::WaitPrev => {}
+                Verdict::WaitDep(hash) => {
+                    if let Some(c) = self.pending.get_mut(&key) {
+                        c.waits_for = Some(hash);
+                    }
+                    self.waiting_dep.entry(hash).or_default().push(key);
+                }
+                Verdict::Duplicate => {
+                    self.take_pending(&key);
+                    report.duplicates += 1;
+                }
+                Verdict::Reject(invalid) => {
+                    self.take_pending(&key);
+                    self.reject(report, key.2, invalid);
+                }
+                Verdict::Equivocation(existing) => {
+                    if let Some(c) = self.take_pending(&key) {
+                        let proof = EquivocationProof::new(*existing, c.entry);
+                        if self.add_proof(proof.clone()) {
+                            report.new_proofs.push(proof);
+                        }
+                    }
+                }
+                Verdict::Accept => {
+                    let Some(c) = self.take_pending(&key) else {
+                        continue;
+                    };
+                    let (log, seq, hash) = key;
+                    let change_hash = c.change.hash();
+                    let state = match self.cache.get_mut(&doc_id) {
+                        Some(state) => state,
+                        None => {
+                            self.cache.insert(doc_id.clone(), DocState::default(), true);
+                            self.cache.get_mut(&doc_id).ok_or_else(|| Error::Apply {
+                                doc: doc_id.to_string(),
+                                reason: "the document cache refused it".into(),
+                            })?
+                        }
+                    };
+                    state
+                        .seqs
+                        .insert(c.change.actor_id().clone(), c.change.seq());
+                    let stage = round.staged.entry(doc_id.clone()).or_default();
+                    stage.max_ops.insert(change_hash, c.change.max_op());
+                    stage.changes.push((c.change, hash));
+                    self.set_tip(log, Some(Tip::from(&c.entry)));
+                    self.overlay.push(c.entry.clone());
+                    self.entry_count += 1;
+                    report.touched.insert(doc_id);
+                    report.accepted.push(c.entry);
+                    // Wake what waited for this entry: the next of its log, and the
+                    // entries whose changes depend on its change.
+                    let next = (log, seq + 1, EntryHash([0; 32]));
+                    for (k, _) in self
+                        .pending
+                        .range(next..)
+                        .take_while(|(k, _)| k.0 == log && k.1 == seq + 1)
+                    {
+                        queue.push_back(*k);
+                    }
+                    if let Some(waiters) = self.waiting_dep.remove(&change_hash) {
+                        for k in &waiters {
+                            if let Some(c) = self.pending.get_mut(k) {
+                                c.waits_for = None;
+                            }
+                        }
+                        queue.extend(waiters);
+                    }
+                }
+            }
+        }
+        let mut poisoned = Vec::new();
+        for (doc_id, stage) in round.staged {
+            poisoned.extend(self.apply_guarded(&doc_id, stage.changes)?);
+        }
+        for hash in &poisoned {
+            self.poison(*hash);
+            self.reject(
+                report,
+                *hash,
+                Invalid::MalformedChange("the change cannot be applied to its document".into()),
+            );
+        }
+        Ok(poisoned)
+    }
+
+    fn poison(&mut self, hash: EntryHash) {
+        if self.poisoned_set.insert(hash) {
+            self.poisoned.push_back(hash);
+        }
+        while self.poisoned.len() > MAX_POISONED {
+            if let Some(old) = self.poisoned.pop_front() {
+                self.poisoned_set.remove(&old);
+            }
+        }
+    }
+
+    /// Applies a document's staged changes in one call. Automerge panics on some malformed
+    /// changes (an insert after an element that does not exist, for one). After a panic or
+    /// an error the document is rebuilt from its other accepted entries, and the staged
+    /// changes are tried one by one to find those that cannot be applied, which are
+    /// returned with those that depend on them.
+    fn apply_guarded(
+        &mut self,
+        doc_id: &DocId,
+        changes: Vec<(Change, EntryHash)>,
+    ) -> Result<Vec<EntryHash>, Error> {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let Some(state) = self.cache.get_mut(doc_id) else {
+            return Ok(Vec::new());
+        };
+        let batch: Vec<Change> = changes.iter().map(|(c, _)| c.clone()).collect();
+        if matches!(
+            catch_unwind(AssertUnwindSafe(|| state.doc.apply_changes(batch))),
+            Ok(Ok(()))
+        ) {
+            return Ok(Vec::new());
+        }
+        tracing::warn!(doc = %doc_id, "a change could not be applied; rebuilding the document");
+        let staged: HashSet<EntryHash> = changes.iter().map(|(_, h)| *h).collect();
+        let mut doc = self.replay(doc_id, &staged).unwrap_or_default();
+        let mut bad = Vec::new();
+        let mut refused: HashSet<ChangeHash> = HashSet::new();
+        for (change, hash) in changes {
+            if change.deps().iter().any(|d| refused.contains(d)) {
+                refused.insert(change.hash());
+                bad.push(hash);
+                continue;
+            }
+            let mut trial = doc.clone();
+            let one = change.clone();
+            match catch_unwind(AssertUnwindSafe(|| trial.apply_changes([one]))) {
+                Ok(Ok(())) => doc = trial,
+                _ => {
+                    refused.insert(change.hash());
+                    bad.push(hash);
+                }
+            }
+        }
+        self.cache.insert(doc_id.clone(), DocState::new(doc), true);
+        Ok(bad)
+    }
+
+    fn take_pending(&mut self, key: &PendingKey) -> Option<Candidate> {
+        let c = self.pending.remove(key)?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(c.entry.bytes().len());
+        if let Some(dep) = c.waits_for
+            && let Some(waiters) = self.waiting_dep.get_mut(&dep)
+        {
+            waiters.retain(|k| k != key);
+            if waiters.is_empty() {
+                self.waiting_dep.remove(&dep);
+            }
+        }
+        Some(c)
+    }
+
+    fn judge(&self, key: &PendingKey, c: &Candidate, round: &mut Round) -> Result<Verdict, Error> {
+        let (log, seq, hash) = *key;
+        if let Some(proof) = self.proofs.get(&log)
+            && seq >= proof.seq()
+        {
+            return Ok(Verdict::Reject(Invalid::Equivocated { seq: proof.seq() }));
+        }
+        let tip = self.tip(&log);
+        let tip_seq = tip.map_or(0, |t| t.seq);
+        if seq <= tip_seq {
+            let Some(existing) = self.read(&log, seq)? else {
+                return Err(Error::Backing(backing::Error(format!(
+                    "entry {seq} of a log with tip {tip_seq} is missing"
+                ))));
+            };
+            return Ok(if existing.hash() == hash {
+                Verdict::Duplicate
+            } else {
+                Verdict::Equivocation(Box::new(existing))
+            });
+        }
+        if seq > tip_seq + 1 {
+            // An entry ahead of its log whose prev names an entry we hold shows its own gap
+            // at once; otherwise it waits for its predecessor.
+            if let Some(prev) = c.entry.entry.prev.as_ref()
+                && let Some((prev_log, prev_seq)) = self.locate(prev)?
+            {
+                if prev_log != log {
+                    return Ok(Verdict::Reject(Invalid::WrongPrev { seq: seq - 1 }));
+                }
+                return Ok(Verdict::Reject(Invalid::SeqGap {
+                    expected: prev_seq + 1,
+                    found: seq,
+                }));
+            }
+            return Ok(Verdict::WaitPrev);
+        }
+        if let Err(invalid) = log::check_chain(&c.entry.entry, tip.as_ref()) {
+            return Ok(Verdict::Reject(invalid));
+        }
+        let doc_id = &c.entry.entry.doc;
+        let empty = DocState::default();
+        let state = self.cache.get(doc_id).unwrap_or(&empty);
+        let stage = round.staged.entry(doc_id.clone()).or_default();
+        let mut deps_max_op = 0;
+        for dep in c.change.deps() {
+            let max_op = stage
+                .max_ops
+                .get(dep)
+                .copied()
+                .or_else(|| state.doc.get_change_meta_by_hash(dep).map(|m| m.max_op));
+            match max_op {
+                Some(m) => deps_max_op = deps_max_op.max(m),
+                None => return Ok(Verdict::WaitDep(*dep)),
+            }
+        }
+        // Op counters are Lamport clocks: a change's ops come after all of its past.
+        if c.change.start_op().get() <= deps_max_op {
+            return Ok(Verdict::Reject(Invalid::MalformedChange(format!(
+                "change ops start at {} but its dependencies reach {deps_max_op}",
+                c.change.start_op()
+            ))));
+        }
+        let last = state.seqs.get(c.change.actor_id()).copied().unwrap_or(0);
+        if c.change.seq() != last + 1 {
+            return Ok(Verdict::Reject(Invalid::MalformedChange(format!(
+                "change seq {} is not the next of its actor in {doc_id} (expected {})",
+                c.change.seq(),
+                last + 1
+            ))));
+        }
+        let Some(author) = self.charter.participant_by_key(&c.entry.entry.author) else {
+            return Ok(Verdict::Reject(Invalid::UnknownAuthor(
+                c.entry.entry.author.to_string(),
+            )));
+        };
+        let ctx = rules::Context {
+            charter: &self.charter,
+            doc: doc_id,
+            author,
+            timestamp_ms: c.entry.entry.timestamp_ms,
+        };
+        Ok(
+            match rules::check(&ctx, &state.doc, &mut stage.staged, &c.change) {
+                Ok(()) => Verdict::Accept,
+                Err(rule) => Verdict::Reject(Invalid::Rule(rule)),
+            },
+        )
+    }
+
+    /// Records a proof; returns whether it cuts its log earlier than any proof before.
+    fn add_proof(&mut self, proof: EquivocationProof) -> bool {
+        match self.proofs.get(&proof.log()) {
+            Some(p) if p.seq() <= proof.seq() => false,
+            _ => {
+                self.proofs.insert(proof.log(), proof);
+                true
+            }
+        }
+    }
+
+    /// Takes in proofs learnt from peers. Invalid proofs are refused.
+    pub fn add_proofs(&mut self, proofs: Vec<EquivocationProof>) -> Result<Report, Error> {
+        let mut report = Report::default();
+        for p in proofs {
+            if p.verify(&self.charter).is_ok() && self.add_proof(p.clone()) {
+                report.new_proofs.push(p);
+            }
+        }
+        if !report.new_proofs.is_empty() {
+            self.rebuild(&mut report, &[])?;
+        }
+        Ok(report)
+    }
+
+    /// Cuts what the new proofs and the changes that could not be applied take away:
+    /// each proven log from its fork on, each poisoned entry, and everything that builds
+    /// on a cut entry (the rest of its log, and the changes that depend on its change, in
+    /// any log). Nothing else is touched: every other accepted entry stays, however many
+    /// there are, and the documents the cut entries belong to are rebuilt from the
+    /// entries that remain.
+    fn rebuild(&mut self, report: &mut Report, poisoned: &[EntryHash]) -> Result<(), Error> {
+        let mut queue: VecDeque<(LogId, u64)> = VecDeque::new();
+        for proof in &report.new_proofs {
+            queue.push_back((proof.log(), proof.seq()));
+        }
+        for hash in poisoned {
+            if let Some(at) = self.locate(hash)? {
+                queue.push_back(at);
+            }
+        }
+        // The first seq cut in each log, and the cut entries by document.
+        let mut cut_from: BTreeMap<LogId, u64> = BTreeMap::new();
+        let mut cut: BTreeMap<EntryHash, SignedEntry> = BTreeMap::new();
+        let mut cut_changes: HashSet<ChangeHash> = HashSet::new();
+        while let Some((log, seq)) = queue.pop_front() {
+            if cut_from.get(&log).is_some_and(|&s| s <= seq) {
+                continue;
+            }
+            let upto = cut_from.get(&log).copied().unwrap_or(u64::MAX);
+            cut_from.insert(log, seq);
+            let mut entries = self.backing.log_from(&log, seq)?;
+            entries.retain(|e| !self.cut.contains(&e.hash()) && e.entry.seq < upto);
+            entries.extend(
+                self.overlay
+                    .log_from(&log, seq)
+                    .into_iter()
+                    .filter(|e| e.entry.seq < upto),
+            );
+            let mut docs = BTreeSet::new();
+            for e in entries {
+                if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
+                    cut_changes.insert(change.hash());
+                }
+                docs.insert(e.entry.doc.clone());
+                cut.insert(e.hash(), e);
+            }
+            // Changes that depend on a cut change, in the documents touched, are cut with
+            // their logs from there on. Dependencies never cross documents.
+            for id in docs {
+                let mut doc_entries = self.backing.doc_entries(&id)?;
+                doc_entries.extend(self.overlay.doc_entries(&id));
+                for e in doc_entries {
+                    if cut.contains_key(&e.hash()) {
+                        continue;
+                    }
+                    let Ok(change) = Change::from_bytes(e.entry.change.clone()) else {
+                        continue;
+                    };
+                    if change.deps().iter().any(|d| cut_changes.contains(d)) {
+                        queue.push_back((e.entry.log(), e.entry.seq));
+                    }
+                }
+            }
+        }
+        report.rebuilt = true;
+        if cut.is_empty() {
+            return Ok(());
+        }
+        let mut docs = BTreeSet::new();
+        let without: HashSet<EntryHash> = cut.keys().copied().collect();
+        // Entries of a proven log from its fork on are refused for good; entries that
+        // only built on them wait in the pending set like any entry whose past is missing.
+        let mut waiting = VecDeque::new();
+        for (hash, e) in cut {
+            docs.insert(e.entry.doc.clone());
+            // A replica without a durable backing keeps its entries in the overlay even
+            // after a caller stored them, so the store is told of every cut entry.
+            if self.overlay.remove(&e.entry.log(), e.entry.seq).is_none() {
+                self.cut.insert(hash);
+            }
+            report.removed.push(e.clone());
+            self.entry_count = self.entry_count.saturating_sub(1);
+            match self.proofs.get(&e.entry.log()) {
+                Some(p) if e.entry.seq >= p.seq() => {
+                    let seq = p.seq();
+                    self.reject(report, hash, Invalid::Equivocated { seq });
+                }
+                _ => {
+                    if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
+                        let key = (e.entry.log(), e.entry.seq, hash);
+                        self.pending_bytes += e.bytes().len();
+                        self.pending.insert(
+                            key,
+                            Candidate {
+                                entry: e,
+                                change,
+                                waits_for: None,
+                            },
+                        );
+                        waiting.push_back(key);
+                    }
+                }
+            }
+        }
+        report.accepted.retain(|e| !without.contains(&e.hash()));
+        for (log, seq) in cut_from {
+            let tip = match seq.checked_sub(1).filter(|s| *s > 0) {
+                Some(before) => self.read(&log, before)?.map(|e| Tip::from(&e)),
+                None => None,
+            };
+            self.set_tip(log, tip);
+            if !self.proofs.contains_key(&log) {
+                self.truncated.insert(log, seq);
+            }
+        }
+        for id in docs {
+            let doc = self.replay(&id, &without)?;
+            self.cache.remove(&id);
+            if doc.get_heads().is_empty() {
+                report.touched.insert(id.clone());
+                report.rebuilt_docs.insert(id);
+                continue;
+            }
+            self.cache.insert(id.clone(), DocState::new(doc), true);
+            report.touched.insert(id.clone());
+            report.rebuilt_docs.insert(id);
+        }
+        if !waiting.is_empty() {
+            // Once the documents are rebuilt, they wait for what was cut: nothing of them is accepted, and the set is
+            // trimmed to its bounds as after any ingest.
+            let mut quiet = Report::default();
+            self.drain(waiting, &mut quiet)?;
+            report.overflow += self.trim_pending();
+        }
+        Ok(())
+    }
+
+    /// Prepares a local write: builds the change, checks the rules before signing, then
+    /// signs the entry. The caller ingests it and makes it durable.
+    pub fn prepare(
+        &mut self,
+        key: &SecretKey,
+        incarnation: u32,
+        command: &Command,
+        now_ms: u64,
+        ulid: ulid::Ulid,
+    ) -> Result<(SignedEntry, String), Refused> {
+        let charter = self.charter.clone();
+        let author = charter.participant_by_key(&key.public()).ok_or_else(|| {
+            Refused::Invalid("this node's key is not a participant's key in the charter".into())
+        })?;
+        let log = LogId {
+            author: key.public(),
+            incarnation,
+        };
+        if self.proofs.contains_key(&log) {
+            return Err(Refused::Invalid(
+                "this log is cut by an equivocation proof: restart the node for a new incarnation"
+                    .into(),
+            ));
+        }
+        // An entry of this log that waits here was signed but cannot be accepted, as when
+        // it built on a branch that a proof cut: signing its seq again would make this
+        // author equivocate in turn.
+        let first = (log, 0, EntryHash([0; 32]));
+        if self.truncated.contains_key(&log)
+            || self
+                .pending
+                .range(first..)
+                .next()
+                .is_some_and(|(k, _)| k.0 == log)
+        {
+            return Err(Refused::Invalid(
+                "this log's entries built on a cut branch: restart the node for a new incarnation"
+                    .into(),
+            ));
+        }
+        let today = rules::date_of_ms(now_ms)
+            .ok_or_else(|| Refused::Invalid("the clock is out of range".into()))?;
+        let writer = Writer {
+            code: &author.code,
+            now_ms,
+            today,
+        };
+        let doc_id = command.target(&writer, ulid)?;
+        self.load(&doc_id)
+            .map_err(|e| Refused::Invalid(format!("the document cannot be read: {e}")))?;
+        let empty = DocState::default();
+        let state = self.cache.get(&doc_id).unwrap_or(&empty);
+        let mut fork = state.doc.fork();
+        fork.set_actor(log.actor());
+        let mut tx = fork.transaction();
+        let item = command.apply(&mut tx, &state.doc, &doc_id, &writer, ulid)?;
+        let options = automerge::transaction::CommitOptions::default()
+            .with_time(i64::try_from(now_ms / 1000).unwrap_or(i64::MAX));
+        let (hash, _) = tx.commit_with(options);
+        if hash.is_none() {
+            return Err(Refused::Invalid("nothing to change".into()));
+        }
+        let mut change = fork
+            .get_last_local_change()
+            .ok_or_else(|| Refused::Invalid("nothing to change".into()))?;
+        let ctx = rules::Context {
+            charter: &charter,
+            doc: &doc_id,
+            author,
+            timestamp_ms: now_ms,
+        };
+        rules::check(&ctx, &state.doc, &mut Staged::default(), &change).map_err(Refused::Rule)?;
+        let tip = self.tip(&log);
+        let entry = Entry {
+            network: charter.network.clone(),
+            author: key.public(),
+            incarnation,
+            seq: tip.map_or(1, |t| t.seq + 1),
+            prev: tip.map(|t| t.hash),
+            timestamp_ms: tip.map_or(now_ms, |t| t.timestamp_ms.max(now_ms)),
+            doc: doc_id,
+            change: change.bytes().into_owned(),
+        };
+        if entry.change.len() + 512 > log::MAX_ENTRY_BYTES {
+            return Err(Refused::Invalid(format!(
+                "the change is {} bytes, over the entry limit",
+                entry.change.len()
+            )));
+        }
+        Ok((entry.sign(key), item))
+    }
+
+    /// An incarnation this author has not used in any log known here.
+    pub fn fresh_incarnation(
+        &self,
+        author: &crate::identity::PublicKey,
+        rng: &mut dyn rand::RngCore,
+    ) -> u32 {
+        loop {
+            let candidate = rng.next_u32();
+            let log = LogId {
+                author: *author,
+                incarnation: candidate,
+            };
+            let used = self.tips.contains_key(&log) || self.proofs.contains_key(&log);
+            if candidate != 0 && !used {
+                return candidate;
+            }
+        }
+    }
+
+    /// The document, if it is in memory (see [`Replica::load_doc`]).
+    pub fn doc(&self, id: &DocId) -> Option<&Automerge> {
+        self.cache.get(id).map(|s| &s.doc)
+    }
+
+    /// The document, loaded into the cache when it is not in memory.
+    pub fn load_doc(&mut self, id: &DocId) -> Result<Option<&Automerge>, Error> {
+        self.load(id)?;
+        Ok(self.cache.get(id).map(|s| &s.doc))
+    }
+
+    /// The documents in memory, by id: every document, for a replica without a backing.
+    pub fn docs(&self) -> impl Iterator<Item = (&DocId, &Automerge)> {
+        let mut docs: Vec<(&DocId, &Automerge)> =
+            self.cache.iter().map(|(id, s)| (id, &s.doc)).collect();
+        docs.sort_by(|a, b| a.0.cmp(b.0));
+        docs.into_iter()
+    }
+
+    /// How many documents are in memory.
+    pub fn cached_docs(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The documents changed since the last flush.
+    pub fn unflushed_docs(&self) -> impl Iterator<Item = &DocId> {
+        self.overlay.doc_ids()
+    }
+
+    /// Each log's last accepted seq.
+    pub fn heights(&self) -> BTreeMap<LogId, u64> {
+        self.tips.iter().map(|(log, tip)| (*log, tip.seq)).collect()
+    }
+
+    /// Each log's tip.
+    pub fn tips(&self) -> &BTreeMap<LogId, Tip> {
+        &self.tips
+    }
+
+    pub fn entry(&self, log: &LogId, seq: u64) -> Result<Option<SignedEntry>, Error> {
+        self.read(log, seq)
+    }
+
+    /// Every accepted entry of a log, in order, checked to chain up to the log's tip.
+    pub fn log_entries(&self, log: &LogId) -> Result<Vec<SignedEntry>, Error> {
+        let mut entries = self.backing.log_from(log, 1)?;
+        entries.retain(|e| !self.cut.contains(&e.hash()));
+        entries.extend(self.overlay.log_from(log, 1));
+        entries.sort_by_key(|e| e.entry.seq);
+        entries.dedup_by_key(|e| e.entry.seq);
+        let mut prev: Option<Tip> = None;
+        for e in &entries {
+            log::check_chain(&e.entry, prev.as_ref()).map_err(|invalid| {
+                backing::Error(format!(
+                    "store is corrupt: log {} of {} breaks at seq {}: {invalid}",
+                    log.incarnation,
+                    log.author.short(),
+                    e.entry.seq
+                ))
+            })?;
+            prev = Some(Tip::from(e));
+        }
+        if prev != self.tip(log) {
+            return Err(Error::Backing(backing::Error(format!(
+                "store is corrupt: log {} of {} ends before its tip",
+                log.incarnation,
+                log.author.short()
+            ))));
+        }
+        Ok(entries)
+    }
+
+    pub fn entry_count(&self) -> usize {
+        usize::try_from(self.entry_count).unwrap_or(usize::MAX)
+    }
+
+    pub fn contains(&self, hash: &EntryHash) -> Result<bool, Error> {
+        self.holds(hash)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Entries waiting for a missing change, as the waiting map counts them.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting_dep.values().map(Vec::len).sum()
+    }
+
+    pub fn proofs(&self) -> impl Iterator<Item = &EquivocationProof> {
+        self.proofs.values()
+    }
+
+    pub fn rejected_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejected
+    }
+
+    /// The entries a peer with `heights` lacks, at most `max` of them and about `max_bytes`
+    /// (always at least one), in the order this node accepted them: each log's entries
+    /// in log order, and every entry after the entries it depends on, so that the peer can
+    /// accept any prefix of the answer at once. Returns whether more remain.
+    pub fn entries_after(
+        &self,
+        heights: &HashMap<LogId, u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, bool), Error> {
+        let from: Vec<(LogId, u64)> = self
+            .tips
+            .iter()
+            .filter_map(|(log, tip)| {
+                let have = heights.get(log).copied().unwrap_or(0);
+                (tip.seq > have).then_some((*log, have + 1))
+            })
+            .collect();
+        if from.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let (mut out, more) = self.backing.entries_in_order(&from, max, max_bytes)?;
+        out.retain(|e| !self.cut.contains(&e.hash()));
+        if more || self.overlay.is_empty() {
+            return Ok((out, more));
+        }
+        let bytes: usize = out.iter().map(|e| e.bytes().len()).sum();
+        let (rest, more) = self.overlay.entries_in_order(
+            &from,
+            max.saturating_sub(out.len()),
+            max_bytes.saturating_sub(bytes),
+        );
+        if out.len() == max && !rest.is_empty() {
+            return Ok((out, true));
+        }
+        out.extend(rest);
+        Ok((out, more))
+    }
+}
+
+/// Applies a document's entries in one call, guarded against Automerge's panics.
+fn apply_whole(doc: &mut Automerge, id: &DocId, entries: &[SignedEntry]) -> Result<(), Error> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let changes = entries
+        .iter()
+        .map(|e| Change::from_bytes(e.entry.change.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Apply {
+            doc: id.to_string(),
+            reason: e.to_string(),
+        })?;
+    match catch_unwind(AssertUnwindSafe(|| doc.apply_changes(changes))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Apply {
+            doc: id.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Error::Apply {
+            doc: id.to_string(),
+            reason: "automerge panicked".into(),
+        }),
+    }
+}
+
+fn tip_hash(log: &LogId, tip: &Tip) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(log.author.as_bytes());
+    h.update(&log.incarnation.to_be_bytes());
+    h.update(&tip.seq.to_be_bytes());
+    h.update(&tip.hash.0);
+    *h.finalize().as_bytes()
+}
+
+fn xor(into: &mut [u8; 32], other: &[u8; 32]) {
+    for (a, b) in into.iter_mut().zip(other) {
+        *a ^= b;
+    }
+}

@@ -1,0 +1,186 @@
+//! Moves a store of the first format to the current one, in one transaction.
+//!
+//! The first format kept each entry unsealed and checked every chain and signature at
+//! every start. Its entries get that full check once more here, are replayed through a
+//! fresh replica (which puts them in an order it accepts them in), and are written again
+//! with their positions, indexes, summaries and seals; the old rows go in the same
+//! transaction, so a crash leaves either store whole.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Error, Progress, Store, Writer, dberr, entry_key, tables};
+use crate::charter::Charter;
+use crate::log::{EquivocationProof, LogId, SignedEntry, Tip};
+use crate::replica::{Limits, Replica};
+
+const OLD_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+
+pub(super) fn run(
+    store: &Store,
+    charter: &Arc<Charter>,
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    tracing::info!("migrating the store to format 2");
+    let (entries, proofs) = read(store, charter, progress)?;
+    let mut replica = Replica::new(
+        charter.clone(),
+        Limits {
+            max_pending_entries: usize::MAX,
+            max_pending_bytes: usize::MAX,
+            max_cached_docs: usize::MAX,
+        },
+    );
+    let mut report = replica.add_proofs(proofs.clone())?;
+    let total = entries.len();
+    let mut accepted = replica.ingest_verified(entries)?;
+    if let Some((hash, invalid)) = accepted.rejected.first() {
+        return Err(Error::Corrupt(format!("entry {hash}: {invalid}")));
+    }
+    if replica.pending_count() > 0 || accepted.accepted.len() != total {
+        return Err(Error::Corrupt(format!(
+            "{} entries lack their causal past",
+            total - accepted.accepted.len()
+        )));
+    }
+    report.accepted.append(&mut accepted.accepted);
+    report.touched.append(&mut accepted.touched);
+    report.rebuilt_docs = report.touched.clone();
+    report.new_proofs = proofs;
+    let tx = store.db.begin_write().map_err(dberr)?;
+    {
+        for t in [OLD_ENTRIES, tables::HASHES, tables::PROOFS] {
+            tx.open_table(t)
+                .map_err(dberr)?
+                .retain(|_, _| false)
+                .map_err(dberr)?;
+        }
+        tx.open_table(OLD_SNAPSHOTS)
+            .map_err(dberr)?
+            .retain(|_, _| false)
+            .map_err(dberr)?;
+        tx.open_table(tables::META)
+            .map_err(dberr)?
+            .retain(|_, _| false)
+            .map_err(dberr)?;
+        super::create_tables(&tx)?;
+        let mut w = Writer::open(&tx, &store.sealer)?;
+        w.meta_put("network", charter.network.as_bytes())?;
+        let mut logs = BTreeMap::new();
+        for e in &report.accepted {
+            logs.insert(e.entry.log(), Tip::from(e));
+            w.append_entry(e)?;
+        }
+        for (log, tip) in &logs {
+            w.put_tip(log, Some(tip))?;
+        }
+        for id in &report.rebuilt_docs {
+            w.save_doc(id, replica.doc(id))?;
+            match replica.doc(id) {
+                Some(doc) => w.put_summary(id, &crate::docs::view::summary(id, doc))?,
+                None => w.drop_summary(id)?,
+            }
+        }
+        for p in &report.new_proofs {
+            w.put_proof(p)?;
+        }
+        w.finish()?;
+        tx.open_table(tables::META)
+            .map_err(dberr)?
+            .insert("format", super::FORMAT_VERSION)
+            .map_err(dberr)?;
+    }
+    tx.commit().map_err(dberr)?;
+    tracing::info!(entries = total, "store migrated to format 2");
+    Ok(())
+}
+
+/// Reads a first-format store with every check that format made at start: each entry
+/// under its own key, whole chains, and every signature.
+fn read(
+    store: &Store,
+    charter: &Charter,
+    progress: Progress<'_>,
+) -> Result<(Vec<SignedEntry>, Vec<EquivocationProof>), Error> {
+    let tx = store.db.begin_read().map_err(dberr)?;
+    let meta = tx.open_table(tables::META).map_err(dberr)?;
+    if let Some(found) = meta.get("network").map_err(dberr)? {
+        let found = String::from_utf8_lossy(found.value()).into_owned();
+        if found != charter.network {
+            return Err(Error::WrongNetwork {
+                expected: charter.network.clone(),
+                found,
+            });
+        }
+    }
+    let table = tx.open_table(OLD_ENTRIES).map_err(dberr)?;
+    let mut entries: Vec<SignedEntry> = Vec::new();
+    let mut prev: Option<(LogId, Tip)> = None;
+    for row in table.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        let e = SignedEntry::decode(v.value()).map_err(|err| {
+            Error::Corrupt(format!("entry under key {}: {err}", hex::encode(k.value())))
+        })?;
+        let log = e.entry.log();
+        if k.value() != entry_key(&log, e.entry.seq) {
+            return Err(Error::Corrupt(format!(
+                "entry {} is stored under another key",
+                e.hash()
+            )));
+        }
+        let expected = prev.filter(|(l, _)| *l == log).map(|(_, tip)| tip);
+        crate::log::check_chain(&e.entry, expected.as_ref()).map_err(|err| {
+            Error::Corrupt(format!(
+                "log {} of {} breaks at seq {}: {err}",
+                log.incarnation,
+                log.author.short(),
+                e.entry.seq
+            ))
+        })?;
+        prev = Some((log, Tip::from(&e)));
+        entries.push(e);
+    }
+    progress("reading entries", entries.len(), entries.len());
+    for chunk in entries.chunks(1024) {
+        let items: Vec<_> = chunk
+            .iter()
+            .map(|e| {
+                (
+                    &e.entry.author,
+                    crate::identity::DOMAIN_ENTRY,
+                    e.body(),
+                    &e.signature,
+                )
+            })
+            .collect();
+        if let Some((e, _)) = chunk
+            .iter()
+            .zip(crate::identity::verify_many(&items))
+            .find(|(_, ok)| !ok)
+        {
+            return Err(Error::Corrupt(format!(
+                "entry {} has a bad signature",
+                e.hash()
+            )));
+        }
+    }
+    let mut proofs = Vec::new();
+    for row in tx
+        .open_table(tables::PROOFS)
+        .map_err(dberr)?
+        .iter()
+        .map_err(dberr)?
+    {
+        let (_, v) = row.map_err(dberr)?;
+        let proof = EquivocationProof::decode(v.value())
+            .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
+        proof
+            .verify(charter)
+            .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
+        proofs.push(proof);
+    }
+    Ok((entries, proofs))
+}
