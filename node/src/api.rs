@@ -75,7 +75,7 @@ impl From<Failure> for ApiError {
             Failure::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
             Failure::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             Failure::Refused(m) => ApiError(StatusCode::CONFLICT, m),
-            Failure::Internal(m) => {
+            Failure::Internal(m) | Failure::Corrupt(m) => {
                 tracing::error!(error = %m, "request failed");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)
             }

@@ -293,6 +293,23 @@ impl Proc {
     }
 
     /// SIGTERM, and wait for a clean exit; returns the exit code.
+    /// Waits for the node to exit by itself, at most `timeout`; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        let mut c = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let waiter = std::thread::spawn(move || {
+            let code = c.wait().map(|s| s.code().unwrap_or(-1));
+            let _ = tx.send(());
+            code
+        });
+        rx.recv_timeout(timeout)
+            .map_err(|_| anyhow!("the node did not exit within {timeout:?}"))?;
+        let code = waiter
+            .join()
+            .map_err(|_| anyhow!("the waiting thread panicked"))??;
+        Ok(code)
+    }
+
     pub fn terminate(&mut self) -> Result<i32> {
         let mut c = self.child.take().ok_or_else(|| anyhow!("not running"))?;
         nix::sys::signal::kill(

@@ -1,18 +1,23 @@
 //! Tampering at rest: byte flips, truncation and deleted entries in a node's store file
-//! are detected when the store is opened, and a node with a tampered store refuses to
-//! start, so nothing tampered with is served to peers.
+//! are detected before anything uses them, and a node that meets a tampered row stops,
+//! so nothing tampered with is served to peers.
 //!
-//! *Detected* means `Store::open` followed by `Store::load` (what `spoc-node` does at start)
-//! returns an error. A panic is counted apart, never as a detection.
+//! A start reads only each log's tip and the counters; every other row is read when it is
+//! first used (to serve sync, load a document, list, page the audit trail) and every row
+//! carries a seal that the read checks. *Detected* means that `Store::open`, `Store::load`,
+//! one read of everything through the loaded replica (every log, every listed document,
+//! every document, every entry's index row), or the full check after them
+//! (`Store::verify`, what `spoc verify` runs) returns an error. A panic is counted apart,
+//! never as a detection.
 //!
 //! A byte of the file can hold data or not: redb leaves free pages, slack at the end of
 //! pages, and stale copies of pages from earlier transactions, and nothing reads them. So
 //! every case is judged by two independent readers of its own copy of the tampered file:
 //! - the *oracle* reads every table with the `redb` crate directly, without any spocnet
 //!   check, and says whether the rows differ from the untampered file's (or cannot be read);
-//! - spocnet's `Store::open` + `Store::load` says Ok or Err, and when Ok, whether the loaded
-//!   replica (logs, entries, documents' heads) equals the untampered one, or the one from
-//!   before the last commit (a *rollback* of the last write).
+//! - spocnet's open, load, reads and full check say Ok or Err, and when Ok, whether what
+//!   the reads returned (logs, entries, documents' heads) equals the untampered content, or
+//!   the content from before the last commit (a *rollback* of the last write).
 //!
 //! A flip that changes the rows is *in data*, and must be detected. A flip that changes no
 //! row is *harmless* when the store loads with identical content. The one outcome never
@@ -182,6 +187,12 @@ fn used_content(
     let mut entries = BTreeSet::new();
     for log in heights.keys() {
         for e in r.log_entries(log).map_err(corrupt)? {
+            if !r.contains(&e.hash()).map_err(corrupt)? {
+                return Err(spoc_node::store::Error::Corrupt(format!(
+                    "entry {} is not in the hash index",
+                    e.hash()
+                )));
+            }
             entries.insert(e.hash().0);
         }
     }
@@ -254,11 +265,15 @@ fn rows(path: &Path) -> Result<Rows, String> {
     Ok(out)
 }
 
-/// Opens and loads a store, and reads everything through it as use would.
+/// Opens and loads a store, reads everything through it as use would, and then runs the
+/// full check (`spoc verify`), which reaches the rows no read does.
 fn load(path: &Path, charter: &Arc<Charter>) -> Result<Content, spoc_node::store::Error> {
     let store = Store::open(path)?;
     let mut replica = store.load(charter.clone(), Limits::default(), &mut |_, _, _| {})?;
-    used_content(&store, &mut replica)
+    let content = used_content(&store, &mut replica)?;
+    drop(replica);
+    store.verify(charter.clone(), &mut |_, _, _| {})?;
+    Ok(content)
 }
 
 /// A store built in-process, with everything needed to judge a tampered copy.
@@ -316,6 +331,13 @@ fn build_with(seed: u64, writes: usize, tail: &[(&str, Step)]) -> Result<Base> {
     let mut before_last = content(&replica);
     for i in 0..writes + tail.len() {
         before_last = content(&replica);
+        if i + 1 == writes + tail.len() {
+            // Every document saved whole, as compaction leaves them, so that snapshots
+            // are in the file to be tampered with; the last commit is still a write.
+            for (id, _) in replica.docs() {
+                store.save_whole(id)?;
+            }
+        }
         let (code, step) = match tail.get(i.wrapping_sub(writes)) {
             Some((code, step)) if i >= writes => (*code, Some(*step)),
             _ => (CODES[i % CODES.len()], None),
@@ -365,11 +387,6 @@ fn build_with(seed: u64, writes: usize, tail: &[(&str, Step)]) -> Result<Base> {
         );
         store.commit(&replica, &report)?;
         entries.push(entry);
-    }
-    // Every document saved whole, as compaction leaves them, so that snapshots are in the
-    // file to be tampered with.
-    for (id, _) in replica.docs() {
-        store.save_whole(id)?;
     }
     let snapshots = replica.docs().map(|(_, d)| d.save()).collect();
     let key = std::fs::read(spoc_node::store::key_path(&path))?;
@@ -912,10 +929,11 @@ fn a_log_tip_deleted_is_detected() -> Result<()> {
     Ok(())
 }
 
-/// A real node with a tampered store refuses to start, with one line that says so; it
-/// never listens, so nothing of the store is served to peers.
+/// A real node meets a tampered store before it uses it: a damaged file refuses to start,
+/// and a deleted or flipped row, which a start does not read, stops the node at the first
+/// read of it, with one line that says why; nothing of it is served.
 #[test]
-fn a_node_with_a_tampered_store_refuses_to_start() -> Result<()> {
+fn a_node_with_a_tampered_store_stops_before_using_it() -> Result<()> {
     let net = Testnet::new(2)?;
     let lt = net.node("LT")?;
     let dir = lt.data_dir.as_path();
@@ -941,29 +959,40 @@ fn a_node_with_a_tampered_store_refuses_to_start() -> Result<()> {
         let tx = db.begin_read()?;
         let t = tx.open_table(HASHES)?;
         let hash = unhex(third["entry"].as_str().unwrap_or_default())?;
+        // The row holds the entry key, then its seal.
         let key = t
             .get(hash.as_slice())?
             .context("the hash row")?
             .value()
+            .get(..44)
+            .context("a short hash row")?
             .to_vec();
         (key, hash)
     };
     delete_entry(&path, &entries.0, &entries.1, true)?;
-    let line = refused_start(dir, &[])?;
+    let line = stops_at_first_read(lt)?;
     assert!(
-        line.contains("store is corrupt") && line.contains("breaks at seq 4"),
+        line.contains("store is corrupt") && line.contains("is missing"),
         "{line}"
     );
     report(&format!("deleted entry: {line}"));
 
     // A flipped byte inside the fourth entry's signed bytes.
+    // Every copy of it: the entry's row, its summary and any stale page.
     let mut bytes = pristine.clone();
     let title = b"Obstacle 3 before the tampering";
-    let at = find(&bytes, title).context("the title in the file")?;
-    bytes[at + 3] ^= 0x01;
+    let mut from = 0;
+    while let Some(at) = find(&bytes[from..], title) {
+        bytes[from + at + 3] ^= 0x01;
+        from += at + title.len();
+    }
+    ensure!(from > 0, "the title is not in the file");
     std::fs::write(&path, &bytes)?;
-    let line = refused_start(dir, &[])?;
-    assert!(line.contains("store is corrupt"), "{line}");
+    let line = stops_at_first_read(lt)?;
+    assert!(
+        line.contains("store is corrupt") && line.contains("does not match its seal"),
+        "{line}"
+    );
     report(&format!("flipped byte: {line}"));
 
     // The file cut in half.
@@ -986,4 +1015,24 @@ fn a_node_with_a_tampered_store_refuses_to_start() -> Result<()> {
         .collect();
     node.wait_entries(&hashes, std::time::Duration::from_secs(5))?;
     Ok(())
+}
+
+/// Starts a node on a store that was tampered with where a start does not read, reads
+/// the audit trail, which reaches every entry, and returns the reason the node gave: the
+/// read answers with it, and the node logs it and stops.
+fn stops_at_first_read(info: &spoc_tests::NodeInfo) -> Result<String> {
+    let mut node = Proc::start(info)?;
+    let (status, body) = node.get("/v1/log?limit=1000")?;
+    ensure!(status == 500, "the read answered {status}: {body}");
+    let reason = body["error"].as_str().unwrap_or_default().to_owned();
+    node.wait_log(
+        "the store is damaged; stopping",
+        std::time::Duration::from_secs(10),
+    )?;
+    let code = node.wait_exit(std::time::Duration::from_secs(10))?;
+    ensure!(
+        code != 0,
+        "the node exited 0 after finding its store damaged"
+    );
+    Ok(reason)
 }

@@ -124,3 +124,42 @@ impl Cache {
         self.docs.iter().map(|(id, (state, _))| (id, state))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u128) -> DocId {
+        DocId::new(
+            crate::docs::Collection::Obstacles,
+            "LT",
+            ulid::Ulid::from(i),
+        )
+    }
+
+    #[test]
+    fn the_least_recently_used_clean_document_goes_first() {
+        let mut cache = Cache::new(2);
+        cache.insert(id(1), DocState::default(), false);
+        cache.insert(id(2), DocState::default(), false);
+        cache.touch(&id(1));
+        cache.insert(id(3), DocState::default(), false);
+        assert!(cache.contains(&id(1)) && cache.contains(&id(3)));
+        assert!(!cache.contains(&id(2)));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn changed_documents_stay_until_they_are_flushed() {
+        let mut cache = Cache::new(1);
+        cache.insert(id(1), DocState::default(), true);
+        cache.insert(id(2), DocState::default(), true);
+        cache.insert(id(3), DocState::default(), false);
+        // The two changed ones are pinned; the clean one went at once.
+        assert_eq!(cache.len(), 2);
+        assert!(!cache.contains(&id(3)));
+        cache.flushed();
+        assert_eq!(cache.len(), 1);
+        assert!(cache.contains(&id(2)), "the most recently used stays");
+    }
+}

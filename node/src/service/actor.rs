@@ -31,6 +31,38 @@ pub enum Failure {
     Refused(String),
     #[error("{0}")]
     Internal(String),
+    /// A read found the store damaged: the node answers, then stops.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl From<crate::replica::Error> for Failure {
+    fn from(e: crate::replica::Error) -> Self {
+        match e {
+            crate::replica::Error::Backing(b) => Failure::Corrupt(b.0),
+            e => Failure::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::Error> for Failure {
+    fn from(e: crate::store::Error) -> Self {
+        match e {
+            crate::store::Error::Corrupt(_) => Failure::Corrupt(e.to_string()),
+            e => Failure::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Sends an answer. A read that found the store damaged stops the node once it has
+/// answered: nothing the damaged rows hold is served, and the operator learns why.
+fn answer<T>(reply: Reply<T>, result: Result<T, Failure>) -> Result<(), Failure> {
+    let corrupt = match &result {
+        Err(Failure::Corrupt(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let _ = reply.send(result);
+    corrupt.map_or(Ok(()), |m| Err(Failure::Corrupt(m)))
 }
 
 impl From<Refused> for Failure {
@@ -354,6 +386,9 @@ impl Actor {
                 }
             };
             if let Err(f) = self.serve(request) {
+                if let Failure::Corrupt(reason) = &f {
+                    tracing::error!(%reason, "the store is damaged; stopping");
+                }
                 self.fatal.cancel();
                 return Err(f);
             }
@@ -382,7 +417,7 @@ impl Actor {
         match request {
             Request::Write(command, reply) => {
                 let result = self.write(&command);
-                let fatal = matches!(result, Err(Failure::Internal(_)));
+                let fatal = matches!(result, Err(Failure::Internal(_) | Failure::Corrupt(_)));
                 let _ = reply.send(result.clone());
                 if fatal {
                     return result.map(|_| ());
@@ -423,26 +458,29 @@ impl Actor {
                         crate::store::Error::Corrupt(m) if m.contains("cursor") => {
                             Failure::BadRequest(m)
                         }
-                        e => Failure::Internal(e.to_string()),
+                        e => Failure::from(e),
                     });
-                let _ = reply.send(page);
+                answer(reply, page)?;
             }
             Request::Doc(id, reply) => {
                 let result = self.with_doc(&id, |doc| view::document(&id, doc));
-                let _ = reply.send(result);
+                answer(reply, result)?;
             }
             Request::Export(id, reply) => {
                 let result = self.with_doc(&id, automerge::Automerge::save);
-                let _ = reply.send(result);
+                answer(reply, result)?;
             }
             Request::Log { query, reply } => {
-                let _ = reply.send(self.audit(query));
+                answer(reply, self.audit(query))?;
             }
             Request::Verify(reply) => {
                 let _ = reply.send(Ok(self.verify()));
             }
             Request::Report(term, reply) => {
-                let _ = reply.send(report::draft(&self.charter, &self.store.reader(), &term));
+                answer(
+                    reply,
+                    report::draft(&self.charter, &self.store.reader(), &term),
+                )?;
             }
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.metrics()));
@@ -461,7 +499,7 @@ impl Actor {
                 max,
                 reply,
             } => {
-                let _ = reply.send(self.entries_after(heights, max));
+                answer(reply, self.entries_after(heights, max))?;
             }
             Request::Missing(hashes, reply) => {
                 let mut missing = Vec::new();
@@ -471,12 +509,12 @@ impl Actor {
                         Ok(true) => {}
                         Ok(false) => missing.push(h),
                         Err(e) => {
-                            failed = Some(Failure::Internal(e.to_string()));
+                            failed = Some(Failure::from(e));
                             break;
                         }
                     }
                 }
-                let _ = reply.send(failed.map_or(Ok(missing), Err));
+                answer(reply, failed.map_or(Ok(missing), Err))?;
             }
             Request::Proofs(reply) => {
                 let _ = reply.send(Ok(self.replica.proofs().cloned().collect()));
@@ -497,7 +535,7 @@ impl Actor {
         let report = self
             .replica
             .ingest_verified(vec![entry])
-            .map_err(|e| Failure::Internal(e.to_string()))?;
+            .map_err(Failure::from)?;
         if let Some((_, invalid)) = report.rejected.first() {
             // The rules passed before signing, so this is a bug; nothing was stored.
             return Err(Failure::Refused(invalid.to_string()));
@@ -524,10 +562,7 @@ impl Actor {
     ) -> Result<IngestSummary, Failure> {
         let mut summary = IngestSummary::default();
         if !proofs.is_empty() {
-            let report = self
-                .replica
-                .add_proofs(proofs)
-                .map_err(|e| Failure::Internal(e.to_string()))?;
+            let report = self.replica.add_proofs(proofs).map_err(Failure::from)?;
             self.commit(&report)?;
             for p in &report.new_proofs {
                 tracing::warn!(
@@ -539,10 +574,7 @@ impl Actor {
             summary.new_proofs.extend(report.new_proofs);
         }
         if !entries.is_empty() {
-            let report = self
-                .replica
-                .ingest(entries)
-                .map_err(|e| Failure::Internal(e.to_string()))?;
+            let report = self.replica.ingest(entries).map_err(Failure::from)?;
             self.commit(&report)?;
             for (hash, invalid) in &report.rejected {
                 tracing::warn!(entry = %hash, reason = %invalid, "entry refused");
@@ -576,7 +608,7 @@ impl Actor {
         match self.replica.load_doc(id) {
             Ok(Some(doc)) => Ok(f(doc)),
             Ok(None) => Err(Failure::NotFound(format!("no document {id}"))),
-            Err(e) => Err(Failure::Internal(e.to_string())),
+            Err(e) => Err(Failure::from(e)),
         }
     }
 
@@ -587,7 +619,7 @@ impl Actor {
         heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
         max: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
-        let internal = |e: crate::replica::Error| Failure::Internal(e.to_string());
+        let internal = Failure::from;
         let mut bytes = Vec::new();
         for (log, (seq, tip)) in &heights {
             if bytes.len() == max {
@@ -700,8 +732,7 @@ impl Actor {
         let page = self
             .store
             .reader()
-            .audit(query.before, limit, author.as_ref(), doc.as_ref())
-            .map_err(|e| Failure::Internal(e.to_string()))?;
+            .audit(query.before, limit, author.as_ref(), doc.as_ref())?;
         let entries: Vec<Value> = page
             .entries
             .iter()

@@ -41,7 +41,7 @@ fn title(store: &Reader, id: &DocId) -> String {
 pub fn draft(charter: &Charter, store: &Reader, term: &str) -> Result<Value, Failure> {
     let (from, to) = parse_half_year(term)
         .ok_or_else(|| Failure::BadRequest(format!("term {term:?} is not YYYY-H1 or YYYY-H2")))?;
-    let internal = |e: crate::store::Error| Failure::Internal(e.to_string());
+    let internal = Failure::from;
     let presidency = charter.presidency_at(from).map(|t| t.state.clone());
     let start_ms = u64::try_from(from.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000;
     let end_ms = to

@@ -793,7 +793,103 @@ impl Reader {
         if summaries.len().map_err(dberr)? != counts.docs {
             return Err(Error::Corrupt("a summary has no document".into()));
         }
+        self.verify_rows(&tx, &docs, counts)?;
         Ok((done, docs.len()))
+    }
+
+    /// Every row of every table matches its seal, and every index holds exactly the rows
+    /// its source calls for: a row that no read reaches is checked here too.
+    fn verify_rows(
+        &self,
+        tx: &ReadTransaction,
+        docs: &[(DocId, Automerge)],
+        counts: Counts,
+    ) -> Result<(), Error> {
+        let sealed = |table: &str, key: &[u8], value: &[u8]| -> Result<(), Error> {
+            self.sealer
+                .open_row(table, key, value)
+                .map(|_| ())
+                .ok_or_else(|| Error::Corrupt(corrupt(table, key).0))
+        };
+        let mut lens: HashMap<&str, u64> = HashMap::new();
+        for (name, def) in [
+            ("entries", tables::ENTRIES),
+            ("hashes", tables::HASHES),
+            ("logs", tables::LOGS),
+            ("doc_entries", tables::DOC_ENTRIES),
+            ("list", tables::LIST),
+            ("terms", tables::TERMS),
+        ] {
+            let table = tx.open_table(def).map_err(dberr)?;
+            for row in table.iter().map_err(dberr)? {
+                let (k, v) = row.map_err(dberr)?;
+                sealed(name, k.value(), v.value())?;
+            }
+            lens.insert(name, table.len().map_err(dberr)?);
+        }
+        for (name, def) in [
+            ("meta", tables::META),
+            ("docs", tables::DOCS),
+            ("snapshots", tables::SNAPSHOTS),
+            ("summaries", tables::SUMMARIES),
+        ] {
+            let table = tx.open_table(def).map_err(dberr)?;
+            for row in table.iter().map_err(dberr)? {
+                let (k, v) = row.map_err(dberr)?;
+                // The format row says how to read the rest, and is the one row not sealed.
+                if name == "meta" && k.value() == "format" {
+                    continue;
+                }
+                sealed(name, k.value().as_bytes(), v.value())?;
+            }
+            lens.insert(name, table.len().map_err(dberr)?);
+        }
+        let arrival = tx.open_table(tables::ARRIVAL).map_err(dberr)?;
+        for row in arrival.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            sealed("arrival", &k.value().to_be_bytes(), v.value())?;
+        }
+        let mut index_rows = 0u64;
+        let mut entries_in_docs = 0u64;
+        for (id, doc) in docs {
+            let tx_counts = self
+                .doc_counts(tx, id)?
+                .ok_or_else(|| Error::Corrupt(format!("{id} has no counters")))?;
+            entries_in_docs += tx_counts.entries;
+            index_rows += index_keys(id, &crate::docs::view::summary(id, doc), 0).len() as u64;
+        }
+        let terms = self.term_count(tx).map_err(|e| Error::Corrupt(e.0))?;
+        for (name, found, want) in [
+            ("doc_entries", lens["doc_entries"], counts.entries),
+            ("document counters", entries_in_docs, counts.entries),
+            ("docs", lens["docs"], counts.docs),
+            ("list", lens["list"], index_rows),
+            ("terms", lens["terms"], terms),
+        ] {
+            if found != want {
+                return Err(Error::Corrupt(format!(
+                    "the {name} table holds {found} rows where {want} are due"
+                )));
+            }
+        }
+        if lens["snapshots"] > counts.docs {
+            return Err(Error::Corrupt("a snapshot has no document".into()));
+        }
+        Ok(())
+    }
+
+    /// How many entries have a term: those whose timestamp is a date.
+    fn term_count(&self, tx: &ReadTransaction) -> Result<u64, backing::Error> {
+        let entries = tx.open_table(tables::ENTRIES).map_err(read_err)?;
+        let mut n = 0;
+        for row in entries.iter().map_err(read_err)? {
+            let (k, v) = row.map_err(read_err)?;
+            let (_, e) = self.decode_entry(k.value(), v.value())?;
+            if super::term_of_ms(e.entry.timestamp_ms).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
