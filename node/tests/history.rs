@@ -13,23 +13,22 @@ use spoc_node::log::{Invalid, SignedEntry};
 use spoc_node::replica::{Backing, Limits, Replica};
 use spoc_node::store::Store;
 
-/// Each entry carries a description of this many bytes, so that 20,001 entries pass
-/// 64 MiB.
-const DESCRIPTION: usize = 3_400;
+/// Each entry shares a practice whose problem statement is this many bytes (one scalar
+/// value, so that making them is quick), so that 20,001 entries pass 64 MiB.
+const PROBLEM: usize = 3_800;
 const ENTRIES: usize = 20_001;
 
-fn obstacle(title: String, description: String) -> Command {
-    Command::ObstacleReport {
+fn practice(title: String, problem: String) -> Command {
+    Command::PracticeShare {
         title,
-        kind: "legal".into(),
-        description,
-        subtype: None,
-        instrument: None,
-        article: None,
-        channel: None,
-        states_concerned: vec!["LT".into()],
-        impact: Some(2),
-        solution: None,
+        problem,
+        practice: "A single mailbox per SPOC".into(),
+        prerequisites: None,
+        results: None,
+        transferability: None,
+        contact: None,
+        tags: Vec::new(),
+        related_obstacles: Vec::new(),
     }
 }
 
@@ -53,13 +52,13 @@ fn a_proof_at_a_node_past_the_pending_bounds_keeps_every_valid_entry() {
     let mut history = Vec::with_capacity(ENTRIES);
     for i in 0..ENTRIES {
         let code = ["IE", "LT", "EL", "FI"][i % 4];
-        let text = Alphanumeric.sample_string(&mut rng, DESCRIPTION);
+        let text = Alphanumeric.sample_string(&mut rng, PROBLEM);
         let now = NOW + i as u64;
         let (entry, _) = write(
             &mut writer,
             net.key(code),
             1,
-            &obstacle(format!("Obstacle {i}"), text),
+            &practice(format!("Practice {i}"), text),
             now,
             ulids.next(now),
         );

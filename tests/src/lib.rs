@@ -383,3 +383,20 @@ pub fn all_pages(mut get: impl FnMut(&str) -> Result<Value>, path: &str) -> Resu
     }
     anyhow::bail!("{path} did not end after 100,000 pages")
 }
+
+/// Starts a node on a store that was tampered with where a start does not read, reads the
+/// audit trail, which reaches every entry, and returns the reason the node gave: the read
+/// answers with it, and the node logs it and stops with a non-zero status.
+pub fn stops_at_first_read(info: &NodeInfo) -> Result<String> {
+    let mut node = Proc::start(info)?;
+    let (status, body) = node.get("/v1/log?limit=1000")?;
+    anyhow::ensure!(status == 500, "the read answered {status}: {body}");
+    let reason = body["error"].as_str().unwrap_or_default().to_owned();
+    node.wait_log("the store is damaged; stopping", Duration::from_secs(10))?;
+    let code = node.wait_exit(Duration::from_secs(10))?;
+    anyhow::ensure!(
+        code != 0,
+        "the node exited 0 after finding its store damaged"
+    );
+    Ok(reason)
+}

@@ -970,7 +970,7 @@ fn a_node_with_a_tampered_store_stops_before_using_it() -> Result<()> {
         (key, hash)
     };
     delete_entry(&path, &entries.0, &entries.1, true)?;
-    let line = stops_at_first_read(lt)?;
+    let line = spoc_tests::stops_at_first_read(lt)?;
     assert!(
         line.contains("store is corrupt") && line.contains("is missing"),
         "{line}"
@@ -988,7 +988,7 @@ fn a_node_with_a_tampered_store_stops_before_using_it() -> Result<()> {
     }
     ensure!(from > 0, "the title is not in the file");
     std::fs::write(&path, &bytes)?;
-    let line = stops_at_first_read(lt)?;
+    let line = spoc_tests::stops_at_first_read(lt)?;
     assert!(
         line.contains("store is corrupt") && line.contains("does not match its seal"),
         "{line}"
@@ -1015,24 +1015,4 @@ fn a_node_with_a_tampered_store_stops_before_using_it() -> Result<()> {
         .collect();
     node.wait_entries(&hashes, std::time::Duration::from_secs(5))?;
     Ok(())
-}
-
-/// Starts a node on a store that was tampered with where a start does not read, reads
-/// the audit trail, which reaches every entry, and returns the reason the node gave: the
-/// read answers with it, and the node logs it and stops.
-fn stops_at_first_read(info: &spoc_tests::NodeInfo) -> Result<String> {
-    let mut node = Proc::start(info)?;
-    let (status, body) = node.get("/v1/log?limit=1000")?;
-    ensure!(status == 500, "the read answered {status}: {body}");
-    let reason = body["error"].as_str().unwrap_or_default().to_owned();
-    node.wait_log(
-        "the store is damaged; stopping",
-        std::time::Duration::from_secs(10),
-    )?;
-    let code = node.wait_exit(std::time::Duration::from_secs(10))?;
-    ensure!(
-        code != 0,
-        "the node exited 0 after finding its store damaged"
-    );
-    Ok(reason)
 }
