@@ -109,9 +109,10 @@ impl crate::network::Admit for Admission {
         certificate: &[u8],
         _charter_hash: &[u8; 32],
     ) -> Result<String, String> {
-        let cert =
-            crate::identity::NodeCertificate::decode(certificate).map_err(|e| e.to_string())?;
-        cert.verify(&self.charter.network, &peer.to_bytes(), self.clock.now_ms())?;
+        let cert = crate::identity::NodeCertificate::decode(certificate)
+            .map_err(|_| "malformed node certificate".to_owned())?;
+        cert.verify(&self.charter.network, &peer.to_bytes(), self.clock.now_ms())
+            .map_err(|fault| fault.reason().to_owned())?;
         self.charter
             .participant_by_key(&cert.issuer)
             .map(|p| p.code.clone())
