@@ -168,6 +168,8 @@ impl Bucket {
 struct Peer {
     /// The admitted state code; `None` until admitted and after a refusal.
     state: Option<String>,
+    /// Refused: its admission messages still in flight are ignored while it disconnects.
+    refused: bool,
     /// Whether the owner was told of its admission, and so must hear it is gone.
     announced: bool,
     address: Multiaddr,
@@ -421,15 +423,13 @@ impl Actor {
         }
         warn!(%reason, deny, "peer refused");
         self.stats.refused_peers += 1;
-        let now = Instant::now();
         if deny {
-            self.denied.insert(peer, now + DENY_DURATION);
+            self.denied.insert(peer, Instant::now() + DENY_DURATION);
             self.swarm.behaviour_mut().deny.block_peer(peer);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.state = None;
-            // Not refused again while its connection closes.
-            p.deadline = now + ADMISSION_TIMEOUT;
+            p.refused = true;
         }
         self.swarm
             .behaviour_mut()
@@ -458,7 +458,10 @@ impl Actor {
             .peers
             .iter()
             .filter(|(peer, p)| {
-                p.state.is_none() && p.deadline <= now && !self.denied.contains_key(peer)
+                p.state.is_none()
+                    && !p.refused
+                    && p.deadline <= now
+                    && !self.denied.contains_key(peer)
             })
             .map(|(peer, _)| *peer)
             .collect();
@@ -643,11 +646,8 @@ impl Actor {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established,
                 ..
-            } => {
-                self.on_connected(peer_id, connection_id, &endpoint, num_established.get());
-            }
+            } => self.on_connected(peer_id, connection_id, &endpoint),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -676,13 +676,7 @@ impl Actor {
         }
     }
 
-    fn on_connected(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        endpoint: &ConnectedPoint,
-        count: u32,
-    ) {
+    fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         let _span = peer_span(&peer).entered();
         if let Some(dial) = self
             .dials
@@ -693,7 +687,9 @@ impl Actor {
             dial.attempt = 0;
             dial.pending = None;
         }
-        if count > 1 || self.peers.contains_key(&peer) {
+        // A second connection shares the first one's admission; but a connection that
+        // arrives while a refused peer's last one closes is a fresh attempt.
+        if self.peers.get(&peer).is_some_and(|p| !p.refused) {
             return;
         }
         debug!(address = %endpoint.get_remote_address(), "connected, requesting admission");
@@ -702,6 +698,7 @@ impl Actor {
             peer,
             Peer {
                 state: None,
+                refused: false,
                 announced: false,
                 address: endpoint.get_remote_address().clone(),
                 connected_since_ms: unix_ms(),
@@ -903,7 +900,10 @@ impl Actor {
     fn verify(&mut self, peer: PeerId, charter_hash: &[u8; 32], certificate: &[u8]) {
         let _span = peer_span(&peer).entered();
         if self.denied.contains_key(&peer)
-            || self.peers.get(&peer).is_none_or(|p| p.state.is_some())
+            || self
+                .peers
+                .get(&peer)
+                .is_none_or(|p| p.refused || p.state.is_some())
         {
             return;
         }
