@@ -51,18 +51,9 @@ const FLOOD_SECONDS: u32 = 3;
 const FLOOD_FACTOR: u32 = 5;
 /// An admitted peer whose certificate runs out is cut off without being deny-listed: a
 /// renewed certificate lets it in again at once.
-const EXPIRED: Refusal = Refusal {
-    reason: "certificate has expired",
-    deny: false,
-};
-const OTHER_CHARTER: Refusal = Refusal {
-    reason: "different charter hash",
-    deny: true,
-};
-const OTHER_PARTICIPANT: Refusal = Refusal {
-    reason: "renewed certificate names another participant",
-    deny: true,
-};
+const EXPIRED: Refusal = Refusal::retry("certificate has expired");
+const OTHER_CHARTER: Refusal = Refusal::deny("different charter hash");
+const OTHER_PARTICIPANT: Refusal = Refusal::deny("renewed certificate names another participant");
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {

@@ -67,6 +67,21 @@ pub struct Refusal {
     pub deny: bool,
 }
 
+impl Refusal {
+    /// A refusal that deny-lists the peer.
+    pub const fn deny(reason: &'static str) -> Self {
+        Self { reason, deny: true }
+    }
+
+    /// A refusal after which the peer may try again at once.
+    pub const fn retry(reason: &'static str) -> Self {
+        Self {
+            reason,
+            deny: false,
+        }
+    }
+}
+
 /// Everything the network actor needs to start.
 #[derive(Clone)]
 pub struct Config {

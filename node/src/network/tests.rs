@@ -27,12 +27,11 @@ impl Admit for Certificates {
         certificate: &[u8],
         _charter_hash: &[u8; 32],
     ) -> Result<Admitted, Refusal> {
-        let refuse = |reason| Refusal { reason, deny: true };
         if let Some(reason) = self.0 {
-            return Err(refuse(reason));
+            return Err(Refusal::deny(reason));
         }
         let state = String::from_utf8(certificate.to_vec())
-            .map_err(|_| refuse("unreadable certificate"))?;
+            .map_err(|_| Refusal::deny("unreadable certificate"))?;
         Ok(Admitted {
             state,
             until_ms: u64::MAX,

@@ -107,15 +107,8 @@ pub(crate) struct Admission {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
-/// Refusals that deny-list the peer: its certificate is not a genuine one of ours.
-const MALFORMED: Refusal = Refusal {
-    reason: "malformed node certificate",
-    deny: true,
-};
-const STRANGER: Refusal = Refusal {
-    reason: "certificate issuer is not a participant of the charter",
-    deny: true,
-};
+const MALFORMED: Refusal = Refusal::deny("malformed node certificate");
+const STRANGER: Refusal = Refusal::deny("certificate issuer is not a participant of the charter");
 
 impl Admit for Admission {
     fn admit(
@@ -126,9 +119,12 @@ impl Admit for Admission {
     ) -> Result<Admitted, Refusal> {
         let cert = NodeCertificate::decode(certificate).map_err(|_| MALFORMED)?;
         cert.verify(&self.charter.network, &peer.to_bytes(), self.now_ms())
-            .map_err(|fault| Refusal {
-                reason: fault.reason(),
-                deny: !fault.is_about_time(),
+            .map_err(|fault| {
+                if fault.is_about_time() {
+                    Refusal::retry(fault.reason())
+                } else {
+                    Refusal::deny(fault.reason())
+                }
             })?;
         let participant = self
             .charter
