@@ -27,6 +27,11 @@ const TEXT_PREFIX: &str = "ed25519:";
 const CERT_VERSION: u8 = 1;
 const MAX_CERT_BYTES: usize = 1024;
 
+/// The furthest ahead of a verifier's clock that a node certificate may expire. Nodes issue
+/// certificates for 30 days and renew them; a longer one would outlive its node's removal
+/// from the charter, or a stolen node key, for as long as it says.
+pub const MAX_CERTIFICATE_VALIDITY_MS: u64 = 90 * 24 * 3600 * 1000;
+
 /// Errors of keys, key files and certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -361,16 +366,21 @@ impl NodeCertificate {
         }
     }
 
-    /// Checks the signature, the network, the peer id and the expiry at `now_ms`.
-    pub fn verify(&self, network: &str, peer_id: &[u8], now_ms: u64) -> Result<(), String> {
+    /// Checks the network, the peer id, the signature, and then the expiry at `now_ms`:
+    /// refuses a certificate that has expired or that expires more than
+    /// [`MAX_CERTIFICATE_VALIDITY_MS`] after `now_ms`. Time comes last, so that only a
+    /// genuine certificate is refused for its time.
+    pub fn verify(
+        &self,
+        network: &str,
+        peer_id: &[u8],
+        now_ms: u64,
+    ) -> Result<(), CertificateFault> {
         if self.network != network {
-            return Err(format!("certificate is for network {:?}", self.network));
+            return Err(CertificateFault::OtherNetwork);
         }
         if self.peer_id != peer_id {
-            return Err("certificate names another peer id".into());
-        }
-        if now_ms > self.not_after_ms {
-            return Err("certificate has expired".into());
+            return Err(CertificateFault::OtherPeer);
         }
         let body = cert_body(
             &self.network,
@@ -378,9 +388,20 @@ impl NodeCertificate {
             self.not_after_ms,
             &self.issuer,
         );
-        self.issuer
+        if self
+            .issuer
             .verify(DOMAIN_NODE_CERT, &body, &self.signature)
-            .map_err(|_| "certificate signature does not verify".to_owned())
+            .is_err()
+        {
+            return Err(CertificateFault::BadSignature);
+        }
+        if now_ms > self.not_after_ms {
+            return Err(CertificateFault::Expired);
+        }
+        if self.not_after_ms - now_ms > MAX_CERTIFICATE_VALIDITY_MS {
+            return Err(CertificateFault::TooFarAhead);
+        }
+        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -420,6 +441,47 @@ impl NodeCertificate {
         })
     }
 }
+
+/// Why a node certificate does not verify: a fixed set of reasons, so that a reason never
+/// carries what a peer wrote (reasons become map keys and metric labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateFault {
+    OtherNetwork,
+    OtherPeer,
+    BadSignature,
+    Expired,
+    TooFarAhead,
+}
+
+impl CertificateFault {
+    /// The one-line reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CertificateFault::OtherNetwork => "certificate is for another network",
+            CertificateFault::OtherPeer => "certificate names another peer id",
+            CertificateFault::BadSignature => "certificate signature does not verify",
+            CertificateFault::Expired => "certificate has expired",
+            CertificateFault::TooFarAhead => "certificate expires too far ahead",
+        }
+    }
+
+    /// Whether only the certificate's time is wrong: the node behind it is genuine, and a
+    /// fresh certificate (or a corrected clock) lets it in.
+    pub fn is_about_time(self) -> bool {
+        matches!(
+            self,
+            CertificateFault::Expired | CertificateFault::TooFarAhead
+        )
+    }
+}
+
+impl fmt::Display for CertificateFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for CertificateFault {}
 
 fn cert_body(network: &str, peer_id: &[u8], not_after_ms: u64, issuer: &PublicKey) -> Vec<u8> {
     let mut w = crate::codec::Writer::default();
@@ -546,5 +608,51 @@ mod tests {
         let tampered = NodeCertificate::decode(&bytes).unwrap();
         assert!(tampered.verify("net", b"peer-1", 999).is_err());
         assert!(NodeCertificate::decode(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn a_certificate_is_valid_until_its_expiry_and_not_a_millisecond_longer() {
+        let cert = NodeCertificate::issue(&key(6), "net", b"peer-1", 1_000);
+        cert.verify("net", b"peer-1", 1_000).unwrap();
+        let fault = cert.verify("net", b"peer-1", 1_001).unwrap_err();
+        assert_eq!(fault, CertificateFault::Expired);
+        assert_eq!(fault.to_string(), "certificate has expired");
+        assert!(fault.is_about_time());
+    }
+
+    #[test]
+    fn a_certificate_expiring_more_than_ninety_days_ahead_is_refused() {
+        let now = 1_796_083_200_000;
+        let k = key(7);
+        let cap = now + MAX_CERTIFICATE_VALIDITY_MS;
+        NodeCertificate::issue(&k, "net", b"peer-1", cap)
+            .verify("net", b"peer-1", now)
+            .unwrap();
+        let beyond = NodeCertificate::issue(&k, "net", b"peer-1", cap + 1);
+        let fault = beyond.verify("net", b"peer-1", now).unwrap_err();
+        assert_eq!(fault, CertificateFault::TooFarAhead);
+        assert_eq!(fault.to_string(), "certificate expires too far ahead");
+        assert!(fault.is_about_time());
+        // The cap follows the verifier's clock: a millisecond later the same one is fine.
+        beyond.verify("net", b"peer-1", now + 1).unwrap();
+        let forever = NodeCertificate::issue(&k, "net", b"peer-1", u64::MAX);
+        let fault = forever.verify("net", b"peer-1", now).unwrap_err();
+        assert_eq!(fault, CertificateFault::TooFarAhead);
+    }
+
+    #[test]
+    fn only_genuine_certificates_are_refused_for_their_time() {
+        let k = key(8);
+        let mut forged = NodeCertificate::issue(&k, "net", b"peer-1", 1_000);
+        forged.signature.0[0] ^= 1;
+        // Expired too, but refused for its signature.
+        let fault = forged.verify("net", b"peer-1", 5_000).unwrap_err();
+        assert_eq!(fault, CertificateFault::BadSignature);
+        assert!(!fault.is_about_time());
+        // The reason never repeats what the peer wrote.
+        let other = NodeCertificate::issue(&k, "other\nnetwork", b"peer-1", 1_000);
+        let fault = other.verify("net", b"peer-1", 500).unwrap_err();
+        assert_eq!(fault, CertificateFault::OtherNetwork);
+        assert_eq!(fault.to_string(), "certificate is for another network");
     }
 }

@@ -19,7 +19,8 @@ use spoc_node::docs::command::Command;
 use spoc_node::identity::{NodeCertificate, SecretKey};
 use spoc_node::log::SignedEntry;
 use spoc_node::network::{
-    self, Acceptance, Admit, Config, Event, Keypair, Multiaddr, PeerId, SyncRequest, SyncResponse,
+    self, Acceptance, Admit, Admitted, Config, Event, Keypair, Multiaddr, PeerId, Refusal,
+    SyncRequest, SyncResponse,
 };
 use spoc_node::replica::{Limits, Replica};
 use tokio::runtime::Runtime;
@@ -166,8 +167,15 @@ pub enum Seen {
 pub struct AdmitAll;
 
 impl Admit for AdmitAll {
-    fn admit(&self, _: &PeerId, _: &[u8], _: &[u8; 32]) -> Result<String, String> {
-        Ok("node".to_owned())
+    fn admit(&self, _: &PeerId, _: &[u8], _: &[u8; 32]) -> Result<Admitted, Refusal> {
+        Ok(Admitted {
+            state: "node".to_owned(),
+            until_ms: u64::MAX,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 }
 

@@ -31,8 +31,8 @@ use super::protocol::{
     self, AdmitBehaviour, AdmitRequest, AdmitResponse, SyncBehaviour, SyncRequest, SyncResponse,
 };
 use super::{
-    ADMISSION_TIMEOUT, Acceptance, Admit, Config, DENY_DURATION, Error, Event, MessageId, PeerInfo,
-    Responder, Stats,
+    ADMISSION_TIMEOUT, Acceptance, Admit, Admitted, Config, DENY_DURATION, Error, Event, MessageId,
+    PeerInfo, Refusal, Responder, Stats,
 };
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,6 +49,11 @@ const MAX_BACKLOG: usize = 4096;
 const UNADMITTED_SCORE: f64 = -1000.0;
 const FLOOD_SECONDS: u32 = 3;
 const FLOOD_FACTOR: u32 = 5;
+/// An admitted peer whose certificate runs out is cut off without being deny-listed: a
+/// renewed certificate lets it in again at once.
+const EXPIRED: Refusal = Refusal::retry("certificate has expired");
+const OTHER_CHARTER: Refusal = Refusal::deny("different charter hash");
+const OTHER_PARTICIPANT: Refusal = Refusal::deny("renewed certificate names another participant");
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -86,6 +91,9 @@ pub(super) enum Command {
     Disconnect {
         peer: PeerId,
         reason: String,
+    },
+    Renew {
+        certificate: Vec<u8>,
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
@@ -166,8 +174,10 @@ impl Bucket {
 }
 
 struct Peer {
-    /// The admitted state code; `None` until admitted and after a refusal.
-    state: Option<String>,
+    /// The admission and its certificate's expiry; `None` until admitted and after a refusal.
+    admitted: Option<Admitted>,
+    /// Refused: its admission messages still in flight are ignored while it disconnects.
+    refused: bool,
     /// Whether the owner was told of its admission, and so must hear it is gone.
     announced: bool,
     address: Multiaddr,
@@ -402,7 +412,7 @@ impl Actor {
     }
 
     fn is_admitted(&self, peer: &PeerId) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.state.is_some())
+        self.peers.get(peer).is_some_and(|p| p.admitted.is_some())
     }
 
     /// Disconnects a peer, deny-lists it and tells the owner why.
@@ -410,10 +420,15 @@ impl Actor {
         self.refuse_as(peer, reason, true);
     }
 
+    fn refuse_with(&mut self, peer: PeerId, refusal: Refusal) {
+        self.refuse_as(peer, refusal.reason.to_owned(), refusal.deny);
+    }
+
     /// Disconnects a peer and tells the owner why; with `deny`, also deny-lists it for
-    /// `DENY_DURATION`. A peer that only failed to finish its admission in time (loss, a
-    /// partition, a stopped process) is not deny-listed: it may be an honest node, and its
-    /// next connection gets a fresh chance.
+    /// `DENY_DURATION`. A peer that only failed in time is not deny-listed: one that did not
+    /// finish its admission in time (loss, a partition, a stopped process) or whose
+    /// certificate has expired may be an honest node, and its next connection gets a fresh
+    /// chance.
     fn refuse_as(&mut self, peer: PeerId, reason: String, deny: bool) {
         let _span = peer_span(&peer).entered();
         if self.denied.contains_key(&peer) {
@@ -421,15 +436,13 @@ impl Actor {
         }
         warn!(%reason, deny, "peer refused");
         self.stats.refused_peers += 1;
-        let now = Instant::now();
         if deny {
-            self.denied.insert(peer, now + DENY_DURATION);
+            self.denied.insert(peer, Instant::now() + DENY_DURATION);
             self.swarm.behaviour_mut().deny.block_peer(peer);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.state = None;
-            // Not refused again while its connection closes.
-            p.deadline = now + ADMISSION_TIMEOUT;
+            p.admitted = None;
+            p.refused = true;
         }
         self.swarm
             .behaviour_mut()
@@ -458,13 +471,26 @@ impl Actor {
             .peers
             .iter()
             .filter(|(peer, p)| {
-                p.state.is_none() && p.deadline <= now && !self.denied.contains_key(peer)
+                p.admitted.is_none()
+                    && !p.refused
+                    && p.deadline <= now
+                    && !self.denied.contains_key(peer)
             })
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
             let reason = format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs());
             self.refuse_as(peer, reason, false);
+        }
+        let now_ms = self.admission.now_ms();
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.admitted.as_ref().is_some_and(|a| a.until_ms < now_ms))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.refuse_with(peer, EXPIRED);
         }
     }
 
@@ -568,16 +594,17 @@ impl Actor {
                 }
             }
             Command::Disconnect { peer, reason } => self.refuse(peer, reason),
+            Command::Renew { certificate } => self.renew(certificate),
             Command::Peers { reply } => {
                 let peers = self
                     .peers
                     .iter()
                     .map(|(peer, p)| PeerInfo {
                         peer: *peer,
-                        state: p.state.clone(),
+                        state: p.admitted.as_ref().map(|a| a.state.clone()),
                         address: Some(p.address.clone()),
                         connected_since_ms: p.connected_since_ms,
-                        admitted: p.state.is_some(),
+                        admitted: p.admitted.is_some(),
                     })
                     .collect();
                 let _ = reply.send(peers);
@@ -643,11 +670,8 @@ impl Actor {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established,
                 ..
-            } => {
-                self.on_connected(peer_id, connection_id, &endpoint, num_established.get());
-            }
+            } => self.on_connected(peer_id, connection_id, &endpoint),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -676,13 +700,7 @@ impl Actor {
         }
     }
 
-    fn on_connected(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        endpoint: &ConnectedPoint,
-        count: u32,
-    ) {
+    fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         let _span = peer_span(&peer).entered();
         if let Some(dial) = self
             .dials
@@ -693,7 +711,9 @@ impl Actor {
             dial.attempt = 0;
             dial.pending = None;
         }
-        if count > 1 || self.peers.contains_key(&peer) {
+        // A second connection shares the first one's admission; but a connection that
+        // arrives while a refused peer's last one closes is a fresh attempt.
+        if self.peers.get(&peer).is_some_and(|p| !p.refused) {
             return;
         }
         debug!(address = %endpoint.get_remote_address(), "connected, requesting admission");
@@ -701,7 +721,8 @@ impl Actor {
         self.peers.insert(
             peer,
             Peer {
-                state: None,
+                admitted: None,
+                refused: false,
                 announced: false,
                 address: endpoint.get_remote_address().clone(),
                 connected_since_ms: unix_ms(),
@@ -899,24 +920,31 @@ impl Actor {
         }
     }
 
-    /// Admits a connected peer once it presents a valid certificate for our charter.
+    /// Admits a connected peer once it presents a valid certificate for our charter. An
+    /// admitted peer presents one again when it renews it (and in the answer to our own
+    /// renewal): a valid one for the same participant extends its admission, on the same
+    /// connection. One refused only for its time is a stale or skewed copy, and changes
+    /// nothing: the peer keeps the certificate it holds until that one expires.
     fn verify(&mut self, peer: PeerId, charter_hash: &[u8; 32], certificate: &[u8]) {
         let _span = peer_span(&peer).entered();
-        if self.denied.contains_key(&peer)
-            || self.peers.get(&peer).is_none_or(|p| p.state.is_some())
-        {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        if p.refused || self.denied.contains_key(&peer) {
             return;
         }
+        let held = p.admitted.clone();
         let verdict = if *charter_hash != self.charter_hash {
-            Err("different charter hash".to_owned())
+            Err(OTHER_CHARTER)
         } else {
             self.admission.admit(&peer, certificate, charter_hash)
         };
-        match verdict {
-            Ok(state) => {
-                info!(%state, "peer admitted");
+        match (verdict, held) {
+            (Ok(admitted), None) => {
+                info!(state = %admitted.state, until_ms = admitted.until_ms, "peer admitted");
+                let state = admitted.state.clone();
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    p.state = Some(state.clone());
+                    p.admitted = Some(admitted);
                     p.announced = true;
                 }
                 self.swarm
@@ -925,7 +953,48 @@ impl Actor {
                     .set_application_score(&peer, 0.0);
                 self.emit(Event::PeerAdmitted { peer, state });
             }
-            Err(reason) => self.refuse(peer, reason),
+            (Ok(admitted), Some(held)) if admitted.state == held.state => {
+                if admitted.until_ms > held.until_ms {
+                    info!(until_ms = admitted.until_ms, "peer renewed its certificate");
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.admitted = Some(admitted);
+                    }
+                }
+            }
+            (Ok(_), Some(_)) => self.refuse_with(peer, OTHER_PARTICIPANT),
+            (Err(refusal), Some(held)) if !refusal.deny => {
+                debug!(
+                    reason = refusal.reason,
+                    until_ms = held.until_ms,
+                    "certificate ignored, the one held stays"
+                );
+            }
+            (Err(refusal), _) => self.refuse_with(peer, refusal),
+        }
+    }
+
+    /// Presents a renewed certificate from now on, and at once to every connected peer.
+    fn renew(&mut self, certificate: Vec<u8>) {
+        self.certificate = certificate;
+        let request = AdmitRequest {
+            charter_hash: self.charter_hash,
+            certificate: self.certificate.clone(),
+        };
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(peer, p)| !p.refused && !self.denied.contains_key(peer))
+            .map(|(peer, _)| *peer)
+            .collect();
+        info!(
+            peers = peers.len(),
+            "certificate renewed, presenting it to connected peers"
+        );
+        for peer in peers {
+            self.swarm
+                .behaviour_mut()
+                .admit
+                .send_request(&peer, request.clone());
         }
     }
 
@@ -1030,7 +1099,7 @@ impl Actor {
                 return;
             }
         }
-        let Some(state) = p.state.clone() else {
+        let Some(state) = p.admitted.as_ref().map(|a| a.state.clone()) else {
             self.stats.requests_refused += 1;
             debug!("sync request from a peer not admitted refused");
             return;

@@ -33,15 +33,53 @@ const COMMAND_CAPACITY: usize = 256;
 /// Capacity of the event channel from the actor to the owner.
 const EVENT_CAPACITY: usize = 1024;
 
-/// Decides whether a connected node belongs to the network.
+/// Decides whether a connected node belongs to the network, on its own clock.
 pub trait Admit: Send + Sync + 'static {
-    /// Returns the admitted peer's state code, or a one-line reason for refusal.
+    /// Admits a peer by the certificate it presents, or refuses it.
     fn admit(
         &self,
         peer: &PeerId,
         certificate: &[u8],
         charter_hash: &[u8; 32],
-    ) -> Result<String, String>;
+    ) -> Result<Admitted, Refusal>;
+
+    /// The time admission decisions follow, in Unix milliseconds: an admitted peer is
+    /// disconnected once it is past [`Admitted::until_ms`].
+    fn now_ms(&self) -> u64;
+}
+
+/// What [`Admit::admit`] grants a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The participant the peer belongs to, such as a state code.
+    pub state: String,
+    /// The last millisecond of its certificate, on the [`Admit::now_ms`] clock.
+    pub until_ms: u64,
+}
+
+/// Why [`Admit::admit`] refused a peer. The reason is one of a fixed set, never text a
+/// peer sent: reasons become map keys and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    /// Whether the peer is deny-listed for [`DENY_DURATION`]. A refusal that only says the
+    /// certificate's time is wrong does not, so that a fresh certificate gets in at once.
+    pub deny: bool,
+}
+
+impl Refusal {
+    /// A refusal that deny-lists the peer.
+    pub const fn deny(reason: &'static str) -> Self {
+        Self { reason, deny: true }
+    }
+
+    /// A refusal after which the peer may try again at once.
+    pub const fn retry(reason: &'static str) -> Self {
+        Self {
+            reason,
+            deny: false,
+        }
+    }
 }
 
 /// Everything the network actor needs to start.
@@ -158,7 +196,7 @@ impl fmt::Display for MessageId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     pub peer: PeerId,
-    /// The state code returned by [`Admit::admit`], once admitted.
+    /// The state returned by [`Admit::admit`], once admitted.
     pub state: Option<String>,
     /// The remote address of the first connection.
     pub address: Option<Multiaddr>,
@@ -194,7 +232,9 @@ pub enum Event {
     PeerAdmitted { peer: PeerId, state: String },
     /// The last connection to an admitted peer closed.
     PeerGone { peer: PeerId },
-    /// A peer was refused, disconnected and deny-listed for a while.
+    /// A peer was refused and disconnected. It is deny-listed for [`DENY_DURATION`] unless
+    /// it only failed in time: a late admission, or a certificate expired or expiring too
+    /// far ahead.
     PeerRefused { peer: PeerId, reason: String },
     /// An admitted peer forwarded a gossip message; answer with [`Handle::report_gossip`].
     Gossip {
@@ -327,6 +367,12 @@ impl Handle {
     /// Disconnects a peer and deny-lists it for a while; emits [`Event::PeerRefused`].
     pub async fn disconnect(&self, peer: PeerId, reason: String) -> Result<(), Error> {
         self.tell(Command::Disconnect { peer, reason }).await
+    }
+
+    /// Presents `certificate` (a renewal of ours) from now on: in every later admission,
+    /// and at once to every connected peer, on its existing connection.
+    pub async fn renew_certificate(&self, certificate: Vec<u8>) -> Result<(), Error> {
+        self.tell(Command::Renew { certificate }).await
     }
 
     /// The connected peers, admitted or not yet.

@@ -11,10 +11,13 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::identity::{MAX_CERTIFICATE_VALIDITY_MS, NodeCertificate, SecretKey};
+use crate::service::certificate::{Admission, CERTIFICATE_VALIDITY_MS, Certifier, renew};
+use crate::service::{Clock, ManualClock};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Test certificates are state codes; `Some(reason)` refuses every peer.
+/// Test certificates are state codes that never expire; `Some(reason)` refuses every peer.
 struct Certificates(Option<&'static str>);
 
 impl Admit for Certificates {
@@ -23,12 +26,20 @@ impl Admit for Certificates {
         _peer: &PeerId,
         certificate: &[u8],
         _charter_hash: &[u8; 32],
-    ) -> Result<String, String> {
-        match self.0 {
-            Some(reason) => Err(reason.to_owned()),
-            None => String::from_utf8(certificate.to_vec())
-                .map_err(|_| "unreadable certificate".to_owned()),
+    ) -> Result<Admitted, Refusal> {
+        if let Some(reason) = self.0 {
+            return Err(Refusal::deny(reason));
         }
+        let state = String::from_utf8(certificate.to_vec())
+            .map_err(|_| Refusal::deny("unreadable certificate"))?;
+        Ok(Admitted {
+            state,
+            until_ms: u64::MAX,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        0
     }
 }
 
@@ -115,12 +126,12 @@ async fn refused(node: &mut Node, peer: PeerId) -> String {
     .await
 }
 
-/// Two admitted nodes: `b` dials `a`.
-async fn pair(a: Config, b: impl FnOnce(&Node) -> Config) -> (Node, Node) {
+/// Two admitted nodes: `b` dials `a`, and each admits the other as the state `states` gives.
+async fn pair(a: Config, b: impl FnOnce(&Node) -> Config, states: [&str; 2]) -> (Node, Node) {
     let mut a = start(a).await;
     let mut b = start(b(&a)).await;
-    assert_eq!(admitted(&mut a, b.id).await, "BB");
-    assert_eq!(admitted(&mut b, a.id).await, "AA");
+    assert_eq!(admitted(&mut a, b.id).await, states[1]);
+    assert_eq!(admitted(&mut b, a.id).await, states[0]);
     (a, b)
 }
 
@@ -161,7 +172,7 @@ fn request(max_entries: u32, proofs: usize) -> SyncRequest {
 async fn admitted_peers_sync_and_gossip() {
     let first = config("AA", None, None);
     let keypair = first.keypair.clone();
-    let (mut a, mut b) = pair(first, |a| config("BB", None, Some(a))).await;
+    let (mut a, mut b) = pair(first, |a| config("BB", None, Some(a)), ["AA", "BB"]).await;
 
     let sync = tokio::spawn({
         let handle = b.handle.clone();
@@ -278,7 +289,7 @@ async fn refused_peers_get_nothing() {
 async fn request_flood_cuts_the_peer_off() {
     let mut slow = config("AA", None, None);
     slow.max_requests_per_second = 2;
-    let (mut a, b) = pair(slow, |a| config("BB", None, Some(a))).await;
+    let (mut a, b) = pair(slow, |a| config("BB", None, Some(a)), ["AA", "BB"]).await;
 
     let flood: Vec<_> = (0..30)
         .map(|_| {
@@ -313,11 +324,15 @@ async fn request_flood_cuts_the_peer_off() {
 async fn oversized_frames_are_refused() {
     let mut small = config("AA", None, None);
     small.max_frame_bytes = 64 * 1024;
-    let (a, b) = pair(small, |a| {
-        let mut large = config("BB", None, Some(a));
-        large.max_frame_bytes = 1024 * 1024;
-        large
-    })
+    let (a, b) = pair(
+        small,
+        |a| {
+            let mut large = config("BB", None, Some(a));
+            large.max_frame_bytes = 1024 * 1024;
+            large
+        },
+        ["AA", "BB"],
+    )
     .await;
     let server = serve(a.events);
 
@@ -403,4 +418,235 @@ async fn silent_peers_are_refused_after_the_admission_timeout() {
     redial.send(a.address.clone()).await.expect("driver");
     assert_eq!(refused(&mut a, id).await, "no admission within 10 s");
     driver.abort();
+}
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// How often the nodes of these tests check whether their certificate is due for renewal.
+const RENEWAL_CHECK: Duration = Duration::from_millis(50);
+
+/// That `by` admitted (or re-admitted) `peer` on a certificate that expires at `until_ms`.
+#[derive(Debug, PartialEq, Eq)]
+struct Verified {
+    by: PeerId,
+    peer: PeerId,
+    until_ms: u64,
+}
+
+/// A node's real admission, which reports every certificate it admits to the test.
+struct Watched {
+    by: PeerId,
+    admission: Admission,
+    reports: mpsc::Sender<Verified>,
+}
+
+impl Admit for Watched {
+    fn admit(
+        &self,
+        peer: &PeerId,
+        certificate: &[u8],
+        charter_hash: &[u8; 32],
+    ) -> Result<Admitted, Refusal> {
+        let verdict = self.admission.admit(peer, certificate, charter_hash);
+        if let Ok(admitted) = &verdict {
+            let report = Verified {
+                by: self.by,
+                peer: *peer,
+                until_ms: admitted.until_ms,
+            };
+            // The test drains the reports as it waits; a lost one fails it, never passes it.
+            let _ = self.reports.try_send(report);
+        }
+        verdict
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.admission.now_ms()
+    }
+}
+
+/// A network of Ireland and Lithuania with real node certificates, on a clock that the
+/// test moves.
+struct Certified {
+    charter: Arc<crate::charter::Charter>,
+    keys: std::collections::BTreeMap<String, Arc<SecretKey>>,
+    clock: Arc<ManualClock>,
+    reports: mpsc::Sender<Verified>,
+    verified: mpsc::Receiver<Verified>,
+}
+
+impl Certified {
+    fn new() -> Self {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let today = time::macros::date!(2026 - 12 - 01);
+        let (charter, keys) =
+            crate::testnet::fixture(&["IE", "LT"], &["IE", "LT"], today, &mut rng)
+                .expect("fixture");
+        let (reports, verified) = mpsc::channel(256);
+        Self {
+            charter: Arc::new(charter),
+            keys: keys.into_iter().map(|(c, k)| (c, Arc::new(k))).collect(),
+            clock: Arc::new(ManualClock::new(1_796_083_200_000)),
+            reports,
+            verified,
+        }
+    }
+
+    fn certifier(&self, state: &str, peer: &PeerId) -> Certifier {
+        Certifier::new(self.keys[state].clone(), &self.charter.network, peer)
+    }
+
+    /// The configuration of a node of `state` that dials `dial`, with a certificate issued
+    /// now and real admission.
+    fn config_of(&self, state: &str, keypair: Keypair, dial: Option<&Node>) -> Config {
+        let mut config = config(state, None, dial);
+        config.keypair = keypair;
+        let by = config.keypair.public().to_peer_id();
+        config.certificate = self
+            .certifier(state, &by)
+            .issue(self.clock.now_ms())
+            .encode();
+        config.admission = Arc::new(Watched {
+            by,
+            admission: Admission {
+                charter: self.charter.clone(),
+                clock: self.clock.clone(),
+            },
+            reports: self.reports.clone(),
+        });
+        config
+    }
+
+    /// Runs the certificate renewal of a node whose certificate expires at `until_ms`.
+    fn keep_renewed(&self, node: &Node, state: &str, until_ms: u64) {
+        tokio::spawn(renew(
+            self.certifier(state, &node.id),
+            node.handle.clone(),
+            self.clock.clone(),
+            until_ms,
+            RENEWAL_CHECK,
+            node.cancel.clone(),
+        ));
+    }
+
+    /// Waits until `by` admits `peer` on a certificate that expires at `until_ms`.
+    async fn verified(&mut self, by: PeerId, peer: PeerId, until_ms: u64) {
+        let wanted = Verified { by, peer, until_ms };
+        within(async { while self.verified.recv().await.expect("reports") != wanted {} }).await;
+    }
+}
+
+/// `a` refuses `b` for `reason` without deny-listing it: `b` dials again at once and `a`
+/// refuses that connection itself. Once `b` renews its certificate, `a` admits it.
+async fn refused_until_renewed(net: &Certified, a: &mut Node, b: &Node, reason: &str) {
+    assert_eq!(refused(a, b.id).await, reason);
+    assert_eq!(refused(a, b.id).await, reason);
+    let renewed = net.certifier("LT", &b.id).issue(net.clock.now_ms());
+    b.handle
+        .renew_certificate(renewed.encode())
+        .await
+        .expect("renew");
+    assert_eq!(admitted(a, b.id).await, "LT");
+}
+
+#[tokio::test]
+async fn a_node_running_past_thirty_days_keeps_its_peers() {
+    let mut net = Certified::new();
+    let start_ms = net.clock.now_ms();
+    let b_keypair = Keypair::generate_ed25519();
+    let (mut a, mut b) = pair(
+        net.config_of("IE", Keypair::generate_ed25519(), None),
+        |a| net.config_of("LT", b_keypair.clone(), Some(a)),
+        ["IE", "LT"],
+    )
+    .await;
+    for (node, state) in [(&a, "IE"), (&b, "LT")] {
+        net.keep_renewed(node, state, start_ms + CERTIFICATE_VALIDITY_MS);
+    }
+    let since = |peers: Vec<PeerInfo>| -> Vec<(PeerId, bool, u64)> {
+        peers
+            .into_iter()
+            .map(|p| (p.peer, p.admitted, p.connected_since_ms))
+            .collect()
+    };
+    let before = [
+        since(a.handle.peers().await.expect("peers")),
+        since(b.handle.peers().await.expect("peers")),
+    ];
+
+    // Four times 25 days: each time both certificates have 5 days left, both nodes renew
+    // theirs, and each peer takes the other's new one on the connection it has.
+    for _ in 0..4 {
+        let now = net.clock.advance(25 * DAY_MS);
+        net.verified(a.id, b.id, now + CERTIFICATE_VALIDITY_MS)
+            .await;
+        net.verified(b.id, a.id, now + CERTIFICATE_VALIDITY_MS)
+            .await;
+    }
+    let after = [
+        since(a.handle.peers().await.expect("peers")),
+        since(b.handle.peers().await.expect("peers")),
+    ];
+    assert_eq!(after, before, "the first connection stands");
+    assert_eq!(after[0], vec![(b.id, true, before[0][0].2)]);
+    for node in [&mut a, &mut b] {
+        assert_eq!(node.handle.stats().await.expect("stats").refused_peers, 0);
+        while let Ok(event) = node.events.try_recv() {
+            assert!(
+                !matches!(event, Event::PeerGone { .. } | Event::PeerRefused { .. }),
+                "{event:?}"
+            );
+        }
+    }
+
+    // The connection is cut: `b` stops, starts again with the same identity and dials `a`.
+    // `b` checks `a`'s certificate at day 100, so `a` presents one it renewed (its first ran
+    // out at day 30).
+    b.cancel.cancel();
+    within(b.task).await.expect("actor joins");
+    next(&mut a.events, |event| {
+        matches!(event, Event::PeerGone { peer } if peer == b.id).then_some(())
+    })
+    .await;
+    let mut b = start(net.config_of("LT", b_keypair, Some(&a))).await;
+    assert_eq!(admitted(&mut a, b.id).await, "LT");
+    assert_eq!(admitted(&mut b, a.id).await, "IE");
+}
+
+#[tokio::test]
+async fn a_peer_whose_certificate_expires_is_cut_off_and_let_back_in_once_renewed() {
+    let mut net = Certified::new();
+    let start_ms = net.clock.now_ms();
+    let (mut a, b) = pair(
+        net.config_of("IE", Keypair::generate_ed25519(), None),
+        |a| net.config_of("LT", Keypair::generate_ed25519(), Some(a)),
+        ["IE", "LT"],
+    )
+    .await;
+    // Only `a` renews its certificate.
+    net.keep_renewed(&a, "IE", start_ms + CERTIFICATE_VALIDITY_MS);
+    let now = net.clock.advance(25 * DAY_MS);
+    net.verified(b.id, a.id, now + CERTIFICATE_VALIDITY_MS)
+        .await;
+    net.clock.advance(6 * DAY_MS);
+    refused_until_renewed(&net, &mut a, &b, "certificate has expired").await;
+}
+
+#[tokio::test]
+async fn a_certificate_expiring_too_far_ahead_is_refused() {
+    let net = Certified::new();
+    let mut a = start(net.config_of("IE", Keypair::generate_ed25519(), None)).await;
+    let keypair = Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let mut far = net.config_of("LT", keypair, Some(&a));
+    far.certificate = NodeCertificate::issue(
+        &net.keys["LT"],
+        &net.charter.network,
+        &peer.to_bytes(),
+        net.clock.now_ms() + MAX_CERTIFICATE_VALIDITY_MS + 1,
+    )
+    .encode();
+    let b = start(far).await;
+    refused_until_renewed(&net, &mut a, &b, "certificate expires too far ahead").await;
 }

@@ -313,7 +313,7 @@ pub(crate) struct Actor {
     pub charter: Arc<Charter>,
     pub replica: Replica<Reader>,
     pub store: Store,
-    pub key: SecretKey,
+    pub key: Arc<SecretKey>,
     pub code: String,
     pub incarnation: u32,
     pub clock: Arc<dyn Clock>,

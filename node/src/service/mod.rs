@@ -7,6 +7,7 @@
 //! `127.0.0.1:0` and stop it at will.
 
 pub mod actor;
+pub mod certificate;
 pub mod report;
 pub mod sync;
 
@@ -40,6 +41,30 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0)
+    }
+}
+
+/// A clock that stands still until it is advanced: tests move a node through days in an
+/// instant.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn new(now_ms: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(now_ms))
+    }
+
+    /// Moves the clock on by `ms`; returns the new time.
+    pub fn advance(&self, ms: u64) -> u64 {
+        self.0
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(ms)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -91,32 +116,10 @@ pub struct Node {
     pub(crate) network: crate::network::Config,
     pub(crate) published: tokio::sync::mpsc::Receiver<Vec<u8>>,
     pub(crate) peers: sync::PeerTable,
-}
-
-/// How long a node certificate issued at start is valid.
-const CERTIFICATE_VALIDITY_MS: u64 = 30 * 24 * 3600 * 1000;
-
-/// Admits peers whose node certificate is signed by a participant of our charter.
-struct Admission {
-    charter: Arc<Charter>,
-    clock: Arc<dyn Clock>,
-}
-
-impl crate::network::Admit for Admission {
-    fn admit(
-        &self,
-        peer: &crate::network::PeerId,
-        certificate: &[u8],
-        _charter_hash: &[u8; 32],
-    ) -> Result<String, String> {
-        let cert =
-            crate::identity::NodeCertificate::decode(certificate).map_err(|e| e.to_string())?;
-        cert.verify(&self.charter.network, &peer.to_bytes(), self.clock.now_ms())?;
-        self.charter
-            .participant_by_key(&cert.issuer)
-            .map(|p| p.code.clone())
-            .ok_or_else(|| "certificate issuer is not a participant of the charter".to_owned())
-    }
+    /// Renews the node certificate while the node runs.
+    pub(crate) certifier: certificate::Certifier,
+    /// When the certificate issued at start expires.
+    pub(crate) certificate_until_ms: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -198,7 +201,8 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Node, Error> {
         let passphrase = read_passphrase(&settings, env)?;
-        let key = SecretKey::load(&settings.key, passphrase.as_deref()).map_err(Error::Key)?;
+        let key =
+            Arc::new(SecretKey::load(&settings.key, passphrase.as_deref()).map_err(Error::Key)?);
         let charter_text =
             std::fs::read_to_string(&settings.charter).map_err(|e| Error::CharterRead {
                 path: settings.charter.display().to_string(),
@@ -257,18 +261,14 @@ impl Node {
         let keypair = crate::network::keypair_from_seed(&node_key.seed_bytes())
             .map_err(|e| Error::Network(e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
-        let certificate = crate::identity::NodeCertificate::issue(
-            &key,
-            &charter.network,
-            &peer_id.to_bytes(),
-            clock.now_ms() + CERTIFICATE_VALIDITY_MS,
-        );
+        let certifier = certificate::Certifier::new(key.clone(), &charter.network, &peer_id);
+        let certificate = certifier.issue(clock.now_ms());
         let mut network = crate::network::Config::new(
             keypair,
             charter.network.clone(),
             certificate.encode(),
             charter.hash(),
-            Arc::new(Admission {
+            Arc::new(certificate::Admission {
                 charter: charter.clone(),
                 clock: clock.clone(),
             }),
@@ -323,6 +323,8 @@ impl Node {
             network,
             published,
             peers,
+            certifier,
+            certificate_until_ms: certificate.not_after_ms,
         })
     }
 
@@ -343,6 +345,14 @@ pub async fn run(
         .map_err(|e| Error::Api(e.to_string()))?;
     let (net, events, net_task) = crate::network::spawn(node.network, shutdown.child_token())
         .map_err(|e| Error::Network(e.to_string()))?;
+    let renewal = tokio::spawn(certificate::renew(
+        node.certifier,
+        net.clone(),
+        node.clock.clone(),
+        node.certificate_until_ms,
+        certificate::RENEWAL_CHECK,
+        shutdown.clone(),
+    ));
     let replication = tokio::spawn(sync::run(
         node.handle.clone(),
         net,
@@ -374,6 +384,7 @@ pub async fn run(
     let served = api.await;
     // The API has stopped, on shutdown or a fatal error: stop replication too.
     shutdown.cancel();
+    let _ = renewal.await;
     let _ = replication.await;
     let _ = net_task.await;
     drop(node.handle);

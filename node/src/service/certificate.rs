@@ -1,0 +1,158 @@
+//! Node certificates: the node's own, issued at start and renewed while it runs, and the
+//! admission of peers by theirs.
+//!
+//! A certificate is valid for 30 days. The node checks its own on a timer and, once less
+//! than a third of that is left, issues a new one and hands it to the network, which
+//! presents it to every peer on the connection it already has. Both the renewal and the
+//! admission follow the injected [`Clock`], never the wall clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::charter::Charter;
+use crate::identity::{NodeCertificate, SecretKey};
+use crate::network::{self, Admit, Admitted, PeerId, Refusal};
+
+use super::Clock;
+
+/// How long a node certificate is valid from its issue.
+pub const CERTIFICATE_VALIDITY_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// How often a running node checks whether its certificate is due for renewal.
+pub const RENEWAL_CHECK: Duration = Duration::from_secs(60);
+
+/// Whether a certificate that expires at `not_after_ms` is due for renewal at `now_ms`:
+/// once less than a third of its validity is left, which leaves ten days for it to reach
+/// every peer.
+pub fn renewal_due(not_after_ms: u64, now_ms: u64) -> bool {
+    not_after_ms.saturating_sub(now_ms) < CERTIFICATE_VALIDITY_MS / 3
+}
+
+/// Issues this node's certificates with the national key.
+pub(crate) struct Certifier {
+    key: Arc<SecretKey>,
+    network: String,
+    peer_id: Vec<u8>,
+}
+
+impl Certifier {
+    pub(crate) fn new(key: Arc<SecretKey>, network: &str, peer: &PeerId) -> Self {
+        Self {
+            key,
+            network: network.to_owned(),
+            peer_id: peer.to_bytes(),
+        }
+    }
+
+    /// A certificate valid for [`CERTIFICATE_VALIDITY_MS`] from `now_ms`.
+    pub(crate) fn issue(&self, now_ms: u64) -> NodeCertificate {
+        NodeCertificate::issue(
+            &self.key,
+            &self.network,
+            &self.peer_id,
+            now_ms.saturating_add(CERTIFICATE_VALIDITY_MS),
+        )
+    }
+}
+
+impl std::fmt::Debug for Certifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certifier")
+            .field("issuer", &self.key.public())
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renews the node certificate, which expires at `not_after_ms`, whenever a check every
+/// `every` finds it due; runs until `shutdown` or until the network stops.
+pub(crate) async fn renew(
+    certifier: Certifier,
+    net: network::Handle,
+    clock: Arc<dyn Clock>,
+    mut not_after_ms: u64,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut check = tokio::time::interval(every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                let now = clock.now_ms();
+                if !renewal_due(not_after_ms, now) {
+                    continue;
+                }
+                let certificate = certifier.issue(now);
+                if net.renew_certificate(certificate.encode()).await.is_err() {
+                    break;
+                }
+                tracing::info!(
+                    old_until_ms = not_after_ms,
+                    until_ms = certificate.not_after_ms,
+                    "node certificate renewed"
+                );
+                not_after_ms = certificate.not_after_ms;
+            }
+        }
+    }
+}
+
+/// Admits peers whose node certificate is signed by a participant of our charter.
+pub(crate) struct Admission {
+    pub(crate) charter: Arc<Charter>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+const MALFORMED: Refusal = Refusal::deny("malformed node certificate");
+const STRANGER: Refusal = Refusal::deny("certificate issuer is not a participant of the charter");
+
+impl Admit for Admission {
+    fn admit(
+        &self,
+        peer: &PeerId,
+        certificate: &[u8],
+        _charter_hash: &[u8; 32],
+    ) -> Result<Admitted, Refusal> {
+        let cert = NodeCertificate::decode(certificate).map_err(|_| MALFORMED)?;
+        cert.verify(&self.charter.network, &peer.to_bytes(), self.now_ms())
+            .map_err(|fault| {
+                if fault.is_about_time() {
+                    Refusal::retry(fault.reason())
+                } else {
+                    Refusal::deny(fault.reason())
+                }
+            })?;
+        let participant = self
+            .charter
+            .participant_by_key(&cert.issuer)
+            .ok_or(STRANGER)?;
+        Ok(Admitted {
+            state: participant.code.clone(),
+            until_ms: cert.not_after_ms,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_once_a_third_of_the_validity_is_left() {
+        let issued = 1_796_083_200_000;
+        let expiry = issued + CERTIFICATE_VALIDITY_MS;
+        let twenty_days = 20 * 24 * 3600 * 1000;
+        assert!(!renewal_due(expiry, issued));
+        assert!(!renewal_due(expiry, issued + twenty_days));
+        assert!(renewal_due(expiry, issued + twenty_days + 1));
+        assert!(renewal_due(expiry, expiry + 1), "an expired one is due too");
+    }
+}
