@@ -465,11 +465,11 @@ impl Reader {
                 Some(a) => String::from_utf8(a.clone()).map_err(|_| bad_cursor())?,
                 None => lower.clone(),
             };
-            let mut rows = summaries
+            let rows = summaries
                 .range(start.as_str()..upper.as_str())
                 .map_err(dberr)?;
             let mut done = true;
-            while let Some(row) = rows.next() {
+            for row in rows {
                 let (k, _) = row.map_err(dberr)?;
                 let key = k.value().to_owned();
                 if after.as_deref() == Some(key.as_bytes()) {
@@ -547,24 +547,20 @@ impl Reader {
             next: None,
         };
         let upper = before.unwrap_or(u64::MAX);
-        let keys: Box<dyn Iterator<Item = Result<(u64, Vec<u8>), Error>>> = match doc {
-            Some(id) => Box::new(
-                self.doc_keys(&tx, id, None)
-                    .map_err(|e| Error::Corrupt(e.0))?
-                    .into_iter()
-                    .rev()
-                    .filter(move |(p, _)| *p < upper)
-                    .map(Ok),
-            ),
+        // The candidates, newest first: a document's entries, or the arrival order.
+        let keys: Vec<(u64, Vec<u8>)> = match doc {
+            Some(id) => self
+                .doc_keys(&tx, id, None)
+                .map_err(|e| Error::Corrupt(e.0))?
+                .into_iter()
+                .rev()
+                .filter(|(p, _)| *p < upper)
+                .take(MAX_SCAN)
+                .collect(),
             None => {
                 let arrival = tx.open_table(tables::ARRIVAL).map_err(dberr)?;
-                let rows: Vec<_> = arrival
-                    .range(..upper)
-                    .map_err(dberr)?
-                    .rev()
-                    .take(MAX_SCAN)
-                    .collect();
-                Box::new(rows.into_iter().map(|row| {
+                let mut keys = Vec::new();
+                for row in arrival.range(..upper).map_err(dberr)?.rev().take(MAX_SCAN) {
                     let (k, v) = row.map_err(dberr)?;
                     let position = k.value();
                     let key = self
@@ -572,15 +568,17 @@ impl Reader {
                         .open_row("arrival", &position.to_be_bytes(), v.value())
                         .ok_or_else(|| {
                             Error::Corrupt(corrupt("arrival", &position.to_be_bytes()).0)
-                        })?
-                        .to_vec();
-                    Ok((position, key))
-                }))
+                        })?;
+                    keys.push((position, key.to_vec()));
+                    if author.is_none() && keys.len() == limit {
+                        break;
+                    }
+                }
+                keys
             }
         };
         let mut scanned = 0;
-        for row in keys {
-            let (position, key) = row?;
+        for (position, key) in keys {
             scanned += 1;
             page.next = Some(position);
             if author.is_some_and(|a| key.get(..32) != Some(a.as_bytes().as_slice())) {
