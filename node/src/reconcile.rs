@@ -297,11 +297,19 @@ impl Set {
             .collect()
     }
 
-    /// The responder's answers to a requester's ranges (at most [`MAX_ASKED`] of them).
+    /// The responder's answers to a requester's ranges: the first [`MAX_ASKED`] of them,
+    /// as long as they are disjoint and in key order (as a session asks them), so that one
+    /// request reads each item at most once.
     pub fn answer(&self, asked: &[Asked]) -> Vec<Answer> {
+        let mut floor = Some(Key::MIN);
         asked
             .iter()
             .take(MAX_ASKED)
+            .take_while(|a| {
+                let after = floor.is_some_and(|f| a.range.start >= f);
+                floor = a.range.end;
+                after
+            })
             .zip(0u32..)
             .filter_map(|(a, index)| {
                 let ours = self.fingerprint(&a.range);
@@ -675,9 +683,25 @@ mod tests {
         assert!(matches!(&answers[0].body, Body::Items(i) if i.len() == MAX_ITEMS));
         let answers = large.answer(&[ask(&small)]);
         assert!(matches!(&answers[0].body, Body::Parts(p) if p.len() == PARTS));
-        // No more ranges are answered than a request may ask.
-        let many = vec![ask(&Set::default()); 3 * MAX_ASKED];
-        assert_eq!(large.answer(&many).len(), MAX_ASKED);
+        // No more ranges are answered than a request may ask, and none after one that
+        // overlaps or comes before those asked earlier.
+        let many: Vec<Asked> = (0..3 * MAX_ASKED as u32)
+            .map(|i| Asked {
+                range: Range {
+                    start: Key::of(&log(i)),
+                    end: Some(Key::of(&log(i))),
+                },
+                fingerprint: Fingerprint {
+                    count: 1,
+                    ..Fingerprint::default()
+                },
+            })
+            .collect();
+        let mut sorted = many.clone();
+        sorted.sort_by_key(|a| a.range.start);
+        assert_eq!(large.answer(&sorted).len(), MAX_ASKED);
+        assert!(large.answer(&many).len() < MAX_ASKED);
+        assert_eq!(large.answer(&vec![ask(&Set::default()); 3]).len(), 1);
     }
 
     #[test]
