@@ -1,8 +1,8 @@
 //! spocnet node: the library behind the `spoc-node` service and the `spoc` CLI.
 //!
-//! The IO-free core (`identity`, `charter`, `log`, `docs`, `replica`) decides what is
-//! valid and what the documents say; `store` makes it durable. See ARCHITECTURE.md for the
-//! bird's-eye view and the invariants.
+//! The IO-free core (`identity`, `charter`, `log`, `docs`, `replica`, `reconcile`) decides
+//! what is valid, what the documents say and which logs two nodes hold differently; `store`
+//! makes it durable. See ARCHITECTURE.md for the bird's-eye view and the invariants.
 
 pub mod api;
 pub mod charter;
@@ -13,6 +13,7 @@ pub mod docs;
 pub mod identity;
 pub mod log;
 pub mod network;
+pub mod reconcile;
 pub mod replica;
 pub mod service;
 pub mod store;

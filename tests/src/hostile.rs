@@ -22,6 +22,7 @@ use spoc_node::network::{
     self, Acceptance, Admit, Admitted, Config, Event, Keypair, Multiaddr, PeerId, Refusal,
     SyncRequest, SyncResponse,
 };
+use spoc_node::reconcile;
 use spoc_node::replica::{Limits, Replica};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -280,6 +281,24 @@ impl Hostile {
                 .map_err(|_| anyhow!("sync did not end"))?
                 .map_err(anyhow::Error::from)
         })
+    }
+
+    /// Pulls from `node` as a node that holds nothing would: reconciles, then asks for
+    /// every log; returns the first batch of entries of each request.
+    pub fn pull(&self, rt: &Runtime, node: PeerId) -> Result<Vec<Vec<u8>>> {
+        let nothing = reconcile::Set::default();
+        let mut session = reconcile::Session::new();
+        let (mut entries, mut answers) = (Vec::new(), Vec::new());
+        for _ in 0..100 {
+            session.receive(&nothing, &answers, true)?;
+            let Some(ask) = session.ask(&nothing) else {
+                return Ok(entries);
+            };
+            let response = self.sync(rt, node, spoc_node::service::sync::request_of(ask))?;
+            entries.extend(entries_of(&response)?);
+            answers = response.ranges;
+        }
+        bail!("the pull from {node} did not end")
     }
 
     pub fn publish(&self, rt: &Runtime, data: Vec<u8>) -> Result<()> {

@@ -4,6 +4,7 @@
 //! node, whose readiness is awaited on its own log line, never on a timer. Every process
 //! is killed when its `Proc` is dropped, so a failing test leaves nothing behind.
 
+pub mod history;
 pub mod hostile;
 
 use std::io::{BufRead, BufReader};
@@ -176,6 +177,11 @@ impl Proc {
             .trim()
             .to_owned();
         Ok(proc)
+    }
+
+    /// Forgets the log lines read so far, so that the next wait sees only newer ones.
+    pub fn skip_log(&mut self) {
+        while self.log.try_recv().is_ok() {}
     }
 
     /// Waits for a log line containing `needle`; fails if the process exits first.

@@ -8,72 +8,24 @@
 //! order that `Store::load` rebuilt, not in one it saw entries arrive in.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
-use spoc_node::charter::Charter;
-use spoc_node::docs::command::Command;
-use spoc_node::identity::SecretKey;
 use spoc_node::log::SignedEntry;
-use spoc_node::replica::{Limits, Replica, Report};
-use spoc_node::store::Store;
-use spoc_tests::{NodeInfo, Proc, Testnet};
+use spoc_tests::history::{self, History};
+use spoc_tests::{Proc, Testnet};
 
 const ENTRIES: usize = 1_500;
-const OBSTACLES: usize = 12;
 const CATCH_UP: Duration = Duration::from_secs(180);
 
-/// Writes `ENTRIES` entries of every node's state into `info`'s store.
-fn write_history(net: &Testnet, into: &NodeInfo) -> Result<Vec<SignedEntry>> {
-    let settings = spoc_node::config::Settings::load(&into.data_dir, &|_| None)?;
-    let charter = Arc::new(Charter::parse(&std::fs::read_to_string(
-        &settings.charter,
-    )?)?);
-    let mut keys = Vec::new();
-    for node in &net.nodes {
-        let s = spoc_node::config::Settings::load(&node.data_dir, &|_| None)?;
-        keys.push((node.state.clone(), SecretKey::load(&s.key, None)?));
-    }
-    let mut replica = Replica::new(charter, Limits::default());
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1500);
-    let mut report = Report::default();
-    let mut obstacles = Vec::new();
-    let mut all = Vec::new();
-    let now = 1_796_083_200_000_u64;
-    for i in 0..ENTRIES {
-        let (_, key) = &keys[i % keys.len()];
-        let command: Command = if obstacles.len() < OBSTACLES {
-            serde_json::from_value(json!({
-                "command": "obstacle_report", "title": format!("Obstacle {i}"),
-                "type": "legal", "description": "Waits for a reply from every state.",
-            }))?
-        } else {
-            let obstacle: &String = &obstacles[rng.random_range(0..obstacles.len())];
-            serde_json::from_value(json!({
-                "command": "obstacle_comment", "obstacle": obstacle,
-                "text": format!("Reply {i}: our legislation differs on this point."),
-            }))?
-        };
-        let ulid = ulid::Ulid::from_parts(now + i as u64, rng.random::<u128>());
-        let (entry, item) = replica
-            .prepare(key, 1, &command, now + i as u64, ulid)
-            .map_err(|e| anyhow::anyhow!("entry {i}: {e}"))?;
-        if obstacles.len() < OBSTACLES {
-            obstacles.push(item);
-        }
-        let mut accepted = replica.ingest(vec![entry.clone()])?;
-        ensure!(accepted.accepted.len() == 1, "entry {i} was refused");
-        report.accepted.append(&mut accepted.accepted);
-        report.touched.append(&mut accepted.touched);
-        all.push(entry);
-    }
-    let store = Store::open(&into.data_dir.join(spoc_node::config::STORE_FILE))?;
-    store.commit(&replica, &report)?;
-    Ok(all)
-}
+/// Each state's one log, answering the others on 12 shared obstacles.
+const HISTORY: History = History {
+    entries: ENTRIES,
+    obstacles: 12,
+    incarnation: |_| 1,
+    seed: 1500,
+};
 
 /// The hash of the last entry of each log.
 fn tips(entries: &[SignedEntry]) -> Vec<String> {
@@ -93,7 +45,7 @@ fn a_node_catches_up_on_more_than_one_batch_of_interdependent_entries() -> Resul
     );
     let net = Testnet::new(3)?;
     let (first, second, third) = (&net.nodes[0], &net.nodes[1], &net.nodes[2]);
-    let history = write_history(&net, first).context("writing the history")?;
+    let history = history::write(&net, first, &HISTORY).context("writing the history")?;
     let tips = tips(&history);
 
     let serving = Proc::start(first)?;

@@ -23,7 +23,8 @@ use spoc_node::charter::Charter;
 use spoc_node::docs::command::Command;
 use spoc_node::identity::{NodeCertificate, SecretKey};
 use spoc_node::log::SignedEntry;
-use spoc_node::network::{LogHeight, MAX_PENDING_INCOMING, PeerId, SyncRequest, SyncResponse};
+use spoc_node::network::{MAX_PENDING_INCOMING, PeerId, SyncRequest, SyncResponse};
+use spoc_node::reconcile::{self, Body, Item, Key};
 use spoc_node::replica::{Limits, Replica};
 use spoc_tests::hostile::*;
 
@@ -212,9 +213,7 @@ fn invalid_entries_are_refused_by_every_node_and_relayed_by_none() -> Result<()>
             bad_rule.bytes().to_vec().into(),
             bad_pulled.bytes().to_vec().into(),
         ],
-        proofs: Vec::new(),
-        more: false,
-        packed: None,
+        ..SyncResponse::default()
     };
     let mut h2 = net.spawn(net.rogue_config(&[0, 1])?, answer)?;
     h2.wait_gone(&net.rt, &a_id)?;
@@ -284,16 +283,11 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
     let mut h = net.spawn(config, SyncResponse::default())?;
     h.wait_admitted_by(&net.rt, &a_id)?;
 
-    let height = LogHeight {
-        author: [7; 32],
-        incarnation: 1,
-        seq: 1,
-        tip: None,
-    };
+    // No honest request comes near the limit: it names at most 256 logs, this one 200,000.
     let big = SyncRequest {
-        heights: vec![height; 200_000],
+        ranges: Vec::new(),
+        wanted: vec![Item::absent(Key([7; 36])); 200_000],
         max_entries: 500,
-        proofs: Vec::new(),
     };
     let size = big.encoded_len();
     assert!(size > NODE_FRAME_BYTES, "{size} bytes is not oversized");
@@ -314,15 +308,12 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
     net.a.wait_entries(&[hash(&from_b)], WAIT)?;
     let mut fresh = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     fresh.wait_admitted_by(&net.rt, &a_id)?;
-    let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
-    assert!(
-        !entries_of(&pulled)?.is_empty(),
-        "A answered with no entries"
-    );
+    let pulled = fresh.pull(&net.rt, a_id)?;
+    assert!(!pulled.is_empty(), "A answered with no entries");
     eprintln!(
         "oversized frame: {size} bytes refused in {took:?} ({}), sender cut off; a fresh peer then pulled {} entries; {:?}",
         refused.err().map(|e| e.to_string()).unwrap_or_default(),
-        entries_of(&pulled)?.len(),
+        pulled.len(),
         started.elapsed()
     );
     Ok(())
@@ -336,11 +327,8 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     let a_id = net.a_id;
     let mut h = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     h.wait_admitted_by(&net.rt, &a_id)?;
-    let ordinary = h.sync(&net.rt, a_id, SyncRequest::default())?;
-    assert!(
-        !entries_of(&ordinary)?.is_empty(),
-        "A answered with no entries"
-    );
+    let ordinary = h.pull(&net.rt, a_id)?;
+    assert!(!ordinary.is_empty(), "A answered with no entries");
 
     const FLOOD: usize = 200;
     let fired = Instant::now();
@@ -370,9 +358,9 @@ fn a_sync_request_flood_is_cut_off() -> Result<()> {
     net.b.wait_entries(&[hash(&from_a)], WAIT)?;
     let mut fresh = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     fresh.wait_admitted_by(&net.rt, &a_id)?;
-    let pulled = fresh.sync(&net.rt, a_id, SyncRequest::default())?;
+    let pulled = fresh.pull(&net.rt, a_id)?;
     assert!(
-        !entries_of(&pulled)?.is_empty(),
+        !pulled.is_empty(),
         "A answered the new peer with no entries"
     );
     eprintln!(
@@ -403,9 +391,7 @@ fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Resul
     // Each node pulls one branch from a peer that only it is connected to.
     let answer = |e: &SignedEntry| SyncResponse {
         entries: vec![serde_bytes::ByteBuf::from(e.bytes().to_vec())],
-        proofs: Vec::new(),
-        more: false,
-        packed: None,
+        ..SyncResponse::default()
     };
     let mut to_a = net.spawn(net.rogue_config(&[0])?, answer(&one))?;
     let mut to_b = net.spawn(net.rogue_config(&[1])?, answer(&two))?;
@@ -433,27 +419,56 @@ fn an_equivocation_sent_to_two_nodes_ends_with_both_holding_the_proof() -> Resul
 }
 
 #[test]
-fn a_sync_answer_over_the_batch_limit_cuts_the_peer_off() -> Result<()> {
+fn a_sync_answer_over_the_batch_limit_or_malformed_cuts_the_peer_off() -> Result<()> {
     let _serial = serial();
     let mut net = Net::start()?;
     let a_id = net.a_id;
     // 501 entries, one over the batch limit; the node counts them before decoding any.
     let answer = SyncResponse {
         entries: vec![serde_bytes::ByteBuf::from(vec![1u8; 8]); 501],
-        proofs: Vec::new(),
-        more: false,
-        packed: None,
+        ..SyncResponse::default()
     };
     let mut h = net.spawn(net.rogue_config(&[0])?, answer)?;
     h.wait_admitted_by(&net.rt, &a_id)?;
     let line = refused_log(&mut net.a, &h.id, "sync batch over the limit")?;
     assert!(line.contains("sync batch over the limit"), "{line}");
+    // Range answers over the limit, and one to a range that was not asked about.
+    let item = |i: u8| Item::absent(Key([i; 36]));
+    let over = SyncResponse {
+        ranges: vec![reconcile::Answer {
+            index: 0,
+            body: Body::Items((0..65).map(item).collect()),
+        }],
+        ..SyncResponse::default()
+    };
+    let unasked = SyncResponse {
+        ranges: vec![reconcile::Answer {
+            index: 7,
+            body: Body::Items(vec![item(1)]),
+        }],
+        ..SyncResponse::default()
+    };
+    let mut malformed = Vec::new();
+    for answer in [over, unasked] {
+        let mut h = net.spawn(net.rogue_config(&[0])?, answer)?;
+        h.wait_admitted_by(&net.rt, &a_id)?;
+        malformed.push(refused_log(&mut net.a, &h.id, "malformed range answer")?);
+    }
+    assert!(malformed[0].contains("65 items"), "{}", malformed[0]);
+    assert!(malformed[1].contains("range 7"), "{}", malformed[1]);
     let s = status(&net.a)?;
     assert_eq!(
         count(&s, "refused_peers", "sync batch over the limit"),
         1,
         "{s}"
     );
+    let refusals = s["refused_peers"].as_object().map_or(0, |m| {
+        m.iter()
+            .filter(|(r, _)| r.starts_with("malformed range answer"))
+            .filter_map(|(_, n)| n.as_u64())
+            .sum::<u64>()
+    });
+    assert_eq!(refusals, 2, "{s}");
     // The node goes on serving the others.
     let ack = net.b.write(&report("After the oversized batch"))?;
     net.a.wait_entries(&[hash(&ack)], WAIT)?;

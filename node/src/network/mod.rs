@@ -25,7 +25,7 @@ use behaviour::Command;
 
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
-pub use protocol::{LogHeight, PackError, SyncRequest, SyncResponse, pack, unpack};
+pub use protocol::{PackError, SyncRequest, SyncResponse, pack, unpack};
 
 /// Capacity of the command channel from handles to the actor.
 const COMMAND_CAPACITY: usize = 256;

@@ -1,5 +1,6 @@
 //! Wire types, codecs and size limits of the two request-response protocols:
-//! admission (`/spocnet/admit/1`) and pull sync (`/spocnet/sync/1`).
+//! admission (`/spocnet/admit/1`) and pull sync (`/spocnet/sync/2`). The questions and
+//! answers of set reconciliation inside a sync frame are `reconcile`'s types.
 
 use std::time::Duration;
 
@@ -8,11 +9,13 @@ use libp2p::request_response::{self, ProtocolSupport, cbor};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::reconcile::{self, Answer, Asked, Body, Item};
+
 /// Protocol name of the admission exchange.
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/admit/1");
 
 /// Protocol name of the pull sync exchange.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/sync/2");
 
 /// Largest admission request or response we read.
 pub const MAX_ADMIT_BYTES: u64 = 16 * 1024;
@@ -40,31 +43,26 @@ pub struct AdmitResponse {
     pub certificate: Vec<u8>,
 }
 
-/// How far the requester holds one author's log.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LogHeight {
-    #[serde(with = "serde_bytes")]
-    pub author: [u8; 32],
-    pub incarnation: u32,
-    pub seq: u64,
-    /// The hash of the requester's entry at `seq`: a responder that holds another entry
-    /// there (an equivocation) sends its own, so the requester finds the fork.
-    #[serde(default)]
-    pub tip: Option<ByteBuf>,
-}
-
-/// A pull request: "send me what comes after these heights".
+/// A pull request: "how do these ranges of logs compare with yours, and send me what
+/// follows my heights in these logs". An honest one holds at most
+/// [`reconcile::MAX_ASKED`] ranges and [`reconcile::MAX_WANTED`] logs, whatever the number
+/// of logs, so it stays within [`MAX_HONEST_REQUEST_BYTES`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
-    pub heights: Vec<LogHeight>,
+    /// Ranges of logs, each with the requester's fingerprint of it.
+    pub ranges: Vec<Asked>,
+    /// Logs whose entries the requester wants, each with what it holds of it: its height,
+    /// the hash of its entry there (a responder holding another entry at that seq sends
+    /// its own, so the requester finds the fork) and whether it holds a proof of it.
+    pub wanted: Vec<Item>,
     pub max_entries: u32,
-    /// Identifiers (32 bytes each) of the proofs the requester already holds.
-    pub proofs: Vec<ByteBuf>,
 }
 
 /// The answer to a [`SyncRequest`]; entries and proofs are opaque encoded bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
+    /// Answers to the asked ranges whose fingerprints differ from the responder's.
+    pub ranges: Vec<Answer>,
     pub entries: Vec<ByteBuf>,
     pub proofs: Vec<ByteBuf>,
     pub more: bool,
@@ -138,7 +136,7 @@ pub fn unpack(
 }
 
 /// Size of a CBOR item header announcing `n` (a length or an integer).
-fn header(n: usize) -> usize {
+const fn header(n: usize) -> usize {
     match n {
         0..=23 => 1,
         24..=0xff => 2,
@@ -148,38 +146,90 @@ fn header(n: usize) -> usize {
     }
 }
 
-fn text(s: &str) -> usize {
+const fn text(s: &str) -> usize {
     header(s.len()) + s.len()
 }
 
-fn bytes(b: &[u8]) -> usize {
-    header(b.len()) + b.len()
+const fn bytes(len: usize) -> usize {
+    header(len) + len
 }
 
 fn byte_list(list: &[ByteBuf]) -> usize {
-    header(list.len()) + list.iter().map(|b| bytes(b)).sum::<usize>()
+    header(list.len()) + list.iter().map(|b| bytes(b.len())).sum::<usize>()
 }
+
+/// The most an integer (or a list's header) takes in CBOR.
+const INT: usize = 9;
+const KEY: usize = bytes(36);
+const FINGERPRINT: usize = header(2) + text("xor") + bytes(32) + text("count") + INT;
+const ITEM: usize = header(4)
+    + text("log")
+    + KEY
+    + text("seq")
+    + INT
+    + text("tip")
+    + bytes(32)
+    + text("proven")
+    + 1;
+const RANGE: usize = header(2) + text("start") + KEY + text("end") + KEY;
+const ASKED: usize = header(2) + text("range") + RANGE + text("fingerprint") + FINGERPRINT;
+const PART: usize = header(2) + text("start") + KEY + text("fingerprint") + FINGERPRINT;
+/// A range answer without its items or parts: its index, and its body's variant.
+const ANSWER: usize =
+    header(2) + text("index") + INT + text("body") + header(1) + text("Items") + INT;
+
+/// An upper bound of the CBOR encoding size of a request of `ranges` ranges and `wanted`
+/// logs: every field of every element has a fixed most.
+const fn request_len(ranges: usize, wanted: usize) -> usize {
+    header(3)
+        + text("ranges")
+        + INT
+        + ranges * ASKED
+        + text("wanted")
+        + INT
+        + wanted * ITEM
+        + text("max_entries")
+        + INT
+}
+
+/// The largest request an honest node sends: the most ranges and wanted logs a request
+/// holds, about 31 KiB, an eighth of [`MAX_REQUEST_BYTES`].
+pub const MAX_HONEST_REQUEST_BYTES: usize =
+    request_len(reconcile::MAX_ASKED, reconcile::MAX_WANTED);
+
+/// The most the range answers of one response add to it: at most one answer to each
+/// asked range, and a list of items is the largest answer.
+pub const MAX_RANGE_ANSWERS_BYTES: usize =
+    INT + reconcile::MAX_ASKED * (ANSWER + reconcile::MAX_ITEMS * ITEM);
+
+const _: () = assert!(reconcile::PARTS * PART <= reconcile::MAX_ITEMS * ITEM);
+const _: () = assert!(MAX_HONEST_REQUEST_BYTES * 8 <= MAX_REQUEST_BYTES as usize);
 
 impl SyncRequest {
     /// An upper bound of the request's CBOR encoding size.
     pub fn encoded_len(&self) -> usize {
-        let height = header(4) + text("author") + bytes(&[0; 32]) + text("incarnation") + 5;
-        let height = height + text("seq") + 9 + text("tip") + bytes(&[0; 32]);
-        header(3)
-            + text("heights")
-            + header(self.heights.len())
-            + self.heights.len() * height
-            + text("max_entries")
-            + 5
-            + text("proofs")
-            + byte_list(&self.proofs)
+        request_len(self.ranges.len(), self.wanted.len())
     }
 }
 
 impl SyncResponse {
     /// An upper bound of the response's CBOR encoding size.
     pub fn encoded_len(&self) -> usize {
-        header(3)
+        let answers: usize = self
+            .ranges
+            .iter()
+            .map(|a| {
+                ANSWER
+                    + match &a.body {
+                        Body::Items(items) => items.len() * ITEM,
+                        Body::Parts(parts) => parts.len() * PART,
+                    }
+            })
+            .sum();
+        header(5)
+            + text("ranges")
+            + INT
+            + answers
             + text("entries")
             + byte_list(&self.entries)
             + text("proofs")
@@ -189,7 +239,7 @@ impl SyncResponse {
             + self
                 .packed
                 .as_ref()
-                .map_or(0, |p| text("packed") + bytes(p))
+                .map_or(0, |p| text("packed") + bytes(p.len()))
     }
 }
 
@@ -240,9 +290,10 @@ impl SyncCodec {
     }
 }
 
-/// The largest sync request a node reads: about 5,000 log heights. With libp2p's 100
-/// concurrent inbound streams per connection, one connection can make the node hold at
-/// most 25 MiB of requests being read.
+/// The largest sync request a node reads: eight times [`MAX_HONEST_REQUEST_BYTES`], so an
+/// honest request never comes near it. With libp2p's 100 concurrent inbound streams per
+/// connection, one connection can make the node hold at most 25 MiB of requests being
+/// read.
 pub const MAX_REQUEST_BYTES: u64 = 256 * 1024;
 
 impl request_response::Codec for SyncCodec {
@@ -409,46 +460,74 @@ mod tests {
 
     #[test]
     fn encoded_len_bounds_the_real_encoding() -> std::io::Result<()> {
+        use crate::reconcile::{Fingerprint, Key, Part, Range};
+        let fingerprint = Fingerprint {
+            xor: [5; 32],
+            count: u64::MAX,
+        };
+        let item = Item {
+            log: Key([7; 36]),
+            seq: u64::MAX,
+            tip: [9; 32],
+            proven: true,
+        };
+        let asked = Asked {
+            range: Range {
+                start: Key([1; 36]),
+                end: Some(Key([2; 36])),
+            },
+            fingerprint,
+        };
+        // The largest request an honest node sends.
         let request = SyncRequest {
-            heights: vec![
-                LogHeight {
-                    author: [7; 32],
-                    incarnation: u32::MAX,
-                    seq: u64::MAX,
-                    tip: Some(ByteBuf::from(vec![9; 32])),
-                };
-                2
-            ],
-            max_entries: 100,
-            proofs: vec![ByteBuf::from(vec![1; 32]); 3],
+            ranges: vec![asked; reconcile::MAX_ASKED],
+            wanted: vec![item; reconcile::MAX_WANTED],
+            max_entries: u32::MAX,
+        };
+        let part = Part {
+            start: Key([3; 36]),
+            fingerprint,
         };
         let response = SyncResponse {
+            ranges: vec![
+                Answer {
+                    index: u32::MAX,
+                    body: Body::Items(vec![item; reconcile::MAX_ITEMS]),
+                },
+                Answer {
+                    index: 1,
+                    body: Body::Parts(vec![part; reconcile::PARTS]),
+                },
+            ],
             entries: vec![ByteBuf::from(vec![2; 300]), ByteBuf::from(vec![3; 70_000])],
             proofs: vec![ByteBuf::from(vec![4; 32])],
             more: true,
-            packed: None,
+            packed: Some(ByteBuf::from(vec![6; 1_000])),
         };
         let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
         let mut wire = futures::io::Cursor::new(Vec::new());
         block_on(codec.write_request(&SYNC_PROTOCOL, &mut wire, request.clone()))?;
         let request_len = wire.get_ref().len();
         assert!(request_len <= request.encoded_len());
-        assert!(request.encoded_len() - request_len < 16);
+        // Only list headers and `max_entries` are counted at their most.
+        assert!(request.encoded_len() - request_len < 32, "{request_len}");
+        assert_eq!(request.encoded_len(), MAX_HONEST_REQUEST_BYTES);
         let mut wire = futures::io::Cursor::new(Vec::new());
         block_on(codec.write_response(&SYNC_PROTOCOL, &mut wire, response.clone()))?;
         let response_len = wire.get_ref().len();
         assert!(response_len <= response.encoded_len());
-        // Byte fields encode as CBOR byte strings, one header byte or a few per field.
-        assert!(response.encoded_len() - response_len < 16);
+        // Byte fields encode as CBOR byte strings, one header byte or a few per field;
+        // integers and list headers are counted at their most.
+        assert!(response.encoded_len() - response_len < 64, "{response_len}");
         Ok(())
     }
 
     #[test]
     fn oversized_and_cut_short_requests_are_told_apart() -> std::io::Result<()> {
         let request = SyncRequest {
-            heights: Vec::new(),
+            ranges: Vec::new(),
+            wanted: vec![Item::absent(crate::reconcile::Key([1; 36])); 2],
             max_entries: 10,
-            proofs: vec![ByteBuf::from(vec![1; 32]); 4],
         };
         let bytes = encode_sync_frame(&SyncFrame::Request(request.clone()))?;
         let read = |bytes: &[u8], limit: u64| {

@@ -135,19 +135,21 @@ async fn pair(a: Config, b: impl FnOnce(&Node) -> Config, states: [&str; 2]) -> 
     (a, b)
 }
 
-/// Answers every sync request: `max_entries` entries of `proofs.len()` KiB each.
+/// Wanted logs in a request of `kib` KiB: each takes about a tenth of a KiB.
+const WANTED_PER_KIB: usize = 10;
+
+/// Answers every sync request: `max_entries` entries of as many KiB as the request.
 fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             if let Event::SyncRequested { request, reply, .. } = event {
-                let entry = ByteBuf::from(vec![7; 1024 * request.proofs.len()]);
+                let kib = request.wanted.len() / WANTED_PER_KIB;
+                let entry = ByteBuf::from(vec![7; 1024 * kib]);
                 let count = usize::try_from(request.max_entries).expect("small");
                 reply
                     .send(SyncResponse {
                         entries: vec![entry; count],
-                        proofs: Vec::new(),
-                        more: false,
-                        packed: None,
+                        ..SyncResponse::default()
                     })
                     .await;
             }
@@ -155,16 +157,18 @@ fn serve(mut events: mpsc::Receiver<Event>) -> JoinHandle<()> {
     })
 }
 
-fn request(max_entries: u32, proofs: usize) -> SyncRequest {
+/// A request of about `kib` KiB.
+fn request(max_entries: u32, kib: usize) -> SyncRequest {
+    let item = crate::reconcile::Item {
+        log: crate::reconcile::Key([3; 36]),
+        seq: 42,
+        tip: [9; 32],
+        proven: false,
+    };
     SyncRequest {
-        heights: vec![LogHeight {
-            author: [3; 32],
-            incarnation: 1,
-            seq: 42,
-            tip: None,
-        }],
+        ranges: Vec::new(),
+        wanted: vec![item; kib * WANTED_PER_KIB],
         max_entries,
-        proofs: vec![ByteBuf::from(vec![9; 1024]); proofs],
     }
 }
 
@@ -193,9 +197,8 @@ async fn admitted_peers_sync_and_gossip() {
     assert_eq!(asked, request(2, 1));
     let answer = SyncResponse {
         entries: vec![ByteBuf::from(b"entry".to_vec())],
-        proofs: Vec::new(),
         more: true,
-        packed: None,
+        ..SyncResponse::default()
     };
     reply.send(answer.clone()).await;
     assert_eq!(within(sync).await.expect("task").expect("sync"), answer);

@@ -1109,17 +1109,28 @@ impl<B: Backing> Replica<B> {
                 (tip.seq > have).then_some((*log, have + 1))
             })
             .collect();
+        self.entries_from(&from, max, max_bytes)
+    }
+
+    /// The entries of the logs of `from`, each from its seq on, in the order this node
+    /// accepted them (see [`Replica::entries_after`]).
+    pub fn entries_from(
+        &self,
+        from: &[(LogId, u64)],
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, bool), Error> {
         if from.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let (mut out, more) = self.backing.entries_in_order(&from, max, max_bytes)?;
+        let (mut out, more) = self.backing.entries_in_order(from, max, max_bytes)?;
         out.retain(|e| !self.cut.contains(&e.hash()));
         if more || self.overlay.is_empty() {
             return Ok((out, more));
         }
         let bytes: usize = out.iter().map(|e| e.bytes().len()).sum();
         let (rest, more) = self.overlay.entries_in_order(
-            &from,
+            from,
             max.saturating_sub(out.len()),
             max_bytes.saturating_sub(bytes),
         );

@@ -4,7 +4,7 @@
 //! runtime, and takes requests one at a time from a bounded channel. Callers hold a
 //! cloneable `Handle`; each request carries a oneshot for its answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -15,9 +15,11 @@ use crate::docs::command::{Command, Refused};
 use crate::docs::{Collection, DocId, view};
 use crate::identity::SecretKey;
 use crate::log::{EquivocationProof, LogId, SignedEntry};
+use crate::reconcile::{self, Answer, Ask, Item, Session};
 use crate::replica::{Limits, Replica, Report};
 use crate::store::{ListFilter, ListPage, Reader, Store};
 
+use super::sync::{BATCH_BYTES, BATCH_PROOF_BYTES, BATCH_PROOFS};
 use super::{Clock, report};
 
 /// Why a request failed, as the API reports it.
@@ -122,13 +124,19 @@ pub(crate) enum Request {
         proofs: Vec<EquivocationProof>,
         reply: Reply<IngestSummary>,
     },
-    Heights(Reply<Vec<(LogId, u64, crate::log::EntryHash)>>),
-    EntriesAfter {
-        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
-        max: usize,
-        reply: Reply<(Vec<Vec<u8>>, bool)>,
+    /// One step of a pull: takes in the peer's answers, returns the next request.
+    Reconcile {
+        session: Box<Session>,
+        answers: Vec<Answer>,
+        served: bool,
+        reply: Reply<(Box<Session>, Option<Ask>)>,
     },
-    Proofs(Reply<Vec<EquivocationProof>>),
+    /// A peer's pull.
+    Serve {
+        ask: Ask,
+        max: usize,
+        reply: Reply<Served>,
+    },
     Missing(
         Vec<crate::log::EntryHash>,
         Reply<Vec<crate::log::EntryHash>>,
@@ -152,6 +160,22 @@ pub const PAGE: usize = 100;
 /// The most items a caller may ask for in one page.
 pub const MAX_PAGE: usize = 1000;
 
+/// What the node answers to a peer's pull.
+#[derive(Debug, Default, Clone)]
+pub struct Served {
+    /// Answers to the peer's ranges whose fingerprints differ from ours.
+    pub answers: Vec<Answer>,
+    /// Encoded entries of the wanted logs, in the order the node accepted them, preceded
+    /// by our entry at any height where the peer holds another: the evidence of a fork.
+    pub entries: Vec<Vec<u8>>,
+    /// Encoded proofs of wanted logs that the peer lacks.
+    pub proofs: Vec<Vec<u8>>,
+    /// Whether more remains of the wanted logs than one answer holds.
+    pub more: bool,
+    /// How many entries of the wanted logs the peer lacked.
+    pub behind: u64,
+}
+
 /// A cloneable handle on the node actor.
 #[derive(Clone, Debug)]
 pub struct Handle {
@@ -167,19 +191,22 @@ impl std::fmt::Debug for Request {
 }
 
 macro_rules! ask {
-    ($self:ident, $variant:ident $(, $arg:expr)*) => {{
+    ($self:ident, $variant:ident $(, $arg:expr)*) => {
+        $self.call(|reply| Request::$variant($($arg,)* reply)).await
+    };
+}
+
+impl Handle {
+    /// Sends a request to the actor and waits for its answer.
+    async fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, Failure> {
         let (reply, rx) = oneshot::channel();
-        $self
-            .tx
-            .send(Request::$variant($($arg,)* reply))
+        self.tx
+            .send(request(reply))
             .await
             .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| Failure::Internal("the node is shutting down".into()))?
-    }};
-}
-
-impl Handle {
+    }
     pub async fn write(&self, command: Command) -> Result<WriteAck, Failure> {
         ask!(self, Write, command)
     }
@@ -222,12 +249,26 @@ impl Handle {
     pub async fn metrics(&self) -> Result<String, Failure> {
         ask!(self, Metrics)
     }
-    /// Each log's last seq and the hash of its entry there.
-    pub async fn heights(&self) -> Result<Vec<(LogId, u64, crate::log::EntryHash)>, Failure> {
-        ask!(self, Heights)
+    /// Takes in a peer's answers to the session's last request (all it had of the wanted
+    /// logs, or all it could give for now, when `served`); returns the session and its next
+    /// request, or `None` when the pull is over.
+    pub async fn reconcile(
+        &self,
+        session: Box<Session>,
+        answers: Vec<Answer>,
+        served: bool,
+    ) -> Result<(Box<Session>, Option<Ask>), Failure> {
+        self.call(|reply| Request::Reconcile {
+            session,
+            answers,
+            served,
+            reply,
+        })
+        .await
     }
-    pub async fn proofs(&self) -> Result<Vec<EquivocationProof>, Failure> {
-        ask!(self, Proofs)
+    /// Answers a peer's pull with at most `max` entries.
+    pub async fn serve_pull(&self, ask: Ask, max: usize) -> Result<Served, Failure> {
+        self.call(|reply| Request::Serve { ask, max, reply }).await
     }
     /// The entries of `hashes` that the node does not hold.
     pub async fn missing(
@@ -259,49 +300,19 @@ impl Handle {
         }
     }
     pub async fn log(&self, query: AuditQuery) -> Result<Value, Failure> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Log { query, reply })
-            .await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+        self.call(|reply| Request::Log { query, reply }).await
     }
     pub async fn ingest(
         &self,
         entries: Vec<SignedEntry>,
         proofs: Vec<EquivocationProof>,
     ) -> Result<IngestSummary, Failure> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Ingest {
-                entries,
-                proofs,
-                reply,
-            })
-            .await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
-    }
-    /// The entries after `heights` (see `Replica::entries_after`), preceded by our entry
-    /// at any height whose tip hash differs from ours: the evidence of an equivocation.
-    pub async fn entries_after(
-        &self,
-        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
-        max: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::EntriesAfter {
-                heights,
-                max,
-                reply,
-            })
-            .await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Failure::Internal("the node is shutting down".into()))?
+        self.call(|reply| Request::Ingest {
+            entries,
+            proofs,
+            reply,
+        })
+        .await
     }
 }
 
@@ -326,6 +337,8 @@ pub(crate) struct Actor {
     pub entries_watch: tokio::sync::watch::Sender<u64>,
     /// Documents touched since they were last considered for compaction, bounded.
     pub compact: std::collections::BTreeSet<DocId>,
+    /// What the node holds of each log, for reconciliation with peers; see [`sync_set`].
+    pub sync_set: reconcile::Set,
 }
 
 /// Documents waiting to be considered for compaction; past it, the rest wait until they
@@ -410,6 +423,7 @@ impl Actor {
         }
         self.entries_watch
             .send_replace(self.replica.entry_count() as u64);
+        self.track(report);
         Ok(())
     }
 
@@ -485,21 +499,23 @@ impl Actor {
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.metrics()));
             }
-            Request::Heights(reply) => {
-                let heights = self
-                    .replica
-                    .tips()
-                    .iter()
-                    .map(|(log, tip)| (*log, tip.seq, tip.hash))
-                    .collect();
-                let _ = reply.send(Ok(heights));
-            }
-            Request::EntriesAfter {
-                heights,
-                max,
+            Request::Reconcile {
+                mut session,
+                answers,
+                served,
                 reply,
             } => {
-                answer(reply, self.entries_after(heights, max))?;
+                let result = session
+                    .receive(&self.sync_set, &answers, served)
+                    .map(|_| {
+                        let ask = session.ask(&self.sync_set);
+                        (session, ask)
+                    })
+                    .map_err(|e| Failure::BadRequest(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Request::Serve { ask, max, reply } => {
+                answer(reply, self.serve_pull(ask, max))?;
             }
             Request::Missing(hashes, reply) => {
                 let mut missing = Vec::new();
@@ -515,9 +531,6 @@ impl Actor {
                     }
                 }
                 answer(reply, failed.map_or(Ok(missing), Err))?;
-            }
-            Request::Proofs(reply) => {
-                let _ = reply.send(Ok(self.replica.proofs().cloned().collect()));
             }
         }
         Ok(())
@@ -610,50 +623,6 @@ impl Actor {
             Ok(None) => Err(Failure::NotFound(format!("no document {id}"))),
             Err(e) => Err(Failure::from(e)),
         }
-    }
-
-    /// The entries after `heights` (see `Replica::entries_after`), preceded by our entry
-    /// at any height whose tip hash differs from ours: the evidence of an equivocation.
-    fn entries_after(
-        &self,
-        heights: HashMap<LogId, (u64, Option<crate::log::EntryHash>)>,
-        max: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), Failure> {
-        let internal = Failure::from;
-        let mut bytes = Vec::new();
-        for (log, (seq, tip)) in &heights {
-            if bytes.len() == max {
-                break;
-            }
-            let Some(theirs) = tip else { continue };
-            if self
-                .replica
-                .tips()
-                .get(log)
-                .is_none_or(|ours| ours.seq < *seq)
-            {
-                continue;
-            }
-            if let Some(ours) = self.replica.entry(log, *seq).map_err(internal)?
-                && ours.hash() != *theirs
-            {
-                bytes.push(ours.bytes().to_vec());
-            }
-        }
-        let plain: HashMap<LogId, u64> = heights
-            .into_iter()
-            .map(|(log, (seq, _))| (log, seq))
-            .collect();
-        let (entries, more) = self
-            .replica
-            .entries_after(
-                &plain,
-                max.saturating_sub(bytes.len()).max(1),
-                super::sync::BATCH_BYTES,
-            )
-            .map_err(internal)?;
-        bytes.extend(entries.into_iter().map(|e| e.bytes().to_vec()));
-        Ok((bytes, more))
     }
 
     /// The status: every figure is kept as it changes, so its cost does not grow with
@@ -833,6 +802,107 @@ impl Actor {
             out.push_str(&format!("spoc_rejected_total{{reason=\"{reason}\"}} {n}\n"));
         }
         out
+    }
+}
+
+/// The reconciliation items of every log the replica holds entries or a proof of.
+pub(crate) fn sync_set<B: crate::replica::Backing>(replica: &Replica<B>) -> reconcile::Set {
+    let mut set = reconcile::Set::default();
+    for (log, tip) in replica.tips() {
+        set.insert(*log, tip.seq, Some(tip.hash), false);
+    }
+    for p in replica.proofs() {
+        set.prove(p.log());
+    }
+    set
+}
+
+impl Actor {
+    /// Keeps the reconciliation set up to date after a commit.
+    fn track(&mut self, report: &Report) {
+        if report.rebuilt || !report.new_proofs.is_empty() {
+            self.sync_set = sync_set(&self.replica);
+        } else {
+            for e in &report.accepted {
+                self.sync_set.advance(e.entry.log(), e.entry.seq, e.hash());
+            }
+        }
+    }
+
+    /// Answers a peer's pull: its ranges, then what it lacks of the logs it wants, in the
+    /// order this node accepted them, and the proofs of those logs that it lacks.
+    fn serve_pull(&self, ask: Ask, max: usize) -> Result<Served, Failure> {
+        let mut served = Served {
+            answers: self.sync_set.answer(&ask.ranges),
+            ..Served::default()
+        };
+        let wanted: Vec<(LogId, Item, Item)> = ask
+            .wanted
+            .iter()
+            .take(reconcile::MAX_WANTED)
+            .filter_map(|theirs| {
+                let (log, ours) = self.sync_set.log(&theirs.log)?;
+                Some((log, *theirs, ours))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(served);
+        }
+        served.behind = wanted
+            .iter()
+            .map(|(_, theirs, ours)| ours.seq.saturating_sub(theirs.seq))
+            .sum();
+        let mut bytes = 0;
+        for (log, theirs, _) in &wanted {
+            let Some(ours) = self
+                .replica
+                .entry(log, theirs.seq)?
+                .filter(|e| e.hash().0 != theirs.tip)
+            else {
+                continue;
+            };
+            let len = ours.bytes().len();
+            if served.entries.len() == max || (bytes > 0 && bytes + len > BATCH_BYTES) {
+                served.more = true;
+                break;
+            }
+            bytes += len;
+            served.entries.push(ours.bytes().to_vec());
+        }
+        served.more |= served.entries.len() == max;
+        if !served.more {
+            // Only the wanted logs, from the first entry the peer lacks in each.
+            let from: Vec<(LogId, u64)> = wanted
+                .iter()
+                .filter(|(_, theirs, ours)| ours.seq > theirs.seq)
+                .map(|(log, theirs, _)| (*log, theirs.seq + 1))
+                .collect();
+            let room = max - served.entries.len();
+            let budget = BATCH_BYTES.saturating_sub(bytes);
+            let (after, more) = self.replica.entries_from(&from, room, budget)?;
+            served.more |= more;
+            served
+                .entries
+                .extend(after.into_iter().map(|e| e.bytes().to_vec()));
+        }
+        let proven = wanted
+            .iter()
+            .filter(|(_, theirs, ours)| ours.proven && !theirs.proven)
+            .map(|(log, _, _)| *log)
+            .collect::<HashSet<LogId>>();
+        let mut proof_bytes = 0;
+        for p in self.replica.proofs().filter(|p| proven.contains(&p.log())) {
+            let encoded = p.encode();
+            if served.proofs.len() == BATCH_PROOFS
+                || proof_bytes + encoded.len() > BATCH_PROOF_BYTES
+            {
+                served.more = true;
+                break;
+            }
+            proof_bytes += encoded.len();
+            served.proofs.push(encoded);
+        }
+        Ok(served)
     }
 }
 

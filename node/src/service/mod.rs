@@ -292,6 +292,7 @@ impl Node {
         let peers = sync::PeerTable::default();
         let table = peers.clone();
         let status_extra: actor::StatusExtra = Arc::new(move || sync::status_of(&table, &peer_id));
+        let sync_set = actor::sync_set(&replica);
         let (handle, actor) = actor::spawn(
             actor::Actor {
                 charter: charter.clone(),
@@ -307,6 +308,7 @@ impl Node {
                 publish: Some(publish),
                 entries_watch: tokio::sync::watch::Sender::new(0),
                 compact: std::collections::BTreeSet::new(),
+                sync_set,
             },
             256,
         );

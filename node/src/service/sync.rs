@@ -1,13 +1,14 @@
 //! Replication: the task between the network actor and the node actor.
 //!
 //! Push: each local write is published on the network's gossip topic. Pull: on admission,
-//! when an entry arrives whose past is missing, and every ten seconds, the node asks each
-//! peer for what follows its own log heights, in bounded batches, until it has caught up.
-//! Every entry goes through the node actor's full validation before it is stored or
-//! relayed; a peer that sends an invalid one is cut off. The task owns every sub-task it
-//! starts, in one `JoinSet`, and stops them all on shutdown.
+//! when an entry arrives whose past is missing, and every ten seconds, the node reconciles
+//! its logs with each peer's (see `reconcile`) and asks for the entries of the logs the peer
+//! holds more of, in bounded batches, until it has caught up. Every entry goes through the
+//! node actor's full validation before it is stored or relayed; a peer that sends an
+//! invalid one, or a malformed answer, is cut off. The task owns every sub-task it starts,
+//! in one `JoinSet`, and stops them all on shutdown.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,9 +18,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::PublicKey;
-use crate::log::{EquivocationProof, LogId, SignedEntry};
-use crate::network::{self, Acceptance, Event, LogHeight, PeerId, SyncRequest, SyncResponse};
+use crate::log::{EquivocationProof, SignedEntry};
+use crate::network::{self, Acceptance, Event, PeerId, SyncRequest, SyncResponse};
+use crate::reconcile::{self, Ask, Session};
 
 use super::{Clock, Handle};
 
@@ -29,8 +30,10 @@ pub const BATCH_ENTRIES: usize = 500;
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The most a packed batch may inflate to: a full batch and its length prefixes.
 const MAX_PACKED_BYTES: usize = BATCH_BYTES + 64 * 1024 + BATCH_ENTRIES * 4;
-/// Proofs per sync response.
-const BATCH_PROOFS: usize = 64;
+/// Proofs per sync response, and their bytes: with a full batch of entries, a response
+/// stays well within the frame limit.
+pub const BATCH_PROOFS: usize = 64;
+pub const BATCH_PROOF_BYTES: usize = 2 * 1024 * 1024;
 /// Rounds of one pull before it yields to the next anti-entropy tick.
 const MAX_ROUNDS: usize = 400;
 /// Sync sub-tasks in flight at once; requests beyond it are refused.
@@ -54,8 +57,11 @@ pub struct PeerState {
     pub address: Option<String>,
     pub connected_since_ms: u64,
     pub last_sync_ms: Option<u64>,
-    /// How many entries the peer lacked that we hold, at its last request to us.
+    /// How many entries the peer lacked that we hold, of the logs it asked for at its last
+    /// request to us.
     pub entries_behind: u64,
+    /// The size of its last sync request to us, in bytes (an upper bound of its encoding).
+    pub last_request_bytes: u64,
 }
 
 /// The peers and the refusals, shared with the status and metrics.
@@ -84,6 +90,7 @@ pub fn status_of(table: &PeerTable, local: &PeerId) -> Value {
                 "connected_since": rfc3339(s.connected_since_ms),
                 "last_sync": s.last_sync_ms.map(rfc3339),
                 "entries_behind": s.entries_behind,
+                "last_request_bytes": s.last_request_bytes,
             })
         })
         .collect();
@@ -113,6 +120,7 @@ enum Done {
     Served {
         peer: PeerId,
         behind: u64,
+        bytes: u64,
     },
     Gossiped {
         source: PeerId,
@@ -188,6 +196,7 @@ pub async fn run(
                             connected_since_ms: clock.now_ms(),
                             last_sync_ms: None,
                             entries_behind: 0,
+                            last_request_bytes: 0,
                         });
                     }
                     refresh_addresses(&net, &peers).await;
@@ -225,12 +234,13 @@ pub async fn run(
                         continue;
                     }
                     let node = node.clone();
+                    let bytes = request.encoded_len() as u64;
                     tasks.spawn(async move {
-                        let span = tracing::debug_span!("serve", %peer, %state);
+                        let span = tracing::debug_span!("serve", %peer, %state, bytes);
                         let (response, behind) =
                             tracing::Instrument::instrument(serve(&node, request), span).await;
                         reply.send(response).await;
-                        Done::Served { peer, behind }
+                        Done::Served { peer, behind, bytes }
                     });
                 }
             },
@@ -264,6 +274,7 @@ pub async fn run(
                             if n > 0 {
                                 tracing::info!(%peer, entries = n, "caught up");
                             }
+                            tracing::debug!(%peer, entries = n, "pull done");
                             if let Ok(mut p) = peers.lock()
                                 && let Some(s) = p.admitted.get_mut(&peer) {
                                     s.last_sync_ms = Some(clock.now_ms());
@@ -275,10 +286,11 @@ pub async fn run(
                         pull(&mut tasks, &mut pulling, &mut wanted, next, MAX_PULLS);
                     }
                 }
-                Ok(Done::Served { peer, behind }) => {
+                Ok(Done::Served { peer, behind, bytes }) => {
                     if let Ok(mut p) = peers.lock()
                         && let Some(s) = p.admitted.get_mut(&peer) {
                             s.entries_behind = behind;
+                            s.last_request_bytes = bytes;
                         }
                 }
                 Ok(Done::Gossiped { source, gaps }) => {
@@ -361,29 +373,31 @@ async fn on_gossip(
     }
 }
 
-fn heights_request(
-    heights: &[(LogId, u64, crate::log::EntryHash)],
-    proofs: &[EquivocationProof],
-) -> SyncRequest {
+/// The request of one pull round.
+pub fn request_of(ask: Ask) -> SyncRequest {
     SyncRequest {
-        heights: heights
-            .iter()
-            .map(|(log, seq, tip)| LogHeight {
-                author: *log.author.as_bytes(),
-                incarnation: log.incarnation,
-                seq: *seq,
-                tip: Some(serde_bytes::ByteBuf::from(tip.0.to_vec())),
-            })
-            .collect(),
+        ranges: ask.ranges,
+        wanted: ask.wanted,
         max_entries: u32::try_from(BATCH_ENTRIES).unwrap_or(u32::MAX),
-        proofs: proofs
-            .iter()
-            .map(|p| serde_bytes::ByteBuf::from(p.id().to_vec()))
-            .collect(),
     }
 }
 
-/// Pulls from one peer until it has nothing more for us; returns the entries accepted.
+/// Checks a peer's answer to a pull against the limits and the session's request, before
+/// anything of it is decoded.
+fn check_answer(response: &SyncResponse, session: &Session) -> Result<(), String> {
+    if response.entries.len() > BATCH_ENTRIES
+        || response.proofs.len() > BATCH_PROOFS
+        || response.ranges.len() > reconcile::MAX_ASKED
+    {
+        return Err("sync batch over the limit".into());
+    }
+    session
+        .check(&response.ranges)
+        .map_err(|e| format!("malformed range answer: {e}"))
+}
+
+/// Pulls from one peer: reconciles, then asks for the logs it holds more of, until nothing
+/// is left to ask; returns the entries accepted.
 async fn pull_from(
     node: &Handle,
     net: &network::Handle,
@@ -391,133 +405,174 @@ async fn pull_from(
     rounds: &AtomicU64,
 ) -> Result<usize, String> {
     let mut accepted = 0;
+    let mut session = Box::new(Session::new());
+    let (mut answers, mut served) = (Vec::new(), false);
     for _ in 0..MAX_ROUNDS {
-        let heights = node.heights().await.map_err(|e| e.to_string())?;
-        let proofs = node.proofs().await.map_err(|e| e.to_string())?;
-        let request = heights_request(&heights, &proofs);
-        let response = net.sync(peer, request).await.map_err(|e| e.to_string())?;
-        if response.entries.len() > BATCH_ENTRIES || response.proofs.len() > BATCH_PROOFS {
-            let _ = net
-                .disconnect(peer, "sync batch over the limit".into())
-                .await;
-            return Err("sync batch over the limit".into());
-        }
-        let unpacked = match &response.packed {
-            Some(packed) => {
-                network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES).map_err(|e| e.to_string())
-            }
-            None => Ok(Vec::new()),
-        };
-        let unpacked = match unpacked {
-            Ok(u) => u,
-            Err(e) => {
-                let _ = net.disconnect(peer, e.clone()).await;
-                return Err(e);
-            }
-        };
-        if !unpacked.is_empty() && !response.entries.is_empty() {
-            let reason = "sync answer holds both packed and plain entries".to_owned();
-            let _ = net.disconnect(peer, reason.clone()).await;
-            return Err(reason);
-        }
-        let plain = response.entries.iter().map(|b| b.as_slice());
-        let mut entries = Vec::with_capacity(response.entries.len() + unpacked.len());
-        for bytes in plain.chain(unpacked.iter().map(Vec::as_slice)) {
-            match SignedEntry::decode(bytes) {
-                Ok(e) => entries.push(e),
-                Err(e) => {
-                    let _ = net.disconnect(peer, format!("malformed entry: {e}")).await;
-                    return Err(format!("malformed entry: {e}"));
-                }
-            }
-        }
-        let mut new_proofs = Vec::new();
-        for bytes in &response.proofs {
-            match EquivocationProof::decode(bytes) {
-                Ok(p) => new_proofs.push(p),
-                Err(e) => {
-                    let _ = net.disconnect(peer, format!("malformed proof: {e}")).await;
-                    return Err(format!("malformed proof: {e}"));
-                }
-            }
-        }
-        let got = entries.len();
-        let summary = node
-            .ingest(entries, new_proofs)
+        let (next, ask) = node
+            .reconcile(session, answers, served)
             .await
             .map_err(|e| e.to_string())?;
-        if summary.rejected > 0 {
-            let reason = format!("sent {} invalid entries", summary.rejected);
+        session = next;
+        let Some(ask) = ask else {
+            return Ok(accepted);
+        };
+        let response = net
+            .sync(peer, request_of(ask))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(reason) = check_answer(&response, &session) {
             let _ = net.disconnect(peer, reason.clone()).await;
             return Err(reason);
         }
-        accepted += summary.accepted.len();
-        if !summary.accepted.is_empty() {
+        let (entries, proofs) = take(node, net, peer, &response).await?;
+        accepted += entries;
+        if entries > 0 {
             rounds.fetch_add(1, Ordering::Relaxed);
         }
-        if !response.more || got == 0 {
-            return Ok(accepted);
-        }
+        // Wanted logs that brought nothing new wait for the next pull: what they lack may
+        // depend on logs not asked for yet.
+        served = !response.more || entries + proofs == 0;
+        answers = response.ranges;
     }
     Ok(accepted)
 }
 
-/// Answers a peer's pull: the entries after its heights, in log order and bounded, and
-/// the proofs it lacks. Also returns how many entries the peer lacked.
-async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
-    let mut heights = HashMap::with_capacity(request.heights.len());
-    for h in &request.heights {
-        if let Ok(author) = PublicKey::from_bytes(h.author) {
-            let tip = h
-                .tip
-                .as_ref()
-                .and_then(|t| <[u8; 32]>::try_from(t.as_slice()).ok())
-                .map(crate::log::EntryHash);
-            heights.insert(
-                LogId {
-                    author,
-                    incarnation: h.incarnation,
-                },
-                (h.seq, tip),
-            );
+/// Takes in the entries and proofs of a pull answer; returns how many entries were
+/// accepted and how many proofs were new. A peer that sent anything malformed or invalid
+/// is cut off.
+async fn take(
+    node: &Handle,
+    net: &network::Handle,
+    peer: PeerId,
+    response: &SyncResponse,
+) -> Result<(usize, usize), String> {
+    let unpacked = match &response.packed {
+        Some(packed) => {
+            network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES).map_err(|e| e.to_string())
+        }
+        None => Ok(Vec::new()),
+    };
+    let unpacked = match unpacked {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = net.disconnect(peer, e.clone()).await;
+            return Err(e);
+        }
+    };
+    if !unpacked.is_empty() && !response.entries.is_empty() {
+        let reason = "sync answer holds both packed and plain entries".to_owned();
+        let _ = net.disconnect(peer, reason.clone()).await;
+        return Err(reason);
+    }
+    let plain = response.entries.iter().map(|b| b.as_slice());
+    let mut entries = Vec::with_capacity(response.entries.len() + unpacked.len());
+    for bytes in plain.chain(unpacked.iter().map(Vec::as_slice)) {
+        match SignedEntry::decode(bytes) {
+            Ok(e) => entries.push(e),
+            Err(e) => {
+                let _ = net.disconnect(peer, format!("malformed entry: {e}")).await;
+                return Err(format!("malformed entry: {e}"));
+            }
         }
     }
+    let mut new_proofs = Vec::new();
+    for bytes in &response.proofs {
+        match EquivocationProof::decode(bytes) {
+            Ok(p) => new_proofs.push(p),
+            Err(e) => {
+                let _ = net.disconnect(peer, format!("malformed proof: {e}")).await;
+                return Err(format!("malformed proof: {e}"));
+            }
+        }
+    }
+    if entries.is_empty() && new_proofs.is_empty() {
+        return Ok((0, 0));
+    }
+    let summary = node
+        .ingest(entries, new_proofs)
+        .await
+        .map_err(|e| e.to_string())?;
+    if summary.rejected > 0 {
+        let reason = format!("sent {} invalid entries", summary.rejected);
+        let _ = net.disconnect(peer, reason.clone()).await;
+        return Err(reason);
+    }
+    Ok((summary.accepted.len(), summary.new_proofs.len()))
+}
+
+/// Answers a peer's pull: its ranges, and the entries of the logs it wants after its
+/// heights, bounded, in the order this node accepted them, with the proofs it lacks of
+/// those logs. Also returns how many entries of those logs the peer lacked.
+async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
     let max = usize::try_from(request.max_entries)
         .unwrap_or(BATCH_ENTRIES)
         .clamp(1, BATCH_ENTRIES);
-    let behind = node
-        .heights()
-        .await
-        .map(|ours| {
-            ours.iter()
-                .map(|(log, seq, _)| {
-                    seq.saturating_sub(heights.get(log).map_or(0, |(theirs, _)| *theirs))
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    let (entries, more) = node
-        .entries_after(heights, max)
-        .await
-        .unwrap_or((Vec::new(), false));
-    let known: HashSet<Vec<u8>> = request.proofs.iter().map(|p| p.to_vec()).collect();
-    let proofs = node
-        .proofs()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| !known.contains(p.id().as_slice()))
-        .take(BATCH_PROOFS)
-        .map(|p| serde_bytes::ByteBuf::from(p.encode()))
-        .collect();
-    let packed = (!entries.is_empty()).then(|| serde_bytes::ByteBuf::from(network::pack(&entries)));
-    (
-        SyncResponse {
-            entries: Vec::new(),
-            proofs,
-            more,
-            packed,
-        },
-        behind,
-    )
+    let ask = Ask {
+        ranges: request.ranges,
+        wanted: request.wanted,
+    };
+    let served = node.serve_pull(ask, max).await.unwrap_or_default();
+    let packed = (!served.entries.is_empty())
+        .then(|| serde_bytes::ByteBuf::from(network::pack(&served.entries)));
+    let response = SyncResponse {
+        ranges: served.answers,
+        entries: Vec::new(),
+        proofs: served.proofs.into_iter().map(Into::into).collect(),
+        more: served.more,
+        packed,
+    };
+    (response, served.behind)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::identity::SecretKey;
+    use crate::log::{EntryHash, LogId};
+    use crate::network::protocol::{SyncFrame, encode_sync_frame};
+
+    #[test]
+    fn an_in_sync_pull_is_one_small_round_whatever_the_number_of_logs() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let authors: Vec<_> = (0..31)
+            .map(|_| SecretKey::generate(&mut rng).public())
+            .collect();
+        let mut sizes = Vec::new();
+        for logs in [10u32, 10_000, 100_000] {
+            let mut set = reconcile::Set::default();
+            for i in 0..logs {
+                let log = LogId {
+                    author: authors[i as usize % authors.len()],
+                    incarnation: i,
+                };
+                let tip = EntryHash(*blake3::hash(&i.to_be_bytes()).as_bytes());
+                set.insert(log, 7, Some(tip), false);
+            }
+            let mut session = Session::new();
+            let ask = session.ask(&set).expect("a first request");
+            let answers = set.answer(&ask.ranges);
+            assert!(answers.is_empty());
+            let request = encode_sync_frame(&SyncFrame::Request(request_of(ask))).expect("ok");
+            let response = SyncResponse {
+                ranges: answers.clone(),
+                ..SyncResponse::default()
+            };
+            let response = encode_sync_frame(&SyncFrame::Response(response)).expect("ok");
+            assert_eq!(session.receive(&set, &answers, true), Ok(0));
+            assert!(session.ask(&set).is_none(), "a second round at {logs} logs");
+            eprintln!(
+                "in sync at {logs} logs: a request of {} bytes, a response of {} bytes",
+                request.len(),
+                response.len()
+            );
+            sizes.push((request.len(), response.len()));
+        }
+        // Only the count in the one fingerprint grows, by a byte or two of CBOR integer.
+        for (request, response) in &sizes {
+            assert!(*request <= sizes[0].0 + 8 && *request < 256, "{sizes:?}");
+            assert!(*response == sizes[0].1 && *response < 64, "{sizes:?}");
+        }
+    }
 }
