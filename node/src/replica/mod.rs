@@ -833,6 +833,8 @@ impl<B: Backing> Replica<B> {
                     let seq = p.seq();
                     self.reject(report, hash, Invalid::Equivocated { seq });
                 }
+                // Refused already, as a change that cannot be applied.
+                _ if self.poisoned_set.contains(&hash) => {}
                 _ => {
                     if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
                         let key = (e.entry.log(), e.entry.seq, hash);
@@ -874,11 +876,13 @@ impl<B: Backing> Replica<B> {
             report.rebuilt_docs.insert(id);
         }
         if !waiting.is_empty() {
-            // Once the documents are rebuilt, they wait for what was cut: nothing of them is accepted, and the set is
-            // trimmed to its bounds as after any ingest.
-            let mut quiet = Report::default();
-            self.drain(waiting, &mut quiet)?;
+            // Once the documents are rebuilt, the entries that built on the cut ones wait
+            // for what was cut, and the set is trimmed to its bounds as after any ingest.
+            let poisoned = self.drain(waiting, report)?;
             report.overflow += self.trim_pending();
+            if !poisoned.is_empty() {
+                self.rebuild(report, &poisoned)?;
+            }
         }
         Ok(())
     }
