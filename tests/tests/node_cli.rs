@@ -184,7 +184,14 @@ fn a_non_presidency_node_contributes_refuses_restarts_and_verifies() -> Result<(
     assert_eq!(entries, 11, "{status}");
     assert_eq!(status["state"], "LT");
     assert_eq!(status["presidency"], "IE");
-    for key in ["heights", "entries", "pending", "equivocations", "rejected"] {
+    for key in [
+        "states",
+        "digest",
+        "entries",
+        "pending",
+        "equivocations",
+        "rejected",
+    ] {
         assert!(status.get(key).is_some(), "status lacks {key}: {status}");
     }
 
