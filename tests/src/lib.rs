@@ -391,12 +391,27 @@ pub fn all_pages(mut get: impl FnMut(&str) -> Result<Value>, path: &str) -> Resu
 }
 
 /// Starts a node on a store that was tampered with where a start does not read, reads the
-/// audit trail, which reaches every entry, and returns the reason the node gave: the read
-/// answers with it, and the node logs it and stops with a non-zero status.
+/// audit trail (which reaches every entry) and the obstacles' list (every summary) until
+/// one read answers with the damage, and returns the reason the node gave: the node also
+/// logs it and stops with a non-zero status.
 pub fn stops_at_first_read(info: &NodeInfo) -> Result<String> {
     let mut node = Proc::start(info)?;
-    let (status, body) = node.get("/v1/log?limit=1000")?;
-    anyhow::ensure!(status == 500, "the read answered {status}: {body}");
+    let mut answers = Vec::new();
+    for path in [
+        "/v1/log?limit=1000",
+        "/v1/docs?collection=obstacles&limit=1000",
+    ] {
+        let (status, body) = node.get(path)?;
+        if status == 500 {
+            answers.clear();
+            answers.push(body);
+            break;
+        }
+        answers.push(serde_json::json!({"path": path, "status": status}));
+    }
+    let [body] = answers.as_slice() else {
+        anyhow::bail!("no read found the damage: {answers:?}");
+    };
     let reason = body["error"].as_str().unwrap_or_default().to_owned();
     node.wait_log("the store is damaged; stopping", Duration::from_secs(10))?;
     let code = node.wait_exit(Duration::from_secs(10))?;

@@ -106,6 +106,31 @@ pub fn term_of_ms(ms: u64) -> Option<String> {
     Some(format!("{}-H{half}", date.year()))
 }
 
+/// The database, closed inside a guard: redb closes a file when it is dropped, and can
+/// panic there on a damaged file (an allocator assertion) instead of returning an error.
+pub(crate) struct Db(Option<Database>);
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Only `drop` takes the database out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the database is open until dropped"))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take()
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err()
+        {
+            tracing::error!("closing the store failed inside the database: the file is damaged");
+        }
+    }
+}
+
 /// The counters kept in `meta`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
@@ -116,7 +141,7 @@ struct Counts {
 
 /// The durable store of one node.
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<Db>,
     sealer: Arc<Sealer>,
     path: PathBuf,
     /// Where a crash test wants the process held, and the commits made so far.
@@ -222,7 +247,7 @@ impl Store {
         }
         let sealer = Sealer::open(&key_path(path), fresh || legacy)?;
         let store = Store {
-            db: Arc::new(database),
+            db: Arc::new(Db(Some(database))),
             sealer: Arc::new(sealer),
             path: path.to_owned(),
             failpoint: None,

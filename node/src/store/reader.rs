@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use automerge::Automerge;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde_json::Value;
 
 use super::seal::Sealer;
@@ -27,7 +27,7 @@ const MAX_SCAN: usize = 10_000;
 /// transaction.
 #[derive(Clone)]
 pub struct Reader {
-    db: Arc<Database>,
+    db: Arc<super::Db>,
     sealer: Arc<Sealer>,
 }
 
@@ -78,6 +78,15 @@ fn guarded<T>(read: impl FnOnce() -> Result<T, backing::Error>) -> Result<T, bac
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
         Err(backing::Error(
             "store is corrupt: reading it failed inside the database".into(),
+        ))
+    })
+}
+
+/// Turns a panic inside redb into `Corrupt`, for the reads that are not the replica's.
+fn caught<T>(read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(Error::Corrupt(
+            "the store file is damaged: reading it failed inside the database".into(),
         ))
     })
 }
@@ -172,7 +181,7 @@ fn id_of_index_key(key: &[u8]) -> Option<DocId> {
 }
 
 impl Reader {
-    pub(super) fn new(db: Arc<Database>, sealer: Arc<Sealer>) -> Reader {
+    pub(super) fn new(db: Arc<super::Db>, sealer: Arc<Sealer>) -> Reader {
         Reader { db, sealer }
     }
 
@@ -233,11 +242,19 @@ impl Reader {
 
     /// The number of documents.
     pub fn doc_count(&self) -> Result<u64, Error> {
+        caught(|| self.doc_count_inner())
+    }
+
+    fn doc_count_inner(&self) -> Result<u64, Error> {
         Ok(self.counts()?.docs)
     }
 
     /// The network the store belongs to, once it holds anything.
     pub fn network(&self) -> Result<Option<String>, Error> {
+        caught(|| self.network_inner())
+    }
+
+    fn network_inner(&self) -> Result<Option<String>, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let meta = tx.open_table(tables::META).map_err(dberr)?;
         let Some(row) = meta.get("network").map_err(dberr)? else {
@@ -252,6 +269,10 @@ impl Reader {
 
     /// Every log's tip.
     pub fn tips(&self) -> Result<BTreeMap<LogId, Tip>, Error> {
+        caught(|| self.tips_inner())
+    }
+
+    fn tips_inner(&self) -> Result<BTreeMap<LogId, Tip>, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let logs = tx.open_table(tables::LOGS).map_err(dberr)?;
         let mut tips = BTreeMap::new();
@@ -289,6 +310,10 @@ impl Reader {
 
     /// The proofs, each checked against the charter.
     pub fn proofs(&self, charter: &Charter) -> Result<Vec<EquivocationProof>, Error> {
+        caught(|| self.proofs_inner(charter))
+    }
+
+    fn proofs_inner(&self, charter: &Charter) -> Result<Vec<EquivocationProof>, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let mut proofs = Vec::new();
         for row in tx
@@ -323,6 +348,10 @@ impl Reader {
 
     /// How many changes were appended to a document since its snapshot.
     pub fn doc_tail(&self, id: &DocId) -> Result<u64, Error> {
+        caught(|| self.doc_tail_inner(id))
+    }
+
+    fn doc_tail_inner(&self, id: &DocId) -> Result<u64, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         Ok(self.doc_counts(&tx, id)?.map_or(0, |c| c.tail))
     }
@@ -382,6 +411,10 @@ impl Reader {
 
     /// A document's summary, if it has one.
     pub fn summary(&self, id: &DocId) -> Result<Option<Value>, Error> {
+        caught(|| self.summary_inner(id))
+    }
+
+    fn summary_inner(&self, id: &DocId) -> Result<Option<Value>, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let table = tx.open_table(tables::SUMMARIES).map_err(dberr)?;
         let Some(row) = table.get(id.as_str()).map_err(dberr)? else {
@@ -399,6 +432,16 @@ impl Reader {
     /// from an index: the document's state, status or kind when the filter names one, the
     /// time it last changed when only `since` is given, and all documents otherwise.
     pub fn list(
+        &self,
+        collection: Collection,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
+        caught(|| self.list_inner(collection, filter, cursor, limit))
+    }
+
+    fn list_inner(
         &self,
         collection: Collection,
         filter: &ListFilter,
@@ -540,6 +583,16 @@ impl Reader {
         author: Option<&PublicKey>,
         doc: Option<&DocId>,
     ) -> Result<AuditPage, Error> {
+        caught(|| self.audit_inner(before, limit, author, doc))
+    }
+
+    fn audit_inner(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        author: Option<&PublicKey>,
+        doc: Option<&DocId>,
+    ) -> Result<AuditPage, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
         let mut page = AuditPage {
@@ -610,6 +663,10 @@ impl Reader {
 
     /// The entries dated in a term, in the order this node accepted them.
     pub fn term_entries(&self, term: &str) -> Result<Vec<SignedEntry>, Error> {
+        caught(|| self.term_entries_inner(term))
+    }
+
+    fn term_entries_inner(&self, term: &str) -> Result<Vec<SignedEntry>, Error> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let terms = tx.open_table(tables::TERMS).map_err(dberr)?;
         let entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
