@@ -499,3 +499,104 @@ fn an_equivocation_proof_survives_a_reopen() {
         .unwrap_err();
     assert!(refused.to_string().contains("cut by an equivocation proof"));
 }
+
+/// Every filter of a list, and paging, give exactly what filtering every summary gives.
+#[test]
+fn lists_filter_and_page_from_their_indexes() {
+    let net = Net::new(8);
+    let (dir, _, state) = small_store(&net, 300);
+    let store = Store::open(&store_path(&dir)).expect("open");
+    let all: Vec<serde_json::Value> = {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .reader()
+                .list(
+                    Collection::Obstacles,
+                    &ListFilter::default(),
+                    cursor.as_deref(),
+                    2,
+                )
+                .expect("a page");
+            assert!(page.items.len() <= 2);
+            all.extend(page.items);
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        all
+    };
+    let obstacles = state
+        .docs
+        .keys()
+        .filter(|k| k.starts_with("obstacles/"))
+        .count();
+    assert!(obstacles >= 5, "{obstacles} obstacles");
+    assert_eq!(all.len(), obstacles);
+    let filters = [
+        ListFilter {
+            state: Some("LT".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            status: Some("reported".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            kind: Some("legal".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            state: Some("EL".into()),
+            kind: Some("legal".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            since_ms: Some(0),
+            ..ListFilter::default()
+        },
+    ];
+    for filter in filters {
+        let mut got = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .reader()
+                .list(Collection::Obstacles, &filter, cursor.as_deref(), 3)
+                .expect("a page");
+            got.extend(page.items);
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let mut want: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|o| {
+                let id = o["id"].as_str().unwrap_or_default();
+                filter
+                    .state
+                    .as_deref()
+                    .is_none_or(|s| id.split('/').nth(1) == Some(s))
+                    && filter.status.as_deref().is_none_or(|s| o["status"] == s)
+                    && filter.kind.as_deref().is_none_or(|k| o["type"] == k)
+            })
+            .collect();
+        let mut got: Vec<&serde_json::Value> = got.iter().collect();
+        let by_id = |v: &&serde_json::Value| v["id"].as_str().unwrap_or_default().to_owned();
+        want.sort_by_key(by_id);
+        got.sort_by_key(by_id);
+        if filter.since_ms.is_some() {
+            assert_eq!(want.len(), obstacles);
+        }
+        assert_eq!(got, want, "{filter:?}");
+    }
+    // A cursor that this node did not give is a clear error.
+    let err = store
+        .reader()
+        .list(Collection::Obstacles, &ListFilter::default(), Some("zz"), 3)
+        .expect_err("a bad cursor");
+    assert!(err.to_string().contains("cursor"), "{err}");
+}
