@@ -167,20 +167,7 @@ fn read(
             )));
         }
     }
-    let mut proofs = Vec::new();
-    for row in tx
-        .open_table(tables::PROOFS)
-        .map_err(dberr)?
-        .iter()
-        .map_err(dberr)?
-    {
-        let (_, v) = row.map_err(dberr)?;
-        let proof = EquivocationProof::decode(v.value())
-            .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
-        proof
-            .verify(charter)
-            .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
-        proofs.push(proof);
-    }
+    // Proofs are kept the same way in both formats.
+    let proofs = store.reader().proofs(charter)?;
     Ok((entries, proofs))
 }
