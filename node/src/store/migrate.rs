@@ -145,27 +145,7 @@ fn read(
     }
     progress("reading entries", entries.len(), entries.len());
     for chunk in entries.chunks(1024) {
-        let items: Vec<_> = chunk
-            .iter()
-            .map(|e| {
-                (
-                    &e.entry.author,
-                    crate::identity::DOMAIN_ENTRY,
-                    e.body(),
-                    &e.signature,
-                )
-            })
-            .collect();
-        if let Some((e, _)) = chunk
-            .iter()
-            .zip(crate::identity::verify_many(&items))
-            .find(|(_, ok)| !ok)
-        {
-            return Err(Error::Corrupt(format!(
-                "entry {} has a bad signature",
-                e.hash()
-            )));
-        }
+        super::check_signatures(chunk)?;
     }
     // Proofs are kept the same way in both formats.
     let proofs = store.reader().proofs(charter)?;

@@ -790,3 +790,27 @@ impl<'t> Writer<'t> {
         self.meta_put("counts", &value)
     }
 }
+
+/// Checks every entry's signature, strictly and on every core; the first bad one is
+/// `Corrupt`.
+fn check_signatures(entries: &[SignedEntry]) -> Result<(), Error> {
+    let items: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                &e.entry.author,
+                crate::identity::DOMAIN_ENTRY,
+                e.body(),
+                &e.signature,
+            )
+        })
+        .collect();
+    let verdicts = crate::identity::verify_many(&items);
+    match entries.iter().zip(verdicts).find(|(_, ok)| !ok) {
+        Some((e, _)) => Err(Error::Corrupt(format!(
+            "entry {} has a bad signature",
+            e.hash()
+        ))),
+        None => Ok(()),
+    }
+}

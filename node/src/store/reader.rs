@@ -738,24 +738,7 @@ impl Reader {
                          fresh: &mut Replica<backing::Nothing>,
                          done: &mut usize|
          -> Result<(), Error> {
-            let items: Vec<_> = batch
-                .iter()
-                .map(|e| {
-                    (
-                        &e.entry.author,
-                        crate::identity::DOMAIN_ENTRY,
-                        e.body(),
-                        &e.signature,
-                    )
-                })
-                .collect();
-            let verdicts = crate::identity::verify_many(&items);
-            if let Some((e, _)) = batch.iter().zip(verdicts).find(|(_, ok)| !ok) {
-                return Err(Error::Corrupt(format!(
-                    "entry {} has a bad signature",
-                    e.hash()
-                )));
-            }
+            super::check_signatures(batch)?;
             let report = fresh.ingest_verified(std::mem::take(batch))?;
             if let Some((hash, invalid)) = report.rejected.first() {
                 return Err(Error::Corrupt(format!("entry {hash}: {invalid}")));
