@@ -15,7 +15,7 @@ use spoc_tests::Proc;
 use super::amsync;
 use super::report::{Outcome, Row};
 use super::stats::{human, human_bytes, round3};
-use super::{Context as Ctx, procs, size_label};
+use super::{Context as Ctx, data, procs, size_label};
 
 /// The batch limit of a pull response (`spoc_node::service::sync::BATCH_ENTRIES`).
 const BATCH: usize = spoc_node::service::sync::BATCH_ENTRIES;
@@ -73,9 +73,9 @@ fn measure(ctx: &Ctx, n: usize) -> Result<Measured> {
     let [online_a, online_b, returning] = [&ctx.nodes[0], &ctx.nodes[1], &ctx.nodes[2]];
     let store = |node: &spoc_node::testnet::Node| node.data_dir.join(spoc_node::config::STORE_FILE);
     let (ahead, behind) = (ctx.work.snapshot(base + n)?, ctx.work.snapshot(base)?);
-    std::fs::copy(&ahead.store, store(online_a))?;
-    std::fs::copy(&ahead.store, store(online_b))?;
-    std::fs::copy(&behind.store, store(returning))?;
+    data::copy_store(&ahead.store, &store(online_a))?;
+    data::copy_store(&ahead.store, &store(online_b))?;
+    data::copy_store(&behind.store, &store(returning))?;
 
     let mut a = Proc::start(&procs::info(online_a))?;
     let mut b = Proc::start(&procs::info(online_b))?;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use spoc_node::charter::Charter;
-use spoc_node::docs::command::Command;
+use spoc_node::docs::command::{Command, Refused};
 use spoc_node::identity::SecretKey;
 use spoc_node::log::SignedEntry;
 use spoc_node::replica::{Limits, Replica, Report};
@@ -90,6 +90,19 @@ impl Workload {
         }
         mix
     }
+}
+
+/// Copies a store file with the key that seals its rows (`store::key_path`, which keeps
+/// its 0600 mode), so that the copy opens like the original. Returns the store's bytes.
+pub fn copy_store(from: &Path, to: &Path) -> Result<u64> {
+    let bytes = std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::copy(
+        spoc_node::store::key_path(from),
+        spoc_node::store::key_path(to),
+    )
+    .with_context(|| format!("copying the key of {}", from.display()))?;
+    Ok(bytes)
 }
 
 /// Plain words of the trade, for titles, comments and long descriptions.
@@ -263,7 +276,7 @@ struct Item {
 
 /// The model of what exists, to make commands that make sense.
 #[derive(Debug, Default)]
-struct Model {
+pub struct Model {
     meeting: Option<Meeting>,
     meetings: usize,
     obstacles: Vec<Item>,
@@ -284,7 +297,7 @@ fn recent<'a, T>(rng: &mut ChaCha20Rng, items: &'a [T]) -> Option<&'a T> {
 
 /// What the generator will try next, and what it updates once the entry is accepted.
 #[derive(Debug)]
-enum Effect {
+pub enum Effect {
     None,
     Convened,
     Status(usize),
@@ -301,15 +314,16 @@ fn stance(rng: &mut ChaCha20Rng) -> String {
     ["support", "support", "support", "object", "abstain"][rng.random_range(0..5)].to_owned()
 }
 
-/// Picks a command for `author`, or `None` when its precondition does not hold now.
+/// Picks the command of `roll` (0 to 99) for `author`, or `None` when its precondition
+/// does not hold now.
 fn pick(
     rng: &mut ChaCha20Rng,
     model: &Model,
     author: &str,
     presidency: &str,
     today: &str,
+    roll: u32,
 ) -> Option<(Command, &'static str, Effect)> {
-    let roll = rng.random_range(0..100u32);
     let pres = author == presidency;
     let open = model.meeting.as_ref();
     Some(match roll {
@@ -541,6 +555,126 @@ fn pick(
     })
 }
 
+/// A prepared entry, the item it made or changed, its command, and its effect on the model.
+pub type Written = (SignedEntry, String, &'static str, Effect);
+
+/// Who writes the next entry, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    pub author: &'a str,
+    /// The Presidency on `today`.
+    pub presidency: &'a str,
+    /// The date of `now`, `YYYY-MM-DD`.
+    pub today: &'a str,
+    pub now: u64,
+}
+
+/// Writes one entry for the author of `turn`: picks commands (each from `roll`) until one
+/// applies and `prepare` signs it; after 50 tries, a new obstacle, which always applies.
+/// Commands refused before signing are counted in `refused`.
+pub fn write_one(
+    rng: &mut ChaCha20Rng,
+    model: &Model,
+    turn: &Turn<'_>,
+    roll: &mut dyn FnMut(&mut ChaCha20Rng) -> u32,
+    refused: &mut usize,
+    mut prepare: impl FnMut(&Command, ulid::Ulid) -> Result<(SignedEntry, String), Refused>,
+) -> Result<Written> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let picked = if tries > 50 {
+            // Nothing else applies: a new obstacle always does.
+            let description = text(rng, 400);
+            Some((
+                Command::ObstacleReport {
+                    title: title(rng),
+                    kind: "pragmatic".into(),
+                    description: description.clone(),
+                    subtype: None,
+                    instrument: None,
+                    article: None,
+                    channel: None,
+                    states_concerned: Vec::new(),
+                    impact: None,
+                    solution: None,
+                },
+                "obstacle_report",
+                Effect::Obstacle(description),
+            ))
+        } else {
+            let r = roll(rng);
+            pick(rng, model, turn.author, turn.presidency, turn.today, r)
+        };
+        let Some((command, kind, effect)) = picked else {
+            continue;
+        };
+        let ulid = ulid::Ulid::from_parts(turn.now, rng.random::<u128>());
+        match prepare(&command, ulid) {
+            Ok((entry, item)) => return Ok((entry, item, kind, effect)),
+            Err(why) => {
+                *refused += 1;
+                if tries > 60 {
+                    bail!("the generator cannot write for {}: {why}", turn.author);
+                }
+            }
+        }
+    }
+}
+
+impl Model {
+    /// Takes in the effect of an accepted entry of `author` that made or changed `item`.
+    pub fn record(&mut self, effect: Effect, item: String, author: &str) {
+        match effect {
+            Effect::None => {}
+            Effect::Convened => {
+                self.meetings += 1;
+                self.meeting = Some(Meeting {
+                    id: item,
+                    status: 0,
+                    items: Vec::new(),
+                    minutes: false,
+                });
+            }
+            Effect::Status(s) => {
+                if let Some(m) = self.meeting.as_mut() {
+                    m.status = s;
+                }
+                if s + 1 == spoc_node::docs::rules::MEETING_STATUSES.len() {
+                    self.meeting = None;
+                }
+            }
+            Effect::Minutes => {
+                if let Some(m) = self.meeting.as_mut() {
+                    m.minutes = true;
+                }
+            }
+            Effect::Proposed => {
+                if let Some(m) = self.meeting.as_mut() {
+                    m.items.push((item, false));
+                }
+            }
+            Effect::Decided(i) => {
+                if let Some(m) = self.meeting.as_mut() {
+                    m.items[i].1 = true;
+                }
+            }
+            Effect::Obstacle(text) => self.obstacles.push(Item {
+                id: item,
+                owner: author.to_owned(),
+                text,
+            }),
+            Effect::Edited(i, text) => self.obstacles[i].text = text,
+            Effect::Practice => self.practices.push(Item {
+                id: item,
+                owner: author.to_owned(),
+                text: String::new(),
+            }),
+            Effect::Expert => self.experts += 1,
+        }
+    }
+}
+
 /// Who writes the history, and when.
 #[derive(Debug)]
 pub struct Setup<'a> {
@@ -598,45 +732,20 @@ pub fn generate(
     for i in 0..n {
         let now = base_ms + i as u64 * STEP_MS;
         let author = &authors[rng.random_range(0..authors.len())];
-        let mut tries = 0;
-        let (entry, item, kind, effect) = loop {
-            tries += 1;
-            let picked = if tries > 50 {
-                // Nothing else applies: a new obstacle always does.
-                let description = text(&mut rng, 400);
-                Some((
-                    Command::ObstacleReport {
-                        title: title(&mut rng),
-                        kind: "pragmatic".into(),
-                        description: description.clone(),
-                        subtype: None,
-                        instrument: None,
-                        article: None,
-                        channel: None,
-                        states_concerned: Vec::new(),
-                        impact: None,
-                        solution: None,
-                    },
-                    "obstacle_report",
-                    Effect::Obstacle(description),
-                ))
-            } else {
-                pick(&mut rng, &model, &author.code, &presidency, &today_text)
-            };
-            let Some((command, kind, effect)) = picked else {
-                continue;
-            };
-            let ulid = ulid::Ulid::from_parts(now, rng.random::<u128>());
-            match replica.prepare(&author.key, author.incarnation, &command, now, ulid) {
-                Ok((entry, item)) => break (entry, item, kind, effect),
-                Err(refused) => {
-                    work.refused += 1;
-                    if tries > 60 {
-                        bail!("the generator cannot write for {}: {refused}", author.code);
-                    }
-                }
-            }
+        let turn = Turn {
+            author: &author.code,
+            presidency: &presidency,
+            today: &today_text,
+            now,
         };
+        let (entry, item, kind, effect) = write_one(
+            &mut rng,
+            &model,
+            &turn,
+            &mut |rng| rng.random_range(0..100u32),
+            &mut work.refused,
+            |command, ulid| replica.prepare(&author.key, author.incarnation, command, now, ulid),
+        )?;
         let report = replica
             .ingest_verified(vec![entry.clone()])
             .context("ingesting a generated entry")?;
@@ -649,56 +758,10 @@ pub fn generate(
         }
         uncommitted.accepted.append(&mut report.accepted);
         uncommitted.touched.append(&mut report.touched);
-        match effect {
-            Effect::None => {}
-            Effect::Convened => {
-                model.meetings += 1;
-                model.meeting = Some(Meeting {
-                    id: item,
-                    status: 0,
-                    items: Vec::new(),
-                    minutes: false,
-                });
-            }
-            Effect::Status(s) => {
-                if let Some(m) = model.meeting.as_mut() {
-                    m.status = s;
-                }
-                if s + 1 == spoc_node::docs::rules::MEETING_STATUSES.len() {
-                    model.meeting = None;
-                }
-            }
-            Effect::Minutes => {
-                if let Some(m) = model.meeting.as_mut() {
-                    m.minutes = true;
-                }
-            }
-            Effect::Proposed => {
-                if let Some(m) = model.meeting.as_mut() {
-                    m.items.push((item, false));
-                }
-            }
-            Effect::Decided(i) => {
-                if let Some(m) = model.meeting.as_mut() {
-                    m.items[i].1 = true;
-                }
-            }
-            Effect::Obstacle(text) => {
-                work.obstacles.push((i, item.clone()));
-                model.obstacles.push(Item {
-                    id: item,
-                    owner: author.code.clone(),
-                    text,
-                });
-            }
-            Effect::Edited(i, text) => model.obstacles[i].text = text,
-            Effect::Practice => model.practices.push(Item {
-                id: item,
-                owner: author.code.clone(),
-                text: String::new(),
-            }),
-            Effect::Expert => model.experts += 1,
+        if matches!(effect, Effect::Obstacle(_)) {
+            work.obstacles.push((i, item.clone()));
         }
+        model.record(effect, item, &author.code);
         work.entries.push(entry);
         work.kinds.push(kind);
         if boundaries.contains(&(i + 1)) {
@@ -708,7 +771,7 @@ pub fn generate(
             }
             uncommitted = Report::default();
             let copy = dir.join(format!("{}.redb", i + 1));
-            std::fs::copy(&store_path, &copy)?;
+            copy_store(&store_path, &copy)?;
             store = Some(Store::open(&store_path)?);
             let docs = replica
                 .docs()

@@ -61,7 +61,7 @@ fn measure(ctx: &Ctx, n: usize) -> Result<Measured> {
     let node = &ctx.nodes[0];
     let store_path = node.data_dir.join(spoc_node::config::STORE_FILE);
     let snapshot = ctx.work.snapshot(n)?;
-    std::fs::copy(&snapshot.store, &store_path)?;
+    data::copy_store(&snapshot.store, &store_path)?;
     let store_bytes = std::fs::metadata(&store_path)?.len();
     let saved: Vec<Vec<u8>> = snapshot.docs.values().cloned().collect();
 
