@@ -142,7 +142,7 @@ impl Script {
             Err(e) => panic!("{} could not write {command:?}: {e}", author.code),
         };
         let unseen = self.entries.iter().any(|e| {
-            e.entry.doc == entry.entry.doc && !author.replica.contains(&e.hash()).unwrap()
+            e.entry.doc == entry.entry.doc && !author.replica.contains(&e.hash()).expect("contains")
         });
         if unseen {
             self.concurrent += 1;

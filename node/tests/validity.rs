@@ -126,7 +126,7 @@ fn assert_refused(r: &mut Replica, entry: SignedEntry, expected: Invalid) {
     assert_eq!(report.rejected, vec![(hash, expected)]);
     assert_eq!(state(r), before, "a rejected entry changed the replica");
     assert_eq!(r.pending_count(), pending);
-    assert!(!r.contains(&hash).unwrap());
+    assert!(!r.contains(&hash).expect("contains"));
     assert_eq!(r.rejected_counts()[reason], count + 1);
 }
 

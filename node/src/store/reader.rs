@@ -23,6 +23,9 @@ use crate::replica::{Limits, Replica};
 /// ends early with a cursor to go on from.
 const MAX_SCAN: usize = 10_000;
 
+/// Entry keys with the positions they were accepted at, as an audit page scans them.
+type PositionedKeys<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), Error>> + 'a>;
+
 /// A reader of the store's committed state. Cheap to clone; each read is one read
 /// transaction.
 #[derive(Clone)]
@@ -465,11 +468,11 @@ impl Reader {
                 Some(a) => String::from_utf8(a.clone()).map_err(|_| bad_cursor())?,
                 None => lower.clone(),
             };
-            let mut rows = summaries
+            let rows = summaries
                 .range(start.as_str()..upper.as_str())
                 .map_err(dberr)?;
             let mut done = true;
-            while let Some(row) = rows.next() {
+            for row in rows {
                 let (k, _) = row.map_err(dberr)?;
                 let key = k.value().to_owned();
                 if after.as_deref() == Some(key.as_bytes()) {
@@ -547,7 +550,7 @@ impl Reader {
             next: None,
         };
         let upper = before.unwrap_or(u64::MAX);
-        let keys: Box<dyn Iterator<Item = Result<(u64, Vec<u8>), Error>>> = match doc {
+        let keys: PositionedKeys<'_> = match doc {
             Some(id) => Box::new(
                 self.doc_keys(&tx, id, None)
                     .map_err(|e| Error::Corrupt(e.0))?
