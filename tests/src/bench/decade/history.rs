@@ -6,11 +6,16 @@
 //! opens a new log (a new incarnation), as a node does. The Presidency follows a
 //! calendar written into the testnet's charter for the whole decade.
 //!
-//! The history goes straight into a store: a store-backed replica prepares and takes in
-//! each entry, and `Store::commit` makes a batch durable before the replica is flushed,
-//! so memory holds only the working set. Each history is kept under `target/` beside the
-//! testnet whose keys signed it, keyed by size, seed and the date it ends at, so that a
-//! second run starts at once.
+//! The history goes straight into a store, on two threads. The generator picks each
+//! command (`data::write_one`) and makes its change on the document as it holds it, as
+//! `Replica::prepare` does; the signer chains each change into its log, signs it, and
+//! commits every 5,000 entries through `Store::commit`, as a node commits an ingest. The
+//! rules are not checked while generating (that is what made it slow): the new node of
+//! the scenario takes in the whole history and checks every entry, and a refused entry
+//! fails the scenario. Memory holds only the documents written to recently; one written to again
+//! after that is read back from the store. Each history is kept under `target/` beside
+//! the testnet whose keys signed it, keyed by size, seed and the date it ends at, so that
+//! a second run starts at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ use spoc_node::docs::DocId;
 use spoc_node::docs::command::{Command, Refused, Writer};
 use spoc_node::identity::SecretKey;
 use spoc_node::log::{Entry, EntryHash, LogId, SignedEntry, Tip};
-use spoc_node::replica::backing::{self, Backing};
+use spoc_node::replica::backing::{self, Backing, Nothing};
 use spoc_node::replica::{Limits, Replica, Report};
 use spoc_node::store::{Reader, Store};
 use time::Date;
@@ -379,8 +384,7 @@ impl Maker {
     /// Makes the change of `command` in `log`, as `Replica::prepare` does, on the
     /// document as the generator holds it; returns the document after it and the item
     /// made. The rules are not checked here: every node checks each entry when it takes
-    /// it in (the catch-up of this scenario takes in the whole history), and
-    /// `Store::verify` replays them.
+    /// it in, and the catch-up of this scenario takes in the whole history.
     #[allow(clippy::too_many_arguments)]
     fn make(
         &mut self,
@@ -568,16 +572,11 @@ impl<'k> Signer<'k> {
     }
 }
 
-/// The backing of the signer's replica: the documents of one batch, each given once.
+/// The backing of the signer's replica: the documents of one batch, each given once,
+/// and nothing else (every other read is `Nothing`'s).
 struct Given(std::sync::Mutex<HashMap<DocId, Automerge>>);
 
 impl Backing for Given {
-    fn entry(&self, _: &LogId, _: u64) -> Result<Option<SignedEntry>, backing::Error> {
-        Ok(None)
-    }
-    fn locate(&self, _: &EntryHash) -> Result<Option<(LogId, u64)>, backing::Error> {
-        Ok(None)
-    }
     fn doc(&self, id: &DocId) -> Result<Option<Automerge>, backing::Error> {
         let mut docs = self
             .0
@@ -585,22 +584,28 @@ impl Backing for Given {
             .map_err(|_| backing::Error("the batch's documents are poisoned".into()))?;
         Ok(docs.remove(id))
     }
-    fn doc_entries(&self, _: &DocId) -> Result<Vec<SignedEntry>, backing::Error> {
-        Ok(Vec::new())
+    fn entry(&self, log: &LogId, seq: u64) -> Result<Option<SignedEntry>, backing::Error> {
+        Nothing.entry(log, seq)
     }
-    fn log_from(&self, _: &LogId, _: u64) -> Result<Vec<SignedEntry>, backing::Error> {
-        Ok(Vec::new())
+    fn locate(&self, hash: &EntryHash) -> Result<Option<(LogId, u64)>, backing::Error> {
+        Nothing.locate(hash)
+    }
+    fn doc_entries(&self, id: &DocId) -> Result<Vec<SignedEntry>, backing::Error> {
+        Nothing.doc_entries(id)
+    }
+    fn log_from(&self, log: &LogId, seq: u64) -> Result<Vec<SignedEntry>, backing::Error> {
+        Nothing.log_from(log, seq)
     }
     fn entries_in_order(
         &self,
-        _: &[(LogId, u64)],
-        _: usize,
-        _: usize,
+        from: &[(LogId, u64)],
+        max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<SignedEntry>, bool), backing::Error> {
-        Ok((Vec::new(), false))
+        Nothing.entries_in_order(from, max, max_bytes)
     }
     fn entry_count(&self) -> u64 {
-        0
+        Nothing.entry_count()
     }
 }
 

@@ -177,15 +177,7 @@ fn measure(
     )?;
 
     // Cold starts: from the spawn until the API answers with the whole store.
-    let mut cold = Vec::new();
-    let mut running = None;
-    for _ in 0..STARTS {
-        drop(running.take());
-        let t = Instant::now();
-        let p = Proc::start(&procs::info(serving))?;
-        let api = Api::of(&p)?;
-        let status = api.status()?;
-        cold.push(t.elapsed());
+    let (cold, p, api) = procs::cold_starts(serving, STARTS, |status| {
         if status["entries"].as_u64() != Some(n as u64)
             || status["logs"].as_u64() != Some(history.facts.logs as u64)
         {
@@ -196,11 +188,8 @@ fn measure(
                 history.facts.logs
             );
         }
-        running = Some((p, api));
-    }
-    let Some((p, api)) = running else {
-        bail!("no node started");
-    };
+        Ok(())
+    })?;
     let pid = p.pid().ok_or_else(|| anyhow!("the node has no pid"))?;
     let rss_start_kib = procs::vm_kib(pid, "VmRSS")?;
     let hwm_start_kib = procs::vm_kib(pid, "VmHWM")?;
@@ -468,7 +457,18 @@ impl Pool {
     }
 }
 
-/// `large / small`, and whether it is within `limit`.
+/// A latency compared between the stores: its key, its name, the large store's samples
+/// and the small one's, the percentile and the growth allowed.
+type LatencyRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a [Duration],
+    &'a [Duration],
+    f64,
+    Option<f64>,
+);
+
+/// `large / small`.
 fn growth(large: f64, small: f64) -> f64 {
     large / small.max(f64::MIN_POSITIVE)
 }
@@ -554,13 +554,14 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             ..Row::context(case.clone(), format!("{measure}, absolute"), mib(l), mib(s))
         });
     }
-    for (key, measure, l, s, limit) in [
+    let latencies: [LatencyRow<'_>; 5] = [
         (
             "publish_p50",
             "publish p50",
             &large.publish,
             &small.publish,
             50.0,
+            Some(GROWTH),
         ),
         (
             "publish_p99",
@@ -568,6 +569,7 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             &large.publish,
             &small.publish,
             99.0,
+            Some(GROWTH),
         ),
         (
             "list_p50",
@@ -575,24 +577,27 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             &large.list,
             &small.list,
             50.0,
-        ),
-    ] {
-        let (a, b) = (percentile_ms(l, limit), percentile_ms(s, limit));
-        add(
-            &mut o,
-            key,
-            measure,
-            human_ms(a),
-            human_ms(b),
-            growth(a, b),
             Some(GROWTH),
-        );
-    }
-    for (key, measure, l, s) in [
-        ("audit_p50", "audit page p50", &large.audit, &small.audit),
-        ("doc_p50", "document read p50", &large.doc, &small.doc),
-    ] {
-        let (a, b) = (percentile_ms(l, 50.0), percentile_ms(s, 50.0));
+        ),
+        (
+            "audit_p50",
+            "audit page p50",
+            &large.audit,
+            &small.audit,
+            50.0,
+            None,
+        ),
+        (
+            "doc_p50",
+            "document read p50",
+            &large.doc,
+            &small.doc,
+            50.0,
+            None,
+        ),
+    ];
+    for (key, measure, l, s, pct, limit) in latencies {
+        let (a, b) = (percentile_ms(l, pct), percentile_ms(s, pct));
         add(
             &mut o,
             key,
@@ -600,7 +605,7 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             human_ms(a),
             human_ms(b),
             growth(a, b),
-            None,
+            limit,
         );
     }
     let report = (median(&large.report), median(&small.report));
