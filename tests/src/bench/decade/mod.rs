@@ -66,6 +66,8 @@ impl Effort {
 }
 /// A catch-up that brings nothing for this long has stalled.
 const STALL: Duration = Duration::from_secs(90);
+/// The longest a catch-up may take, per entry beyond a minute.
+const CATCH_UP_PER_ENTRY: Duration = Duration::from_millis(4);
 
 /// The targets: growth at most 1.2x, RSS under 300 MiB, a cold start under a second.
 const GROWTH: f64 = 1.2;
@@ -102,6 +104,8 @@ struct CatchUp {
     held: u64,
     of: u64,
     bytes: Option<u64>,
+    /// Why one node cut the other off, when one did (then the catch-up cannot finish).
+    cut_off: Option<String>,
 }
 
 /// Two nodes in sync, watched over a window of anti-entropy periods.
@@ -311,10 +315,13 @@ fn catch_up(
         .iter()
         .map(|node| procs::api_port(&node.api))
         .collect::<Result<_>>()?;
+    let limit = Duration::from_secs(60) + CATCH_UP_PER_ENTRY * u32::try_from(of)?;
     let mut held = 0;
     let mut moved = Instant::now();
     let mut done = false;
-    while moved.elapsed() < STALL {
+    let mut cut_off = None;
+    let mut polls = 0u64;
+    while moved.elapsed() < STALL && start.elapsed() < limit {
         let status = new_api.status()?;
         if status["digest"] == digest {
             done = true;
@@ -325,6 +332,27 @@ fn catch_up(
         if now_held != held {
             held = now_held;
             moved = Instant::now();
+        }
+        // A node that refused the other (an oversized sync request, say) deny-lists it:
+        // the catch-up cannot finish with this protocol, and waiting proves nothing more.
+        polls += 1;
+        if polls.is_multiple_of(10) {
+            for (who, s) in [
+                ("the new node", &status),
+                ("the serving node", &api.status()?),
+            ] {
+                // A late admission is not a lasting refusal: it is not deny-listed.
+                let lasting = s["refused_peers"]
+                    .as_object()
+                    .and_then(|r| r.iter().find(|(k, _)| !k.starts_with("no admission")));
+                if let Some((reason, n)) = lasting {
+                    cut_off = Some(format!("{who} refused its peer {n} times: {reason}"));
+                }
+            }
+            if cut_off.is_some() {
+                held = now_held;
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -338,6 +366,7 @@ fn catch_up(
         held,
         of,
         bytes,
+        cut_off,
     };
     let mut sync = Sync {
         logs: target["logs"].as_u64().unwrap_or(0),
@@ -635,10 +664,15 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             format!("{}, {bytes}", human(c.time))
         } else {
             format!(
-                "NOT caught up: {} of {} after {}, {bytes}",
+                "NOT caught up: {} of {} after {}{}, {bytes}",
                 c.held,
                 c.of,
-                human(c.time)
+                human(c.time),
+                if c.cut_off.is_some() {
+                    " (cut off)"
+                } else {
+                    ""
+                }
             )
         }
     };
@@ -698,13 +732,19 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
         .iter()
         .filter(|m| !m.catch_up.done)
         .map(|m| {
+            let why = match &m.catch_up.cut_off {
+                Some(reason) => format!("{reason} (a deny-listed peer is not pulled from)"),
+                None => format!(
+                    "it had stopped progressing for {} s or run out of time",
+                    STALL.as_secs()
+                ),
+            };
             format!(
-                "FAILED: at {} entries the new node held {} of {} entries and had stopped progressing \
-                 for {} s",
+                "FAILED: at {} entries the new node held {} of {} entries after {}: {why}",
                 size_label(m.history.facts.entries),
                 m.catch_up.held,
                 m.catch_up.of,
-                STALL.as_secs()
+                human(m.catch_up.time),
             )
         })
         .collect();
@@ -806,6 +846,7 @@ fn size_json(m: &Measured, effort: Effort) -> Value {
             "held_entries": m.catch_up.held,
             "of_entries": m.catch_up.of,
             "bytes": m.catch_up.bytes,
+            "cut_off": m.catch_up.cut_off,
         },
         "in_sync": {
             "logs": m.sync.logs,
