@@ -130,9 +130,11 @@ pub struct Context {
     pub nodes: Vec<spoc_node::testnet::Node>,
 }
 
-/// 1k, 10k, 100k.
+/// 1k, 10k, 100k, 1M.
 pub fn size_label(n: usize) -> String {
-    if n >= 1_000 && n.is_multiple_of(1_000) {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()

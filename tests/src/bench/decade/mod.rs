@@ -7,7 +7,8 @@
 //! its API answers), its RSS after the start and after 10,000 mixed reads and writes
 //! through the API, the latency of a write, of a filtered list, of a page of the audit
 //! trail and of a term's report; then a new, empty node of the same testnet catches up
-//! from it (time and bytes), and the two, in sync, run their anti-entropy rounds (bytes).
+//! from it (time and bytes), and two more nodes started on copies of the store, so in
+//! sync, run their anti-entropy rounds (bytes).
 //! Every figure of the large store is divided by the same figure of the small one.
 
 pub mod history;
@@ -116,6 +117,8 @@ struct Sync {
     /// Anti-entropy periods in the window.
     periods: f64,
     peers_at_end: usize,
+    /// Why one node refused the other for good, when one did.
+    refused: Option<String>,
 }
 
 impl Sync {
@@ -175,6 +178,7 @@ fn measure(
     let root = tempfile::tempdir()?;
     let nodes = network.lay_out(&root.path().join("net"))?;
     let [serving, joining] = [&nodes[0], &nodes[1]];
+    // Two more nodes, 2 and 3, are started in sync at the end.
     data::copy_store(
         &history.store,
         &serving.data_dir.join(spoc_node::config::STORE_FILE),
@@ -272,8 +276,13 @@ fn measure(
         "decade: a new node catches up on {} entries",
         size_label(n)
     ));
-    let (catch_up, sync) = catch_up(&api, joining, &nodes, effort.sync_window)?;
+    let catch_up = catch_up(&api, joining, &nodes)?;
     drop(p);
+    progress(&format!(
+        "decade: two nodes in sync on {} entries",
+        size_label(n)
+    ));
+    let sync = in_sync(&history, [&nodes[2], &nodes[3]], &nodes, effort.sync_window)?;
     Ok(Measured {
         history,
         cold,
@@ -300,8 +309,7 @@ fn catch_up(
     api: &Api,
     joining: &spoc_node::testnet::Node,
     nodes: &[spoc_node::testnet::Node],
-    window: Duration,
-) -> Result<(CatchUp, Sync)> {
+) -> Result<CatchUp> {
     let target = api.status()?;
     let of = target["entries"].as_u64().unwrap_or(0);
     let digest = target["digest"].clone();
@@ -341,11 +349,7 @@ fn catch_up(
                 ("the new node", &status),
                 ("the serving node", &api.status()?),
             ] {
-                // A late admission is not a lasting refusal: it is not deny-listed.
-                let lasting = s["refused_peers"]
-                    .as_object()
-                    .and_then(|r| r.iter().find(|(k, _)| !k.starts_with("no admission")));
-                if let Some((reason, n)) = lasting {
+                if let Some((reason, n)) = lasting_refusal(s) {
                     cut_off = Some(format!("{who} refused its peer {n} times: {reason}"));
                 }
             }
@@ -368,27 +372,72 @@ fn catch_up(
         bytes,
         cut_off,
     };
+    new.kill9()?;
+    Ok(catch_up)
+}
+
+/// Two more nodes of the testnet start on copies of the history's store, so that they
+/// hold the same logs from the start, and are watched for `window` once one has admitted
+/// the other: what their sockets carry is the anti-entropy (pull requests holding every
+/// log's height, answers holding nothing), beside gossipsub's heartbeats and pings.
+fn in_sync(
+    history: &History,
+    pair: [&spoc_node::testnet::Node; 2],
+    nodes: &[spoc_node::testnet::Node],
+    window: Duration,
+) -> Result<Sync> {
+    for node in pair {
+        data::copy_store(
+            &history.store,
+            &node.data_dir.join(spoc_node::config::STORE_FILE),
+        )?;
+    }
+    let api_ports: HashSet<u16> = nodes
+        .iter()
+        .map(|node| procs::api_port(&node.api))
+        .collect::<Result<_>>()?;
+    let mut watched = Proc::start(&procs::info(pair[0]))?;
+    let other = Proc::start(&procs::info(pair[1]))?;
+    watched.wait_log("peer admitted", Duration::from_secs(60))?;
+    let pid = watched
+        .pid()
+        .ok_or_else(|| anyhow!("the watched node has no pid"))?;
+    let before = procs::tcp_bytes(&[pid], &api_ports)?.and_then(|m| m.get(&pid).copied());
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let after = procs::tcp_bytes(&[pid], &api_ports)?.and_then(|m| m.get(&pid).copied());
     let mut sync = Sync {
-        logs: target["logs"].as_u64().unwrap_or(0),
+        logs: history.facts.logs as u64,
+        periods: t.elapsed().as_secs_f64() / spoc_node::service::sync::ANTI_ENTROPY.as_secs_f64(),
         ..Sync::default()
     };
-    if done {
-        // Both nodes hold the same logs: what their sockets carry now is the anti-entropy
-        // (pull requests holding every log's height, answers holding nothing), beside
-        // gossipsub's heartbeats and pings.
-        let before = procs::tcp_bytes(&[pid], &api_ports)?.and_then(|m| m.get(&pid).copied());
-        let t = Instant::now();
-        std::thread::sleep(window);
-        let after = procs::tcp_bytes(&[pid], &api_ports)?.and_then(|m| m.get(&pid).copied());
-        sync.periods =
-            t.elapsed().as_secs_f64() / spoc_node::service::sync::ANTI_ENTROPY.as_secs_f64();
+    for p in [&watched, &other] {
+        let status = Api::of(p)?.status()?;
+        if let Some((reason, n)) = lasting_refusal(&status) {
+            sync.refused = Some(format!("refused its peer {n} times: {reason}"));
+        }
+        if p.pid() == Some(pid) {
+            sync.peers_at_end = status["peers"].as_array().map_or(0, Vec::len);
+        }
+    }
+    // A refused peer's sockets are closed, and their counters with them.
+    if sync.refused.is_none() {
         sync.bytes = before
             .zip(after)
             .map(|(b, a)| (a.0 + a.1).saturating_sub(b.0 + b.1));
-        sync.peers_at_end = new_api.status()?["peers"].as_array().map_or(0, Vec::len);
     }
-    new.kill9()?;
-    Ok((catch_up, sync))
+    drop((watched, other));
+    Ok(sync)
+}
+
+/// A refusal of a peer that lasts (a deny-listing), from a node's status: a late
+/// admission is not one.
+fn lasting_refusal(status: &Value) -> Option<(String, Value)> {
+    status["refused_peers"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| !k.starts_with("no admission"))
+        .map(|(k, n)| (k.clone(), n.clone()))
 }
 
 /// What the operations read and write: recent obstacles and practices, and documents
@@ -702,9 +751,10 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
             None,
         );
     }
-    let sync_text = |m: &Measured| match m.sync.per_period() {
-        Some(b) => format!("{} per 10 s ({} logs)", human_bytes(b), m.sync.logs),
-        None => format!("not measured ({} logs)", m.sync.logs),
+    let sync_text = |m: &Measured| match (m.sync.per_period(), &m.sync.refused) {
+        (Some(b), _) => format!("{} per 10 s ({} logs)", human_bytes(b), m.sync.logs),
+        (None, Some(why)) => format!("a node {why} ({} logs)", m.sync.logs),
+        (None, None) => format!("not measured ({} logs)", m.sync.logs),
     };
     match (large.sync.per_period(), small.sync.per_period()) {
         (Some(l), Some(s)) => add(
@@ -805,10 +855,10 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
     o.notes.push(format!(
         "catch-up: an empty node of the same testnet starts beside the serving node and pulls until \
          their digests are equal; bytes = the TCP payload its sockets sent and received (kernel \
-         counters via `ss`). Then the two, in sync, are watched for {} s: the bytes are the new \
-         node's, both ways, per 10-second anti-entropy period, which holds one pull each way (each \
-         request carries every log's height and tip hash) beside gossipsub heartbeats and pings. \
-         This measures the sync protocol as it is on this branch: it is being rewritten elsewhere",
+         counters via `ss`). In sync: two more nodes start on copies of the same store and are \
+         watched for {} s once admitted: the bytes are one node's, both ways, per 10-second \
+         anti-entropy period, which holds one pull each way (each request carries every log's \
+         height and tip hash) beside gossipsub heartbeats and pings. This measures the sync protocol as it is on this branch: it is being rewritten elsewhere",
         effort.sync_window.as_secs()
     ));
     o
@@ -854,6 +904,7 @@ fn size_json(m: &Measured, effort: Effort) -> Value {
             "bytes": m.sync.bytes,
             "bytes_per_period": m.sync.per_period().map(round3),
             "peers_at_end": m.sync.peers_at_end,
+            "refused": m.sync.refused,
         },
     })
 }
