@@ -600,20 +600,41 @@ impl Reader {
             next: None,
         };
         let upper = before.unwrap_or(u64::MAX);
-        // The candidates, newest first: a document's entries, or the arrival order.
-        let keys: Vec<(u64, Vec<u8>)> = match doc {
-            Some(id) => self
-                .doc_keys(&tx, id, None)
+        // One pass over the candidates, newest first; each is read when its turn comes,
+        // so a page costs what it returns plus what the author filter skips.
+        let mut scanned = 0;
+        let mut visit = |position: u64, key: &[u8]| -> Result<bool, Error> {
+            scanned += 1;
+            page.next = Some(position);
+            if author.is_some_and(|a| key.get(..32) != Some(a.as_bytes().as_slice())) {
+                return Ok(scanned >= MAX_SCAN);
+            }
+            let (at, e) = self
+                .entry_row(&entries, key)
                 .map_err(|e| Error::Corrupt(e.0))?
-                .into_iter()
-                .rev()
-                .filter(|(p, _)| *p < upper)
-                .take(MAX_SCAN)
-                .collect(),
+                .ok_or_else(|| Error::Corrupt(format!("entry {} is missing", hex::encode(key))))?;
+            if at != position {
+                return Err(Error::Corrupt(
+                    corrupt("arrival", &position.to_be_bytes()).0,
+                ));
+            }
+            page.entries.push((position, e));
+            Ok(page.entries.len() == limit || scanned >= MAX_SCAN)
+        };
+        match doc {
+            Some(id) => {
+                let keys = self
+                    .doc_keys(&tx, id, None)
+                    .map_err(|e| Error::Corrupt(e.0))?;
+                for (position, key) in keys.into_iter().rev().filter(|(p, _)| *p < upper) {
+                    if visit(position, &key)? {
+                        break;
+                    }
+                }
+            }
             None => {
                 let arrival = tx.open_table(tables::ARRIVAL).map_err(dberr)?;
-                let mut keys = Vec::new();
-                for row in arrival.range(..upper).map_err(dberr)?.rev().take(MAX_SCAN) {
+                for row in arrival.range(..upper).map_err(dberr)?.rev() {
                     let (k, v) = row.map_err(dberr)?;
                     let position = k.value();
                     let key = self
@@ -622,36 +643,10 @@ impl Reader {
                         .ok_or_else(|| {
                             Error::Corrupt(corrupt("arrival", &position.to_be_bytes()).0)
                         })?;
-                    keys.push((position, key.to_vec()));
-                    if author.is_none() && keys.len() == limit {
+                    if visit(position, key)? {
                         break;
                     }
                 }
-                keys
-            }
-        };
-        let mut scanned = 0;
-        for (position, key) in keys {
-            scanned += 1;
-            page.next = Some(position);
-            if author.is_some_and(|a| key.get(..32) != Some(a.as_bytes().as_slice())) {
-                if scanned >= MAX_SCAN {
-                    break;
-                }
-                continue;
-            }
-            let (at, e) = self
-                .entry_row(&entries, &key)
-                .map_err(|e| Error::Corrupt(e.0))?
-                .ok_or_else(|| Error::Corrupt(format!("entry {} is missing", hex::encode(&key))))?;
-            if at != position {
-                return Err(Error::Corrupt(
-                    corrupt("arrival", &position.to_be_bytes()).0,
-                ));
-            }
-            page.entries.push((position, e));
-            if page.entries.len() == limit || scanned >= MAX_SCAN {
-                break;
             }
         }
         if page.next == Some(0) || page.entries.len() < limit && scanned < MAX_SCAN {

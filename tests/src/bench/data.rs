@@ -286,6 +286,8 @@ pub struct Model {
 
 /// Documents keep receiving writes while they are among the most recent ones.
 const ACTIVE: usize = 30;
+/// Obstacles are edited by their reporters while they are among the most recent ones.
+const EDITED: usize = ACTIVE * 3;
 
 fn recent<'a, T>(rng: &mut ChaCha20Rng, items: &'a [T]) -> Option<&'a T> {
     if items.is_empty() {
@@ -451,7 +453,7 @@ fn pick(
             Effect::None,
         ),
         56..=61 => {
-            let from = model.obstacles.len().saturating_sub(ACTIVE * 3);
+            let from = model.obstacles.len().saturating_sub(EDITED);
             let own: Vec<usize> = (from..model.obstacles.len())
                 .filter(|i| model.obstacles[*i].owner == author)
                 .collect();
@@ -555,8 +557,9 @@ fn pick(
     })
 }
 
-/// A prepared entry, the item it made or changed, its command, and its effect on the model.
-pub type Written = (SignedEntry, String, &'static str, Effect);
+/// What `prepare` made (such as the signed entry), the item it made or changed, its
+/// command, and its effect on the model.
+pub type Written<T> = (T, String, &'static str, Effect);
 
 /// Who writes the next entry, and when.
 #[derive(Debug, Clone, Copy)]
@@ -572,14 +575,14 @@ pub struct Turn<'a> {
 /// Writes one entry for the author of `turn`: picks commands (each from `roll`) until one
 /// applies and `prepare` signs it; after 50 tries, a new obstacle, which always applies.
 /// Commands refused before signing are counted in `refused`.
-pub fn write_one(
+pub fn write_one<T>(
     rng: &mut ChaCha20Rng,
     model: &Model,
     turn: &Turn<'_>,
     roll: &mut dyn FnMut(&mut ChaCha20Rng) -> u32,
     refused: &mut usize,
-    mut prepare: impl FnMut(&Command, ulid::Ulid) -> Result<(SignedEntry, String), Refused>,
-) -> Result<Written> {
+    mut prepare: impl FnMut(&Command, ulid::Ulid) -> Result<(T, String), Refused>,
+) -> Result<Written<T>> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -623,6 +626,23 @@ pub fn write_one(
 }
 
 impl Model {
+    /// A new Presidency takes office: the meeting its predecessor left open is no longer
+    /// one it can move along, and it convenes its own.
+    pub fn new_presidency(&mut self) {
+        self.meeting = None;
+    }
+
+    /// The ids of the last `n` obstacles and practices.
+    pub fn recent_items(&self, n: usize) -> (Vec<String>, Vec<String>) {
+        let last = |items: &[Item]| {
+            items[items.len().saturating_sub(n)..]
+                .iter()
+                .map(|i| i.id.clone())
+                .collect()
+        };
+        (last(&self.obstacles), last(&self.practices))
+    }
+
     /// Takes in the effect of an accepted entry of `author` that made or changed `item`.
     pub fn record(&mut self, effect: Effect, item: String, author: &str) {
         match effect {
@@ -659,11 +679,18 @@ impl Model {
                     m.items[i].1 = true;
                 }
             }
-            Effect::Obstacle(text) => self.obstacles.push(Item {
-                id: item,
-                owner: author.to_owned(),
-                text,
-            }),
+            Effect::Obstacle(text) => {
+                self.obstacles.push(Item {
+                    id: item,
+                    owner: author.to_owned(),
+                    text,
+                });
+                // Only the most recent obstacles are edited: older texts are let go, so
+                // that a long history does not hold every description.
+                if let Some(old) = self.obstacles.len().checked_sub(EDITED + 1) {
+                    self.obstacles[old].text = String::new();
+                }
+            }
             Effect::Edited(i, text) => self.obstacles[i].text = text,
             Effect::Practice => self.practices.push(Item {
                 id: item,

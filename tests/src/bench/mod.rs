@@ -2,11 +2,13 @@
 //!
 //! Every figure is a ratio against a baseline measured in the same run on the same data:
 //! `ingest`, `publish` (with the cold start), `propagation` and `catchup` each compare
-//! spocnet with plain Automerge, redb and libp2p doing the least the same job needs.
+//! spocnet with plain Automerge, redb and libp2p doing the least the same job needs;
+//! `decade` compares a node after ten years with the same node after five weeks.
 
 pub mod amsync;
 pub mod catchup;
 pub mod data;
+pub mod decade;
 pub mod gossip;
 pub mod hostile;
 pub mod ingest;
@@ -33,6 +35,8 @@ pub struct Plan {
     pub catchup_base: usize,
     pub propagation_nodes: Vec<usize>,
     pub publish_samples: usize,
+    /// Entries of the decade scenario's stores: the reference first, the decade last.
+    pub decade_sizes: Vec<usize>,
     /// Replaces the repetitions of in-process measures (for profiling).
     pub reps: Option<usize>,
 }
@@ -48,6 +52,7 @@ impl Plan {
                 catchup_base: 1_000,
                 propagation_nodes: vec![5],
                 publish_samples: 50,
+                decade_sizes: vec![10_000, 100_000],
                 reps: None,
             }
         } else {
@@ -59,6 +64,7 @@ impl Plan {
                 catchup_base: 1_000,
                 propagation_nodes: vec![5, 15, 31],
                 publish_samples: 200,
+                decade_sizes: vec![10_000, 1_000_000],
                 reps: None,
             }
         }
@@ -124,9 +130,11 @@ pub struct Context {
     pub nodes: Vec<spoc_node::testnet::Node>,
 }
 
-/// 1k, 10k, 100k.
+/// 1k, 10k, 100k, 1M.
 pub fn size_label(n: usize) -> String {
-    if n >= 1_000 && n.is_multiple_of(1_000) {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()

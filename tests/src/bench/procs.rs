@@ -95,6 +95,30 @@ pub fn info(node: &spoc_node::testnet::Node) -> NodeInfo {
     }
 }
 
+/// Starts the node `reps` times (at least once), each time from the spawn until its API
+/// answers a status that `check` accepts; returns each start's time, and the last start's
+/// process and client, left running.
+pub fn cold_starts(
+    node: &spoc_node::testnet::Node,
+    reps: usize,
+    check: impl Fn(&Value) -> Result<()>,
+) -> Result<(Vec<Duration>, Proc, Api)> {
+    let mut times = Vec::new();
+    let mut running = None;
+    for _ in 0..reps.max(1) {
+        drop(running.take());
+        let t = Instant::now();
+        let p = Proc::start(&info(node))?;
+        let api = Api::of(&p)?;
+        let status = api.status()?;
+        times.push(t.elapsed());
+        check(&status)?;
+        running = Some((p, api));
+    }
+    let (p, api) = running.ok_or_else(|| anyhow!("no node started"))?;
+    Ok((times, p, api))
+}
+
 /// A client of one node's API that keeps its connection open between calls.
 #[derive(Debug, Clone)]
 pub struct Api {

@@ -22,7 +22,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use redb::TableDefinition;
 use serde_json::{Value, json};
-use spoc_tests::Proc;
 
 use super::report::{Outcome, Row};
 use super::stats::{
@@ -79,15 +78,7 @@ fn measure(ctx: &Ctx, n: usize) -> Result<Measured> {
     let held = hold_in_child(&saved)?;
 
     // The node's cold starts; the last one stays up for the publish samples.
-    let mut cold = Vec::new();
-    let mut running = None;
-    for _ in 0..ctx.plan.reps(n).min(3) {
-        drop(running.take());
-        let t = Instant::now();
-        let p = Proc::start(&procs::info(node))?;
-        let api = procs::Api::of(&p)?;
-        let status = api.status()?;
-        let elapsed = t.elapsed();
+    let (cold, p, api) = procs::cold_starts(node, ctx.plan.reps(n).min(3), |status| {
         if status["documents"].as_u64() != Some(saved.len() as u64)
             || status["entries"].as_u64() != Some(n as u64)
         {
@@ -98,12 +89,8 @@ fn measure(ctx: &Ctx, n: usize) -> Result<Measured> {
                 saved.len()
             );
         }
-        cold.push(elapsed);
-        running = Some((p, api));
-    }
-    let Some((p, api)) = running else {
-        bail!("no node started");
-    };
+        Ok(())
+    })?;
     let pid = p.pid().ok_or_else(|| anyhow!("the node has no pid"))?;
     let node_hwm_kib = procs::vm_kib(pid, "VmHWM")?;
     let node_rss_kib = procs::vm_kib(pid, "VmRSS")?;

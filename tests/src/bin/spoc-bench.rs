@@ -3,8 +3,10 @@
 //! It generates a realistic history from a seed (meetings with agendas, obstacles with
 //! endorsements, comments and long edits, practices, fact sheets, training), then measures
 //! five scenarios: ingest, publish, propagation, catch-up and cold start; the sixth, the
-//! iroh-docs peer, only with the `peer-iroh` feature; and the seventh, hostile, an honest
-//! node's API under a sustained flood against the same node without it. Every figure is a ratio against a baseline measured in the same run on
+//! iroh-docs peer, only with the `peer-iroh` feature; the seventh, hostile, an honest
+//! node's API under a sustained flood against the same node without it; and the eighth,
+//! decade, a node after ten years of a 31-state network against the same node after five
+//! weeks (its stores are kept under `target/spoc-bench-cache`). Every figure is a ratio against a baseline measured in the same run on
 //! the same data, with the absolute times beside it. It prints a table for people, or with `--json` one JSON object with one
 //! key per scenario. Real `spoc-node` processes are started through the test harness,
 //! which kills each one when it is dropped. It exits non-zero only when a scenario could
@@ -41,7 +43,8 @@ struct Cli {
     /// Print one JSON object, one key per scenario, instead of the table.
     #[arg(long)]
     json: bool,
-    /// Run only these scenarios: ingest, publish, cold_start, propagation, catch_up, peer_iroh, hostile.
+    /// Run only these scenarios: ingest, publish, cold_start, propagation, catch_up, peer_iroh,
+    /// hostile, decade.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Replace the sizes (entries) of ingest, publish, cold start and catch-up.
@@ -53,6 +56,9 @@ struct Cli {
     /// Replace the repetitions of the in-process measures (the median is kept).
     #[arg(long)]
     reps: Option<usize>,
+    /// Replace the sizes (entries) of the decade scenario: the reference, then the decade.
+    #[arg(long, value_delimiter = ',')]
+    decade_sizes: Vec<usize>,
     /// The seed of the generated data.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
@@ -68,7 +74,7 @@ enum Sub {
     HoldDocs { file: PathBuf },
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "ingest",
     "publish",
     "cold_start",
@@ -76,6 +82,7 @@ const SCENARIOS: [&str; 7] = [
     "catch_up",
     "peer_iroh",
     "hostile",
+    "decade",
 ];
 
 fn main() -> ExitCode {
@@ -135,6 +142,9 @@ fn run(cli: &Cli) -> Result<bool> {
     if !cli.nodes.is_empty() {
         plan.propagation_nodes = cli.nodes.clone();
     }
+    if !cli.decade_sizes.is_empty() {
+        plan.decade_sizes = cli.decade_sizes.clone();
+    }
     plan.reps = cli.reps;
     // Data and stores are made only for what runs. The iroh-docs peer, when built, measures
     // spocnet's catch-up beside it.
@@ -152,6 +162,7 @@ fn run(cli: &Cli) -> Result<bool> {
             "propagation",
             "catch_up",
             "hostile",
+            "decade",
         ]
         .iter()
         .any(|s| wanted(s));
@@ -257,6 +268,20 @@ fn run(cli: &Cli) -> Result<bool> {
             vec![
                 bench::hostile::run(ctx.plan.quick)
                     .unwrap_or_else(|e| Outcome::failure("hostile", bench::hostile::TITLE, &e)),
+            ]
+        });
+    }
+    if wanted("decade") {
+        timed("decade", &mut || {
+            let mut say = |m: &str| progress(started, m);
+            vec![
+                bench::decade::run(
+                    &ctx.plan.decade_sizes,
+                    ctx.plan.seed,
+                    bench::decade::Effort::new(ctx.plan.quick),
+                    &mut say,
+                )
+                .unwrap_or_else(|e| Outcome::failure("decade", bench::decade::TITLE, &e)),
             ]
         });
     }
