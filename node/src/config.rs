@@ -51,10 +51,15 @@ struct Raw {
     mdns: Option<bool>,
     key_passphrase_file: Option<PathBuf>,
     cached_documents: Option<usize>,
+    store_cache_mib: Option<usize>,
 }
 
 /// Documents a node keeps in memory, unless `cached_documents` says otherwise.
 pub const CACHED_DOCUMENTS: usize = 1024;
+
+/// MiB of the store file's pages a node keeps in memory, unless `store_cache_mib` says
+/// otherwise.
+pub const STORE_CACHE_MIB: usize = crate::store::CACHE_BYTES >> 20;
 
 /// The settings of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +83,9 @@ pub struct Settings {
     /// Documents kept in memory (`cached_documents`, `SPOC_CACHED_DOCUMENTS`); the rest
     /// are read from the store when they are needed.
     pub cached_documents: usize,
+    /// MiB of the store file's pages kept in memory (`store_cache_mib`,
+    /// `SPOC_STORE_CACHE_MIB`); the kernel caches the rest of the file.
+    pub store_cache_mib: usize,
 }
 
 fn value(name: &str, message: impl Into<String>) -> Error {
@@ -203,6 +211,21 @@ impl Settings {
         if cached_documents == 0 {
             return Err(value("cached_documents", "must be at least 1"));
         }
+        let store_cache_mib = match env("SPOC_STORE_CACHE_MIB") {
+            Some(v) => v.parse().map_err(|_| {
+                value(
+                    "SPOC_STORE_CACHE_MIB",
+                    format!("{v:?} is not a number of MiB"),
+                )
+            })?,
+            None => raw.store_cache_mib.unwrap_or(STORE_CACHE_MIB),
+        };
+        if !(1..=1 << 20).contains(&store_cache_mib) {
+            return Err(value(
+                "store_cache_mib",
+                "must be between 1 and 1048576 (1 TiB)",
+            ));
+        }
         let state = env("SPOC_STATE").or(raw.state);
         let failpoint = env("SPOC_FAILPOINT")
             .map(|f| f.parse().map_err(|e: String| value("SPOC_FAILPOINT", e)))
@@ -218,6 +241,7 @@ impl Settings {
             log_level,
             log_format,
             cached_documents,
+            store_cache_mib,
             mdns,
             key_passphrase_file,
             failpoint,

@@ -117,7 +117,11 @@ pub(crate) enum Request {
         reply: Reply<Value>,
     },
     Verify(Reply<Value>),
-    Report(String, Reply<Value>),
+    /// What a read beside the actor needs: the charter and a reader of the store.
+    Snapshot(Reply<(Arc<Charter>, Reader)>),
+    /// A read beside the actor found the store damaged: the node stops as if the actor
+    /// had read it.
+    Damaged(String),
     Metrics(Reply<String>),
     Ingest {
         entries: Vec<SignedEntry>,
@@ -243,8 +247,18 @@ impl Handle {
     pub async fn verify(&self) -> Result<Value, Failure> {
         ask!(self, Verify)
     }
+    /// Drafts the report of a term on a blocking thread beside the actor, so that the
+    /// node keeps answering while it reads the term's entries.
     pub async fn report(&self, term: String) -> Result<Value, Failure> {
-        ask!(self, Report, term)
+        let (charter, reader) = ask!(self, Snapshot)?;
+        let drafted = tokio::task::spawn_blocking(move || report::draft(&charter, &reader, &term))
+            .await
+            .map_err(|e| Failure::Internal(format!("the report's thread failed: {e}")))?;
+        if let Err(Failure::Corrupt(reason)) = &drafted {
+            // The actor stops the node; if it has stopped already, there is nobody to tell.
+            let _ = self.tx.send(Request::Damaged(reason.clone())).await;
+        }
+        drafted
     }
     pub async fn metrics(&self) -> Result<String, Failure> {
         ask!(self, Metrics)
@@ -490,12 +504,10 @@ impl Actor {
             Request::Verify(reply) => {
                 let _ = reply.send(Ok(self.verify()));
             }
-            Request::Report(term, reply) => {
-                answer(
-                    reply,
-                    report::draft(&self.charter, &self.store.reader(), &term),
-                )?;
+            Request::Snapshot(reply) => {
+                let _ = reply.send(Ok((self.charter.clone(), self.store.reader())));
             }
+            Request::Damaged(reason) => return Err(Failure::Corrupt(reason)),
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.metrics()));
             }

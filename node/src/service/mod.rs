@@ -243,7 +243,8 @@ impl Node {
                 "SPOC_FAILPOINT is set: this node will hold at that commit until it is killed"
             );
         }
-        let store = Store::open(&settings.store_path())?.with_failpoint(settings.failpoint);
+        let store = Store::open_with_cache(&settings.store_path(), settings.store_cache_mib << 20)?
+            .with_failpoint(settings.failpoint);
         let token = api_token(&settings.token_path())?;
         let replica = actor::load(&store, charter.clone(), settings.cached_documents)?;
         // Every start is a new incarnation: a log never continues after a restart, so a

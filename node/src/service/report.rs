@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::charter::{Charter, parse_half_year};
 use crate::docs::{Collection, DocId};
+use crate::log::SignedEntry;
 use crate::store::{ListFilter, Reader};
 
 use super::actor::Failure;
@@ -37,114 +38,116 @@ fn title(store: &Reader, id: &DocId) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// Drafts the note for `term` (`YYYY-H1` or `YYYY-H2`).
+/// The start and the end (excluded) of a term, in milliseconds since the epoch.
+fn window(from: time::Date, to: time::Date) -> (u64, u64) {
+    let ms = |d: time::Date| {
+        u64::try_from(d.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000
+    };
+    (ms(from), to.next_day().map_or(u64::MAX, ms))
+}
+
+impl Tally {
+    /// Takes in one entry of the term: what its change made or set.
+    fn take(&mut self, charter: &Charter, e: &SignedEntry) {
+        let Ok(change) = automerge::Change::from_bytes(e.entry.change.clone()) else {
+            return;
+        };
+        let creating = change.deps().is_empty();
+        let id = e.entry.doc.clone();
+        let puts: Vec<(String, String)> = change
+            .decode()
+            .operations
+            .iter()
+            .filter_map(|op| match (&op.key, &op.action) {
+                (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(v)) => {
+                    Some((k.to_string(), v.as_str().unwrap_or_default().to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        let put = |key: &str, value: &str| puts.iter().any(|(k, v)| k == key && v == value);
+        match id.collection() {
+            Collection::Meetings if creating => {
+                self.convened.insert(id);
+            }
+            Collection::Obstacles => {
+                if creating {
+                    self.opened.insert(id.clone());
+                }
+                if put("status", "resolved") || put("status", "closed_no_action") {
+                    self.resolved.insert(id.clone());
+                }
+                if put("status", "escalated") {
+                    self.escalated.insert(id);
+                }
+            }
+            Collection::Practices => {
+                if creating {
+                    self.shared.insert(id.clone());
+                }
+                if put("stance", "support") {
+                    let code = charter
+                        .participant_by_key(&e.entry.author)
+                        .map(|p| p.code.clone())
+                        .unwrap_or_default();
+                    self.endorsements.entry(id).or_default().insert(code);
+                }
+            }
+            Collection::Training => {
+                if creating && put("kind", "expert") {
+                    self.nominated.insert(id.clone());
+                }
+                if creating && put("kind", "opportunity") {
+                    self.opportunities.insert(id.clone());
+                }
+                if puts.iter().any(|(k, _)| k == "verdict") {
+                    self.assessed.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The meetings dated in a term, whenever they were convened.
+fn meetings_in(store: &Reader, from: time::Date, to: time::Date) -> Result<Vec<Value>, Failure> {
+    let (from, to) = (from.to_string(), to.to_string());
+    let mut meetings = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(
+            Collection::Meetings,
+            &ListFilter::default(),
+            cursor.as_deref(),
+            super::actor::MAX_PAGE,
+        )?;
+        meetings.extend(page.items.into_iter().filter(|m| {
+            m["date"]
+                .as_str()
+                .is_some_and(|d| d >= from.as_str() && d <= to.as_str())
+        }));
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(meetings);
+        }
+    }
+}
+
+/// Drafts the note for `term` (`YYYY-H1` or `YYYY-H2`). It reads the term's entries one
+/// at a time from the store, and runs beside the node's actor, never on it.
 pub fn draft(charter: &Charter, store: &Reader, term: &str) -> Result<Value, Failure> {
     let (from, to) = parse_half_year(term)
         .ok_or_else(|| Failure::BadRequest(format!("term {term:?} is not YYYY-H1 or YYYY-H2")))?;
-    let internal = Failure::from;
     let presidency = charter.presidency_at(from).map(|t| t.state.clone());
-    let start_ms = u64::try_from(from.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000;
-    let end_ms = to
-        .next_day()
-        .map(|d| u64::try_from(d.midnight().assume_utc().unix_timestamp()).unwrap_or(0) * 1000)
-        .unwrap_or(u64::MAX);
-
+    let (start_ms, end_ms) = window(from, to);
     let mut tally = Tally::default();
-    for e in store.term_entries(term).map_err(internal)? {
-        let code = charter
-            .participant_by_key(&e.entry.author)
-            .map(|p| p.code.clone())
-            .unwrap_or_default();
-        {
-            if e.entry.timestamp_ms < start_ms || e.entry.timestamp_ms >= end_ms {
-                continue;
-            }
-            let Ok(change) = automerge::Change::from_bytes(e.entry.change.clone()) else {
-                continue;
-            };
-            let creating = change.deps().is_empty();
-            let id = e.entry.doc.clone();
-            let puts: Vec<(String, String)> = change
-                .decode()
-                .operations
-                .iter()
-                .filter_map(|op| match (&op.key, &op.action) {
-                    (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(v)) => {
-                        Some((k.to_string(), v.as_str().unwrap_or_default().to_owned()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let put = |key: &str, value: &str| puts.iter().any(|(k, v)| k == key && v == value);
-            match id.collection() {
-                Collection::Meetings if creating => {
-                    tally.convened.insert(id);
-                }
-                Collection::Obstacles => {
-                    if creating {
-                        tally.opened.insert(id.clone());
-                    }
-                    if put("status", "resolved") || put("status", "closed_no_action") {
-                        tally.resolved.insert(id.clone());
-                    }
-                    if put("status", "escalated") {
-                        tally.escalated.insert(id);
-                    }
-                }
-                Collection::Practices => {
-                    if creating {
-                        tally.shared.insert(id.clone());
-                    }
-                    if puts.iter().any(|(k, v)| k == "stance" && v == "support") {
-                        tally
-                            .endorsements
-                            .entry(id)
-                            .or_default()
-                            .insert(code.clone());
-                    }
-                }
-                Collection::Training => {
-                    if creating && put("kind", "expert") {
-                        tally.nominated.insert(id.clone());
-                    }
-                    if creating && put("kind", "opportunity") {
-                        tally.opportunities.insert(id.clone());
-                    }
-                    if puts.iter().any(|(k, _)| k == "verdict") {
-                        tally.assessed.insert(id);
-                    }
-                }
-                _ => {}
-            }
+    store.for_each_term_entry(term, |e| {
+        if (start_ms..end_ms).contains(&e.entry.timestamp_ms) {
+            tally.take(charter, &e);
         }
-    }
-
-    // Meetings of the term, by their date, whenever they were convened.
-    let mut meetings: Vec<Value> = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list(
-                Collection::Meetings,
-                &ListFilter::default(),
-                cursor.as_deref(),
-                super::actor::MAX_PAGE,
-            )
-            .map_err(internal)?;
-        meetings.extend(page.items);
-        cursor = page.next;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    let meetings: Vec<Value> = meetings
-        .into_iter()
-        .filter(|m| {
-            m["date"]
-                .as_str()
-                .is_some_and(|d| d >= from.to_string().as_str() && d <= to.to_string().as_str())
-        })
-        .collect();
+        Ok::<_, Failure>(())
+    })?;
+    let meetings = meetings_in(store, from, to)?;
 
     let name = presidency
         .as_deref()

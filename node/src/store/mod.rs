@@ -194,6 +194,11 @@ impl std::fmt::Debug for Store {
 /// What `open` found, for progress reports.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
+/// The memory the database may keep of the file's pages, unless the caller says otherwise:
+/// the node's `store_cache_mib` setting. redb's own default, 1 GiB, would let a node's
+/// memory follow the share of a decade's store its reads have reached.
+pub const CACHE_BYTES: usize = 16 << 20;
+
 /// The path of the key that seals a store's rows: beside it, named `<stem>.key`.
 pub fn key_path(store: &Path) -> PathBuf {
     store.with_extension("key")
@@ -204,12 +209,22 @@ impl Store {
     /// holding it is refused. A store of the first format is migrated, after the full
     /// check that format needed at every start.
     pub fn open(path: &Path) -> Result<Store, Error> {
-        guarded(|| Store::open_inner(path))
+        Store::open_with_cache(path, CACHE_BYTES)
     }
 
-    fn open_inner(path: &Path) -> Result<Store, Error> {
+    /// Opens the store as [`Store::open`] does, letting the database keep up to
+    /// `cache_bytes` of the file's pages in memory (at least 1 MiB). Pages beyond it are read
+    /// again from the file, which the kernel caches.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, Error> {
+        guarded(|| Store::open_inner(path, cache_bytes.max(1 << 20)))
+    }
+
+    fn open_inner(path: &Path, cache_bytes: usize) -> Result<Store, Error> {
         let shown = path.display().to_string();
-        let database = match Database::create(path) {
+        let database = match redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+        {
             Ok(database) => database,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(Error::InUse { path: shown });
@@ -314,23 +329,11 @@ impl Store {
                 found,
             });
         }
+        // The tips' entries are not read here: a start costs the number of logs in sealed
+        // rows, not one random read of the entry table per log. A log whose last entries
+        // were deleted is found by the first read of it (`Replica::log_entries` checks the
+        // chain up to the tip) or by `verify`.
         let tips = reader.tips()?;
-        // Each tip names an entry that is there, with that hash: a log whose last entries
-        // were deleted is found at start.
-        for (log, tip) in &tips {
-            match reader.entry(log, tip.seq) {
-                Ok(Some(e)) if e.hash() == tip.hash => {}
-                Ok(_) => {
-                    return Err(Error::Corrupt(format!(
-                        "log {} of {} breaks at seq {}: its tip is missing",
-                        log.incarnation,
-                        log.author.short(),
-                        tip.seq
-                    )));
-                }
-                Err(e) => return Err(Error::Corrupt(e.0)),
-            }
-        }
         let proofs = reader.proofs(&charter)?;
         Ok(Replica::with_backing(charter, limits, reader, tips, proofs))
     }

@@ -656,34 +656,43 @@ impl Reader {
         Ok(page)
     }
 
-    /// The entries dated in a term, in the order this node accepted them.
-    pub fn term_entries(&self, term: &str) -> Result<Vec<SignedEntry>, Error> {
-        caught(|| self.term_entries_inner(term))
-    }
-
-    fn term_entries_inner(&self, term: &str) -> Result<Vec<SignedEntry>, Error> {
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let terms = tx.open_table(tables::TERMS).map_err(dberr)?;
-        let entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
-        let lower = prefixed(term, 0);
-        let upper = prefixed(term, u64::MAX);
-        let mut out = Vec::new();
-        for row in terms
-            .range(lower.as_slice()..=upper.as_slice())
-            .map_err(dberr)?
-        {
-            let (k, v) = row.map_err(dberr)?;
-            let key = self
-                .sealer
-                .open_row("terms", k.value(), v.value())
-                .ok_or_else(|| Error::Corrupt(corrupt("terms", k.value()).0))?;
-            let (_, e) = self
-                .entry_row(&entries, key)
-                .map_err(|e| Error::Corrupt(e.0))?
-                .ok_or_else(|| Error::Corrupt("an entry of a term is missing".into()))?;
-            out.push(e);
-        }
-        Ok(out)
+    /// Visits the entries dated in a term, one at a time, in the order this node
+    /// accepted them; a visit that returns an error ends the walk with it.
+    pub fn for_each_term_entry<E: From<Error>>(
+        &self,
+        term: &str,
+        visit: impl FnMut(SignedEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut visit = visit;
+        let mut failed = None;
+        caught(|| {
+            let tx = self.db.begin_read().map_err(dberr)?;
+            let terms = tx.open_table(tables::TERMS).map_err(dberr)?;
+            let entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
+            let lower = prefixed(term, 0);
+            let upper = prefixed(term, u64::MAX);
+            for row in terms
+                .range(lower.as_slice()..=upper.as_slice())
+                .map_err(dberr)?
+            {
+                let (k, v) = row.map_err(dberr)?;
+                let key = self
+                    .sealer
+                    .open_row("terms", k.value(), v.value())
+                    .ok_or_else(|| Error::Corrupt(corrupt("terms", k.value()).0))?;
+                let (_, e) = self
+                    .entry_row(&entries, key)
+                    .map_err(|e| Error::Corrupt(e.0))?
+                    .ok_or_else(|| Error::Corrupt("an entry of a term is missing".into()))?;
+                if let Err(e) = visit(e) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .map_err(E::from)?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Checks everything `load` does not read (see [`super::Store::verify`]).
