@@ -95,6 +95,32 @@ fn value(name: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// A whole-number setting from 1 to `max`: the environment's `names.1`, else the file's
+/// value or the default, `given`.
+fn count(
+    env: &dyn Fn(&str) -> Option<String>,
+    names: (&str, &str),
+    given: usize,
+    unit: &str,
+    max: usize,
+) -> Result<usize, Error> {
+    let n = match env(names.1) {
+        Some(v) => v
+            .parse()
+            .map_err(|_| value(names.1, format!("{v:?} is not a number of {unit}")))?,
+        None => given,
+    };
+    if !(1..=max).contains(&n) {
+        let message = if max == usize::MAX {
+            "must be at least 1".to_owned()
+        } else {
+            format!("must be between 1 and {max} {unit}")
+        };
+        return Err(value(names.0, message));
+    }
+    Ok(n)
+}
+
 impl Settings {
     /// Reads `data_dir/node.toml` (which must exist) and applies the environment.
     pub fn load(data_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Error> {
@@ -199,33 +225,20 @@ impl Settings {
             },
             None => raw.mdns.unwrap_or(false),
         };
-        let cached_documents = match env("SPOC_CACHED_DOCUMENTS") {
-            Some(v) => v.parse().map_err(|_| {
-                value(
-                    "SPOC_CACHED_DOCUMENTS",
-                    format!("{v:?} is not a number of documents"),
-                )
-            })?,
-            None => raw.cached_documents.unwrap_or(CACHED_DOCUMENTS),
-        };
-        if cached_documents == 0 {
-            return Err(value("cached_documents", "must be at least 1"));
-        }
-        let store_cache_mib = match env("SPOC_STORE_CACHE_MIB") {
-            Some(v) => v.parse().map_err(|_| {
-                value(
-                    "SPOC_STORE_CACHE_MIB",
-                    format!("{v:?} is not a number of MiB"),
-                )
-            })?,
-            None => raw.store_cache_mib.unwrap_or(STORE_CACHE_MIB),
-        };
-        if !(1..=1 << 20).contains(&store_cache_mib) {
-            return Err(value(
-                "store_cache_mib",
-                "must be between 1 and 1048576 (1 TiB)",
-            ));
-        }
+        let cached_documents = count(
+            env,
+            ("cached_documents", "SPOC_CACHED_DOCUMENTS"),
+            raw.cached_documents.unwrap_or(CACHED_DOCUMENTS),
+            "documents",
+            usize::MAX,
+        )?;
+        let store_cache_mib = count(
+            env,
+            ("store_cache_mib", "SPOC_STORE_CACHE_MIB"),
+            raw.store_cache_mib.unwrap_or(STORE_CACHE_MIB),
+            "MiB",
+            1 << 20,
+        )?;
         let state = env("SPOC_STATE").or(raw.state);
         let failpoint = env("SPOC_FAILPOINT")
             .map(|f| f.parse().map_err(|e: String| value("SPOC_FAILPOINT", e)))
@@ -300,6 +313,29 @@ mod tests {
         assert!(err("\nlisten_on = []").starts_with("node.toml line 2:"));
         assert!(err("log_format = \"xml\"").contains("log_format"));
         assert!(err("listen = [\"tcp:80\"]").contains("not a multiaddr"));
+    }
+
+    #[test]
+    fn the_store_cache_is_read_from_the_file_or_the_environment_and_bounded() {
+        let dir = Path::new("/d");
+        let parse = |t: &str, env: &dyn Fn(&str) -> Option<String>| {
+            Settings::parse(dir, "node.toml", t, env).map(|s| s.store_cache_mib)
+        };
+        assert_eq!(parse("", &no_env).unwrap(), STORE_CACHE_MIB);
+        assert_eq!(parse("store_cache_mib = 64", &no_env).unwrap(), 64);
+        let env = |k: &str| (k == "SPOC_STORE_CACHE_MIB").then(|| "8".to_owned());
+        assert_eq!(parse("store_cache_mib = 64", &env).unwrap(), 8);
+        assert_eq!(
+            parse("store_cache_mib = 0", &no_env)
+                .unwrap_err()
+                .to_string(),
+            "bad setting store_cache_mib: must be between 1 and 1048576 MiB"
+        );
+        let bad = |k: &str| (k == "SPOC_STORE_CACHE_MIB").then(|| "lots".to_owned());
+        assert_eq!(
+            parse("", &bad).unwrap_err().to_string(),
+            "bad setting SPOC_STORE_CACHE_MIB: \"lots\" is not a number of MiB"
+        );
     }
 
     #[test]
