@@ -328,11 +328,37 @@ impl Set {
 }
 
 /// One request's questions: ranges to reconcile, and the logs whose entries the requester
-/// wants, each with what the requester holds of it.
+/// wants, each with what the requester holds of it; or, for a requester that lacks more
+/// logs than one request can name, a place in the responder's stream of entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ask {
     pub ranges: Vec<Asked>,
     pub wanted: Vec<Item>,
+    pub stream: Option<Stream>,
+}
+
+/// Asks for the responder's entries of every log, in the order it accepted them, which is
+/// a causal order: each entry comes after the entries it depends on, whatever their log.
+/// Asking for logs by name cannot promise that when the requester lacks more logs than
+/// one request names, and entries whose past is in logs not asked for yet wait, or are
+/// sent again, until that past arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// From the first entry the requester lacks of the wanted logs it names.
+    Start,
+    /// From this position of the responder's order, as its last answer said.
+    From(u64),
+}
+
+/// Where a session stands with the responder's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Streaming {
+    /// Not asked for yet: logs are asked for by name.
+    No,
+    /// Asked for, and the responder has more from this place.
+    At(Stream),
+    /// Over: a session streams at most once, and reconciles again after it.
+    Over,
 }
 
 /// The requester's side of one pull from one peer.
@@ -347,6 +373,7 @@ pub struct Session {
     asked: Vec<Range>,
     /// The logs whose entries the request in flight asks for.
     asked_wanted: Vec<Key>,
+    streaming: Streaming,
 }
 
 impl Default for Session {
@@ -356,6 +383,7 @@ impl Default for Session {
             wanted: BTreeSet::new(),
             asked: Vec::new(),
             asked_wanted: Vec::new(),
+            streaming: Streaming::No,
         }
     }
 }
@@ -369,6 +397,18 @@ impl Session {
     /// The next request's questions, or `None` when the session is over: nothing is left
     /// to reconcile and no log is wanted.
     pub fn ask(&mut self, set: &Set) -> Option<Ask> {
+        if let Streaming::At(stream) = self.streaming {
+            self.asked = Vec::new();
+            self.asked_wanted = match stream {
+                Stream::Start => self.wanted.iter().take(MAX_WANTED).copied().collect(),
+                Stream::From(_) => Vec::new(),
+            };
+            return Some(Ask {
+                ranges: Vec::new(),
+                wanted: self.asked_wanted.iter().map(|k| set.item(k)).collect(),
+                stream: Some(stream),
+            });
+        }
         if self.queue.is_empty() && self.wanted.is_empty() {
             return None;
         }
@@ -388,7 +428,32 @@ impl Session {
                 })
                 .collect(),
             wanted: self.asked_wanted.iter().map(|k| set.item(k)).collect(),
+            stream: None,
         })
+    }
+
+    /// Whether the request in flight asks for the responder's stream.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.streaming, Streaming::At(_))
+    }
+
+    /// Takes in where the responder's stream goes on after its answer to the request in
+    /// flight; `None` when it sent all it holds, or does not stream. The stream over, the
+    /// session reconciles every key again: what the stream did not bring is found as if
+    /// the pull had just begun.
+    pub fn streamed(&mut self, next: Option<u64>) {
+        if !self.is_streaming() {
+            return;
+        }
+        match next {
+            Some(position) => self.streaming = Streaming::At(Stream::From(position)),
+            None => {
+                self.streaming = Streaming::Over;
+                self.queue = vec![Range::ALL];
+                self.wanted.clear();
+                self.asked_wanted.clear();
+            }
+        }
     }
 
     /// Checks a peer's answers to the request in flight: each answers an asked range once,
@@ -464,6 +529,9 @@ impl Session {
                     }
                 }
             }
+        }
+        if self.streaming == Streaming::No && self.wanted.len() > MAX_WANTED {
+            self.streaming = Streaming::At(Stream::Start);
         }
         self.queue.sort_by_key(|r| r.start);
         if self.queue.len() > MAX_QUEUED {
@@ -569,6 +637,18 @@ mod tests {
                     Body::Parts(parts) => assert!((2..=PARTS).contains(&parts.len())),
                 }
             }
+            if ask.stream.is_some() {
+                // The responder streams all it holds in one answer.
+                for t in theirs.items(&Range::ALL) {
+                    if t.wanted_over(&mine.item(&t.log)) {
+                        found.insert(t.log);
+                        let (log, _) = theirs.log(&t.log).expect("theirs");
+                        mine.insert(log, t.seq, Some(EntryHash(t.tip)), t.proven);
+                    }
+                }
+                session.streamed(None);
+                continue;
+            }
             for wanted in &ask.wanted {
                 found.insert(wanted.log);
                 let (log, t) = theirs.log(&wanted.log).expect("wanted logs are theirs");
@@ -601,6 +681,52 @@ mod tests {
         }
         let leaves = differing.min(2 * logs / MAX_ITEMS + 1);
         2 * depth + 2 + leaves.div_ceil(MAX_ASKED) + differing.div_ceil(MAX_WANTED)
+    }
+
+    #[test]
+    fn a_session_lacking_more_logs_than_a_request_names_streams_once_then_reconciles_again() {
+        let theirs = set_of(2_000);
+        let mut mine = Set::default();
+        let mut session = Session::new();
+        let mut answers = Vec::new();
+        let mut rounds = 0;
+        let first = loop {
+            session.receive(&mine, &answers, true).expect("honest");
+            let ask = session.ask(&mine).expect("the peer holds more");
+            if ask.stream.is_some() {
+                break ask;
+            }
+            rounds += 1;
+            assert!(rounds < 10, "no stream after {rounds} rounds");
+            answers = theirs.answer(&ask.ranges);
+        };
+        assert!(session.is_streaming());
+        assert_eq!(first.stream, Some(Stream::Start));
+        assert!(first.ranges.is_empty());
+        assert_eq!(first.wanted.len(), MAX_WANTED);
+        assert!(first.wanted.iter().all(|w| *w == Item::absent(w.log)));
+        // The responder goes on from where its answer says, asked nothing else.
+        session.streamed(Some(7_000));
+        session.receive(&mine, &[], false).expect("honest");
+        let next = session.ask(&mine).expect("more to stream");
+        assert_eq!(next.stream, Some(Stream::From(7_000)));
+        assert!(next.ranges.is_empty() && next.wanted.is_empty());
+        // The stream brought everything: a new reconciliation finds nothing more, and the
+        // session never streams twice.
+        for t in theirs.items(&Range::ALL) {
+            let (log, _) = theirs.log(&t.log).expect("theirs");
+            mine.insert(log, t.seq, Some(EntryHash(t.tip)), t.proven);
+        }
+        session.streamed(None);
+        assert!(!session.is_streaming());
+        session.receive(&mine, &[], true).expect("honest");
+        let again = session.ask(&mine).expect("a new reconciliation");
+        assert_eq!((again.stream, again.ranges.len()), (None, 1));
+        assert!(theirs.answer(&again.ranges).is_empty());
+        session
+            .receive(&mine, &theirs.answer(&again.ranges), true)
+            .expect("honest");
+        assert!(session.ask(&mine).is_none());
     }
 
     #[test]
@@ -757,11 +883,17 @@ mod tests {
         let mut session = Session::new();
         let mut answers = Vec::new();
         let mut full = false;
-        // The wanted logs are never served, so they stay wanted.
+        // The wanted logs are never served, so they stay wanted, and the peer does not
+        // stream, so they are asked for by name.
         for _ in 0..40 {
             session.receive(&mine, &answers, false).expect("honest");
             assert!(session.wanted.len() <= MAX_BACKLOG);
             let Some(ask) = session.ask(&mine) else { break };
+            if ask.stream.is_some() {
+                session.streamed(None);
+                answers = Vec::new();
+                continue;
+            }
             assert_eq!(ask.wanted.len(), session.wanted.len().min(MAX_WANTED));
             if session.wanted.len() == MAX_BACKLOG {
                 full = true;

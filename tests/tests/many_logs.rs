@@ -52,6 +52,19 @@ fn two_nodes_sharing_ten_thousand_logs_stay_in_sync_with_small_requests() -> Res
         .wait_entries(&hashes, CATCH_UP)
         .context("the fresh node did not catch up")?;
     let caught_up = started.elapsed();
+    // It lacked more logs than one request names: it took the serving node's entries in
+    // the order that node accepted them, so none waited for a past still to come.
+    let line = fresh.wait_log("caught up", CATCH_UP)?;
+    let streamed: usize = line
+        .split("streamed=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no streamed count in {line:?}"))?;
+    ensure!(
+        streamed >= LOGS / 2,
+        "only {streamed} entries streamed: {line}"
+    );
 
     // Once in sync, each node pulls from the other every anti-entropy period. The pull
     // that caught up may still be ending: it is one more line.

@@ -9,7 +9,7 @@ use libp2p::request_response::{self, ProtocolSupport, cbor};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::reconcile::{self, Answer, Asked, Body, Item};
+use crate::reconcile::{self, Answer, Asked, Body, Item, Stream};
 
 /// Protocol name of the admission exchange.
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/spocnet/admit/1");
@@ -56,6 +56,10 @@ pub struct SyncRequest {
     /// its own, so the requester finds the fork) and whether it holds a proof of it.
     pub wanted: Vec<Item>,
     pub max_entries: u32,
+    /// Asks for the responder's entries in the order it accepted them, in place of ranges
+    /// (see [`reconcile::Stream`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
 }
 
 /// The answer to a [`SyncRequest`]; entries and proofs are opaque encoded bytes.
@@ -70,6 +74,10 @@ pub struct SyncResponse {
     /// network repeat their network id, authors, document ids and much of their text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packed: Option<ByteBuf>,
+    /// Where the responder's stream goes on, when the request asked for it and more
+    /// remains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
 }
 
 /// Why a packed batch was refused.
@@ -174,6 +182,8 @@ const ITEM: usize = header(4)
 const RANGE: usize = header(2) + text("start") + KEY + text("end") + KEY;
 const ASKED: usize = header(2) + text("range") + RANGE + text("fingerprint") + FINGERPRINT;
 const PART: usize = header(2) + text("start") + KEY + text("fingerprint") + FINGERPRINT;
+/// The longer of the two places in a stream: `{"From": u64}`, or `"Start"`.
+const STREAM: usize = header(1) + text("Start") + INT;
 /// A range answer without its items or parts: its index, and its body's variant.
 const ANSWER: usize =
     header(2) + text("index") + INT + text("body") + header(1) + text("Items") + INT;
@@ -181,7 +191,7 @@ const ANSWER: usize =
 /// An upper bound of the CBOR encoding size of a request of `ranges` ranges and `wanted`
 /// logs: every field of every element has a fixed most.
 const fn request_len(ranges: usize, wanted: usize) -> usize {
-    header(3)
+    header(4)
         + text("ranges")
         + INT
         + ranges * ASKED
@@ -190,6 +200,8 @@ const fn request_len(ranges: usize, wanted: usize) -> usize {
         + wanted * ITEM
         + text("max_entries")
         + INT
+        + text("stream")
+        + STREAM
 }
 
 /// The largest request an honest node sends: the most ranges and wanted logs a request
@@ -226,7 +238,7 @@ impl SyncResponse {
                     }
             })
             .sum();
-        header(5)
+        header(6)
             + text("ranges")
             + INT
             + answers
@@ -240,6 +252,7 @@ impl SyncResponse {
                 .packed
                 .as_ref()
                 .map_or(0, |p| text("packed") + bytes(p.len()))
+            + self.next.map_or(0, |_| text("next") + INT)
     }
 }
 
@@ -483,6 +496,7 @@ mod tests {
             ranges: vec![asked; reconcile::MAX_ASKED],
             wanted: vec![item; reconcile::MAX_WANTED],
             max_entries: u32::MAX,
+            stream: Some(Stream::From(u64::MAX)),
         };
         let part = Part {
             start: Key([3; 36]),
@@ -503,6 +517,7 @@ mod tests {
             proofs: vec![ByteBuf::from(vec![4; 32])],
             more: true,
             packed: Some(ByteBuf::from(vec![6; 1_000])),
+            next: Some(u64::MAX),
         };
         let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
         let mut wire = futures::io::Cursor::new(Vec::new());
@@ -528,6 +543,7 @@ mod tests {
             ranges: Vec::new(),
             wanted: vec![Item::absent(crate::reconcile::Key([1; 36])); 2],
             max_entries: 10,
+            stream: None,
         };
         let bytes = encode_sync_frame(&SyncFrame::Request(request.clone()))?;
         let read = |bytes: &[u8], limit: u64| {

@@ -169,6 +169,7 @@ fn request(max_entries: u32, kib: usize) -> SyncRequest {
         ranges: Vec::new(),
         wanted: vec![item; kib * WANTED_PER_KIB],
         max_entries,
+        stream: None,
     }
 }
 

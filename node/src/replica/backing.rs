@@ -43,6 +43,19 @@ pub trait Backing {
         max_bytes: usize,
     ) -> Result<(Vec<SignedEntry>, bool), Error>;
 
+    /// The position the entry of `log` at `seq` was accepted at.
+    fn position(&self, log: &LogId, seq: u64) -> Result<Option<u64>, Error>;
+
+    /// Entries of every log in the order they were accepted, from position `from` on: at
+    /// most `max` entries and about `max_bytes` (always at least one). Returns the
+    /// position to go on from when more remain.
+    fn arrived_from(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, Option<u64>), Error>;
+
     /// How many entries the backing holds.
     fn entry_count(&self) -> u64;
 
@@ -80,6 +93,17 @@ impl Backing for Nothing {
         _: usize,
     ) -> Result<(Vec<SignedEntry>, bool), Error> {
         Ok((Vec::new(), false))
+    }
+    fn position(&self, _: &LogId, _: u64) -> Result<Option<u64>, Error> {
+        Ok(None)
+    }
+    fn arrived_from(
+        &self,
+        _: u64,
+        _: usize,
+        _: usize,
+    ) -> Result<(Vec<SignedEntry>, Option<u64>), Error> {
+        Ok((Vec::new(), None))
     }
     fn entry_count(&self) -> u64 {
         0

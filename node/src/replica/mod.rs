@@ -1116,6 +1116,25 @@ impl<B: Backing> Replica<B> {
         self.entries_from(&from, max, max_bytes)
     }
 
+    /// The position the entry of `log` at `seq` was accepted at, once it is durable.
+    pub fn position(&self, log: &LogId, seq: u64) -> Result<Option<u64>, Error> {
+        Ok(self.backing.position(log, seq)?)
+    }
+
+    /// The durable entries of every log in the order this node accepted them, from
+    /// position `from` on, leaving out entries a proof cut; the position to go on from
+    /// when more remain.
+    pub fn entries_since(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, Option<u64>), Error> {
+        let (mut out, next) = self.backing.arrived_from(from, max, max_bytes)?;
+        out.retain(|e| !self.cut.contains(&e.hash()));
+        Ok((out, next))
+    }
+
     /// The entries of the logs of `from`, each from its seq on, in the order this node
     /// accepted them (see [`Replica::entries_after`]).
     pub fn entries_from(

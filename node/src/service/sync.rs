@@ -115,7 +115,7 @@ fn rfc3339(ms: u64) -> String {
 enum Done {
     Pulled {
         peer: PeerId,
-        result: Result<usize, String>,
+        result: Result<Pulled, String>,
     },
     Served {
         peer: PeerId,
@@ -270,9 +270,9 @@ pub async fn run(
                 Ok(Done::Pulled { peer, result }) => {
                     pulling.remove(&peer);
                     match result {
-                        Ok(n) => {
+                        Ok(Pulled { accepted: n, streamed }) => {
                             if n > 0 {
-                                tracing::info!(%peer, entries = n, "caught up");
+                                tracing::info!(%peer, entries = n, streamed, "caught up");
                             }
                             tracing::debug!(%peer, entries = n, "pull done");
                             if let Ok(mut p) = peers.lock()
@@ -379,6 +379,7 @@ pub fn request_of(ask: Ask) -> SyncRequest {
         ranges: ask.ranges,
         wanted: ask.wanted,
         max_entries: u32::try_from(BATCH_ENTRIES).unwrap_or(u32::MAX),
+        stream: ask.stream,
     }
 }
 
@@ -396,15 +397,25 @@ fn check_answer(response: &SyncResponse, session: &Session) -> Result<(), String
         .map_err(|e| format!("malformed range answer: {e}"))
 }
 
-/// Pulls from one peer: reconciles, then asks for the logs it holds more of, until nothing
-/// is left to ask; returns the entries accepted.
+/// What one pull took in.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pulled {
+    /// Entries accepted.
+    accepted: usize,
+    /// Entries the peer sent from its stream, accepted or not.
+    streamed: usize,
+}
+
+/// Pulls from one peer: reconciles, then asks for the logs it holds more of, or for its
+/// stream when it holds more logs than one request can name, until nothing is left to
+/// ask.
 async fn pull_from(
     node: &Handle,
     net: &network::Handle,
     peer: PeerId,
     rounds: &AtomicU64,
-) -> Result<usize, String> {
-    let mut accepted = 0;
+) -> Result<Pulled, String> {
+    let (mut accepted, mut streamed) = (0, 0);
     let mut session = Box::new(Session::new());
     let (mut answers, mut served) = (Vec::new(), false);
     for _ in 0..MAX_ROUNDS {
@@ -414,7 +425,7 @@ async fn pull_from(
             .map_err(|e| e.to_string())?;
         session = next;
         let Some(ask) = ask else {
-            return Ok(accepted);
+            return Ok(Pulled { accepted, streamed });
         };
         let response = net
             .sync(peer, request_of(ask))
@@ -424,7 +435,11 @@ async fn pull_from(
             let _ = net.disconnect(peer, reason.clone()).await;
             return Err(reason);
         }
-        let (entries, proofs) = take(node, net, peer, &response).await?;
+        let (received, entries, proofs) = take(node, net, peer, &response).await?;
+        if session.is_streaming() {
+            streamed += received;
+        }
+        session.streamed(response.next);
         accepted += entries;
         if entries > 0 {
             rounds.fetch_add(1, Ordering::Relaxed);
@@ -434,18 +449,18 @@ async fn pull_from(
         served = !response.more || entries + proofs == 0;
         answers = response.ranges;
     }
-    Ok(accepted)
+    Ok(Pulled { accepted, streamed })
 }
 
-/// Takes in the entries and proofs of a pull answer; returns how many entries were
-/// accepted and how many proofs were new. A peer that sent anything malformed or invalid
+/// Takes in the entries and proofs of a pull answer; returns how many entries it held, how
+/// many were accepted and how many proofs were new. A peer that sent anything malformed or invalid
 /// is cut off.
 async fn take(
     node: &Handle,
     net: &network::Handle,
     peer: PeerId,
     response: &SyncResponse,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize, usize), String> {
     let unpacked = match &response.packed {
         Some(packed) => {
             network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES).map_err(|e| e.to_string())
@@ -485,8 +500,9 @@ async fn take(
             }
         }
     }
+    let received = entries.len();
     if entries.is_empty() && new_proofs.is_empty() {
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     let summary = node
         .ingest(entries, new_proofs)
@@ -497,7 +513,7 @@ async fn take(
         let _ = net.disconnect(peer, reason.clone()).await;
         return Err(reason);
     }
-    Ok((summary.accepted.len(), summary.new_proofs.len()))
+    Ok((received, summary.accepted.len(), summary.new_proofs.len()))
 }
 
 /// Answers a peer's pull: its ranges, and the entries of the logs it wants after its
@@ -510,6 +526,7 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
     let ask = Ask {
         ranges: request.ranges,
         wanted: request.wanted,
+        stream: request.stream,
     };
     let served = node.serve_pull(ask, max).await.unwrap_or_default();
     let packed = (!served.entries.is_empty())
@@ -520,6 +537,7 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
         proofs: served.proofs.into_iter().map(Into::into).collect(),
         more: served.more,
         packed,
+        next: served.next,
     };
     (response, served.behind)
 }

@@ -1042,6 +1042,47 @@ impl Backing for Reader {
         })
     }
 
+    fn position(&self, log: &LogId, seq: u64) -> Result<Option<u64>, backing::Error> {
+        guarded(|| {
+            let tx = self.tx()?;
+            let entries = tx.open_table(tables::ENTRIES).map_err(read_err)?;
+            Ok(self
+                .entry_row(&entries, &entry_key(log, seq))?
+                .map(|(position, _)| position))
+        })
+    }
+
+    fn arrived_from(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, Option<u64>), backing::Error> {
+        guarded(|| {
+            let tx = self.tx()?;
+            let entries = tx.open_table(tables::ENTRIES).map_err(read_err)?;
+            let arrival = tx.open_table(tables::ARRIVAL).map_err(read_err)?;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            for row in arrival.range(from..).map_err(read_err)? {
+                let (k, v) = row.map_err(read_err)?;
+                let position = k.value();
+                if out.len() >= max.max(1) || (!out.is_empty() && bytes >= max_bytes) {
+                    return Ok((out, Some(position)));
+                }
+                let key = self.unseal("arrival", &position.to_be_bytes(), v.value())?;
+                let (at, entry) = self
+                    .entry_row(&entries, key)?
+                    .ok_or_else(|| corrupt("arrival", &position.to_be_bytes()))?;
+                if at != position {
+                    return Err(corrupt("arrival", &position.to_be_bytes()));
+                }
+                bytes += entry.bytes().len();
+                out.push(entry);
+            }
+            Ok((out, None))
+        })
+    }
+
     fn entry_count(&self) -> u64 {
         self.counts().map_or(0, |c| c.entries)
     }

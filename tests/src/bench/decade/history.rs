@@ -604,6 +604,17 @@ impl Backing for Given {
     ) -> Result<(Vec<SignedEntry>, bool), backing::Error> {
         Nothing.entries_in_order(from, max, max_bytes)
     }
+    fn position(&self, log: &LogId, seq: u64) -> Result<Option<u64>, backing::Error> {
+        Nothing.position(log, seq)
+    }
+    fn arrived_from(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedEntry>, Option<u64>), backing::Error> {
+        Nothing.arrived_from(from, max, max_bytes)
+    }
     fn entry_count(&self) -> u64 {
         Nothing.entry_count()
     }
