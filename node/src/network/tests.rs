@@ -317,7 +317,10 @@ async fn request_flood_cuts_the_peer_off() {
     }
     let stats = a.handle.stats().await.expect("stats");
     assert_eq!((stats.flood_cutoffs, stats.refused_peers), (1, 1));
-    assert!(stats.requests_refused >= 5, "{stats:?}");
+    // The bucket holds two seconds of requests: the next two are refused over the rate,
+    // and the third refusal in that second makes it a flood. The requests sent after it
+    // may or may not reach the node before the connection closes.
+    assert!(stats.requests_refused >= 3, "{stats:?}");
     assert!(matches!(
         b.handle.sync(a.id, request(1, 0)).await,
         Err(Error::NotAdmitted { .. })
