@@ -344,7 +344,7 @@ pub struct Ask {
 /// sent again, until that past arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
-    /// From the first entry the requester lacks of the wanted logs it names.
+    /// From the responder's first entry.
     Start,
     /// From this position of the responder's order, as its last answer said.
     From(u64),
@@ -399,13 +399,10 @@ impl Session {
     pub fn ask(&mut self, set: &Set) -> Option<Ask> {
         if let Streaming::At(stream) = self.streaming {
             self.asked = Vec::new();
-            self.asked_wanted = match stream {
-                Stream::Start => self.wanted.iter().take(MAX_WANTED).copied().collect(),
-                Stream::From(_) => Vec::new(),
-            };
+            self.asked_wanted = Vec::new();
             return Some(Ask {
                 ranges: Vec::new(),
-                wanted: self.asked_wanted.iter().map(|k| set.item(k)).collect(),
+                wanted: Vec::new(),
                 stream: Some(stream),
             });
         }
@@ -530,7 +527,14 @@ impl Session {
                 }
             }
         }
-        if self.streaming == Streaming::No && self.wanted.len() > MAX_WANTED {
+        // A requester that wants more logs than it holds lacks most of the peer's
+        // history: the whole stream costs it little more than what it lacks. One that
+        // holds more (a node back after weeks away) asks by name, since the stream has no
+        // place to start from that both sides know.
+        if self.streaming == Streaming::No
+            && self.wanted.len() > MAX_WANTED
+            && set.len() < self.wanted.len()
+        {
             self.streaming = Streaming::At(Stream::Start);
         }
         self.queue.sort_by_key(|r| r.start);
@@ -702,9 +706,7 @@ mod tests {
         };
         assert!(session.is_streaming());
         assert_eq!(first.stream, Some(Stream::Start));
-        assert!(first.ranges.is_empty());
-        assert_eq!(first.wanted.len(), MAX_WANTED);
-        assert!(first.wanted.iter().all(|w| *w == Item::absent(w.log)));
+        assert!(first.ranges.is_empty() && first.wanted.is_empty());
         // The responder goes on from where its answer says, asked nothing else.
         session.streamed(Some(7_000));
         session.receive(&mine, &[], false).expect("honest");
@@ -727,6 +729,25 @@ mod tests {
             .receive(&mine, &theirs.answer(&again.ranges), true)
             .expect("honest");
         assert!(session.ask(&mine).is_none());
+    }
+
+    #[test]
+    fn a_session_holding_more_logs_than_it_wants_asks_for_them_by_name() {
+        let theirs = set_of(3_000);
+        let mut mine = set_of(2_000);
+        // The first 600 logs moved on at the peer.
+        for i in 0..600 {
+            mine.insert(log(i), 2, tip(u64::from(i) + 10_000), false);
+        }
+        let mut session = Session::new();
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            session.receive(&mine, &answers, false).expect("honest");
+            let Some(ask) = session.ask(&mine) else { break };
+            assert_eq!(ask.stream, None);
+            answers = theirs.answer(&ask.ranges);
+        }
+        assert!(session.wanted.len() > MAX_WANTED);
     }
 
     #[test]

@@ -847,7 +847,7 @@ impl Actor {
     /// order this node accepted them, and the proofs of those logs that it lacks.
     fn serve_pull(&self, ask: Ask, max: usize) -> Result<Served, Failure> {
         if let Some(stream) = ask.stream {
-            return self.serve_stream(stream, &ask.wanted, max);
+            return self.serve_stream(stream, max);
         }
         let mut served = Served {
             answers: self.sync_set.answer(&ask.ranges),
@@ -925,33 +925,12 @@ impl Actor {
 
 impl Actor {
     /// Answers a peer's pull for this node's stream: its entries of every log, in the
-    /// order it accepted them, from `stream`'s place. A stream starts at the first entry
-    /// of the wanted logs that the peer lacks, or at the entry at its height when it holds
-    /// one, so that a fork shows. Entries still in memory only, and proofs, are left to
-    /// the reconciliation that follows the stream.
-    fn serve_stream(
-        &self,
-        stream: reconcile::Stream,
-        wanted: &[Item],
-        max: usize,
-    ) -> Result<Served, Failure> {
+    /// order it accepted them, from `stream`'s place. Entries still in memory only, and
+    /// proofs, are left to the reconciliation that follows the stream.
+    fn serve_stream(&self, stream: reconcile::Stream, max: usize) -> Result<Served, Failure> {
         let from = match stream {
-            reconcile::Stream::From(position) => Some(position),
-            reconcile::Stream::Start => {
-                let mut first: Option<u64> = None;
-                for theirs in wanted.iter().take(reconcile::MAX_WANTED) {
-                    let Some((log, _)) = self.sync_set.log(&theirs.log) else {
-                        continue;
-                    };
-                    if let Some(position) = self.replica.position(&log, theirs.seq.max(1))? {
-                        first = Some(first.map_or(position, |f| f.min(position)));
-                    }
-                }
-                first
-            }
-        };
-        let Some(from) = from else {
-            return Ok(Served::default());
+            reconcile::Stream::From(position) => position,
+            reconcile::Stream::Start => 0,
         };
         let (entries, next) = self.replica.entries_since(from, max, BATCH_BYTES)?;
         Ok(Served {

@@ -82,6 +82,8 @@ struct Measured {
     cold: Vec<Duration>,
     rss_start_kib: u64,
     hwm_start_kib: u64,
+    /// After the samples and the reports, before the mixed operations.
+    rss_report_kib: u64,
     rss_ops_kib: u64,
     hwm_ops_kib: u64,
     cached_docs: u64,
@@ -244,6 +246,8 @@ fn measure(
         report_obstacles = body["obstacles_opened"].as_u64().unwrap_or(0);
     }
 
+    let rss_report_kib = procs::vm_kib(pid, "VmRSS")?;
+
     // Mixed reads and writes: documents, filtered lists and audit pages, one write in five.
     progress(&format!(
         "decade: {} mixed operations on {} entries",
@@ -288,6 +292,7 @@ fn measure(
         cold,
         rss_start_kib,
         hwm_start_kib,
+        rss_report_kib,
         rss_ops_kib,
         hwm_ops_kib,
         cached_docs,
@@ -878,6 +883,7 @@ fn size_json(m: &Measured, effort: Effort) -> Value {
         "cold_start_median_ms": round3(median(&m.cold).as_secs_f64() * 1e3),
         "rss_after_start_kib": m.rss_start_kib,
         "hwm_after_start_kib": m.hwm_start_kib,
+        "rss_after_samples_and_reports_kib": m.rss_report_kib,
         "rss_after_mixed_ops_kib": m.rss_ops_kib,
         "hwm_after_mixed_ops_kib": m.hwm_ops_kib,
         "cached_documents_after_ops": m.cached_docs,
