@@ -192,7 +192,7 @@ impl Settings {
         let log_level = env("SPOC_LOG_LEVEL")
             .or(raw.log_level)
             .unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if !is_log_filter(&log_level) {
             return Err(value(
                 "log_level",
                 format!("{log_level:?} is not a log filter"),
@@ -270,6 +270,16 @@ impl Settings {
     }
 }
 
+/// Whether `filter` is a log filter that tracing reads without panicking. Filters name
+/// modules and levels in printable ASCII; tracing-subscriber 0.3 slices some strings
+/// inside a multi-byte character and panics, so anything else is refused first, and a
+/// panic of the parser is caught as well.
+fn is_log_filter(filter: &str) -> bool {
+    filter.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(filter).is_ok())
+            .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +323,25 @@ mod tests {
         assert!(err("\nlisten_on = []").starts_with("node.toml line 2:"));
         assert!(err("log_format = \"xml\"").contains("log_format"));
         assert!(err("listen = [\"tcp:80\"]").contains("not a multiaddr"));
+    }
+
+    #[test]
+    fn a_log_filter_that_panics_the_parser_is_refused_in_one_line() {
+        // Found by fuzzing: tracing-subscriber 0.3.23 slices it inside the two-byte `\u{798}`.
+        let crashing = " pn\u{798}=nn";
+        let dir = Path::new("/d");
+        let from_file = format!("log_level = {crashing:?}");
+        let env = |k: &str| (k == "SPOC_LOG_LEVEL").then(|| crashing.to_owned());
+        for result in [
+            Settings::parse(dir, "node.toml", &from_file, &no_env),
+            Settings::parse(dir, "node.toml", "", &env),
+        ] {
+            let message = result.unwrap_err().to_string();
+            assert!(message.starts_with("bad setting log_level: "), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        assert!(is_log_filter("info,spoc_node::service::sync=debug"));
+        assert!(!is_log_filter("info,spoc_node=débug"));
     }
 
     #[test]
