@@ -353,11 +353,14 @@ pub enum Stream {
 /// Where a session stands with the responder's stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Streaming {
-    /// Not asked for yet: logs are asked for by name.
+    /// Not decided: logs are asked for by name while one request can name them all; past
+    /// that, they wait until the ranges are explored or the backlog is full, and then the
+    /// session decides.
     No,
     /// Asked for, and the responder has more from this place.
     At(Stream),
-    /// Over: a session streams at most once, and reconciles again after it.
+    /// Over, or decided against: logs are asked for by name. A session streams at most
+    /// once, and reconciles again after it.
     Over,
 }
 
@@ -394,6 +397,24 @@ impl Session {
         Session::default()
     }
 
+    /// A session that goes on with a stream an earlier session of the same peer left at
+    /// `position`.
+    pub fn resume(position: u64) -> Session {
+        Session {
+            streaming: Streaming::At(Stream::From(position)),
+            ..Session::default()
+        }
+    }
+
+    /// Where the responder's stream goes on, while the session takes it.
+    pub fn stream_position(&self) -> Option<u64> {
+        match self.streaming {
+            Streaming::At(Stream::Start) => Some(0),
+            Streaming::At(Stream::From(position)) => Some(position),
+            Streaming::No | Streaming::Over => None,
+        }
+    }
+
     /// The next request's questions, or `None` when the session is over: nothing is left
     /// to reconcile and no log is wanted.
     pub fn ask(&mut self, set: &Set) -> Option<Ask> {
@@ -409,7 +430,12 @@ impl Session {
         if self.queue.is_empty() && self.wanted.is_empty() {
             return None;
         }
-        self.asked_wanted = self.wanted.iter().take(MAX_WANTED).copied().collect();
+        let undecided = self.streaming == Streaming::No && self.wanted.len() > MAX_WANTED;
+        self.asked_wanted = if undecided {
+            Vec::new()
+        } else {
+            self.wanted.iter().take(MAX_WANTED).copied().collect()
+        };
         // Ask about as many ranges as could be answered with items that all differ, once
         // the logs asked for now are served.
         let left = self.wanted.len() - self.asked_wanted.len();
@@ -527,15 +553,18 @@ impl Session {
                 }
             }
         }
-        // A requester that wants more logs than it holds lacks most of the peer's
-        // history: the whole stream costs it little more than what it lacks. One that
-        // holds more (a node back after weeks away) asks by name, since the stream has no
-        // place to start from that both sides know.
-        if self.streaming == Streaming::No
-            && self.wanted.len() > MAX_WANTED
-            && set.len() < self.wanted.len()
-        {
-            self.streaming = Streaming::At(Stream::Start);
+        // Once more logs are wanted than one request names, and the ranges are explored or
+        // the backlog is full: a requester that wants more logs than it holds lacks most
+        // of the peer's history, and the whole stream costs it little more than what it
+        // lacks. One that holds more (a node back after weeks away) asks by name, since
+        // the stream has no place to start from that both sides know.
+        let explored = self.queue.is_empty() || self.wanted.len() + MAX_ITEMS > MAX_BACKLOG;
+        if self.streaming == Streaming::No && self.wanted.len() > MAX_WANTED && explored {
+            self.streaming = if set.len() < self.wanted.len() {
+                Streaming::At(Stream::Start)
+            } else {
+                Streaming::Over
+            };
         }
         self.queue.sort_by_key(|r| r.start);
         if self.queue.len() > MAX_QUEUED {
@@ -729,6 +758,11 @@ mod tests {
             .receive(&mine, &theirs.answer(&again.ranges), true)
             .expect("honest");
         assert!(session.ask(&mine).is_none());
+        // A pull that ended in the middle of a stream leaves its place to the next one.
+        let mut resumed = Session::resume(7_000);
+        assert_eq!(resumed.stream_position(), Some(7_000));
+        let ask = resumed.ask(&Set::default()).expect("a stream request");
+        assert_eq!(ask.stream, Some(Stream::From(7_000)));
     }
 
     #[test]
@@ -903,16 +937,23 @@ mod tests {
         let mine = Set::default();
         let mut session = Session::new();
         let mut answers = Vec::new();
-        let mut full = false;
+        let (mut full, mut by_name) = (false, false);
         // The wanted logs are never served, so they stay wanted, and the peer does not
         // stream, so they are asked for by name.
-        for _ in 0..40 {
+        for _ in 0..60 {
             session.receive(&mine, &answers, false).expect("honest");
             assert!(session.wanted.len() <= MAX_BACKLOG);
             let Some(ask) = session.ask(&mine) else { break };
             if ask.stream.is_some() {
                 session.streamed(None);
+                by_name = true;
                 answers = Vec::new();
+                continue;
+            }
+            if !by_name {
+                // Undecided: more logs are wanted than one request names, and none is.
+                assert!(ask.wanted.is_empty() || session.wanted.len() <= MAX_WANTED);
+                answers = theirs.answer(&ask.ranges);
                 continue;
             }
             assert_eq!(ask.wanted.len(), session.wanted.len().min(MAX_WANTED));

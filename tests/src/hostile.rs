@@ -108,23 +108,31 @@ pub fn holds(node: &Proc, entry: &str) -> Result<bool> {
     Ok(body["present"] == Value::Bool(true))
 }
 
-/// Waits for the node's log line saying it refused and disconnected `peer`, and checks
-/// the reason it gives. The node counts the refusal in its status right after this line.
+/// Waits for the node's log lines saying it refused and disconnected `peer`, and checks
+/// the reason it gives; returns the network's line, which holds the details. The node
+/// counts the refusal in its status right after the second line.
 pub fn refused_log(node: &mut Proc, peer: &PeerId, reason: &str) -> Result<String> {
     let deadline = Instant::now() + WAIT;
     let id = peer.to_string();
+    let mut first = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = node
-            .wait_log("peer refused and disconnected", left)
+            .wait_log("peer refused", left)
             .with_context(|| format!("{} never refused {id}", node.api))?;
-        if line.contains(&id) {
-            ensure!(
-                line.contains(reason),
-                "refused for another reason than {reason:?}: {line}"
-            );
-            return Ok(line);
+        if !line.contains(&id) {
+            continue;
         }
+        if !line.contains("peer refused and disconnected") {
+            first.get_or_insert(line);
+            continue;
+        }
+        let detailed = first.unwrap_or(line);
+        ensure!(
+            detailed.contains(reason),
+            "refused for another reason than {reason:?}: {detailed}"
+        );
+        return Ok(detailed);
     }
 }
 
@@ -424,7 +432,7 @@ impl Net {
                     Event::Listening { .. } => continue,
                     Event::PeerAdmitted { peer, .. } => Seen::Admitted(peer),
                     Event::PeerGone { peer } => Seen::Gone(peer),
-                    Event::PeerRefused { peer, reason } => Seen::Refused(peer, reason),
+                    Event::PeerRefused { peer, reason } => Seen::Refused(peer, reason.to_owned()),
                     Event::Gossip {
                         source,
                         message_id,

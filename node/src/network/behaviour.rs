@@ -54,6 +54,8 @@ const FLOOD_FACTOR: u32 = 5;
 const EXPIRED: Refusal = Refusal::retry("certificate has expired");
 const OTHER_CHARTER: Refusal = Refusal::deny("different charter hash");
 const OTHER_PARTICIPANT: Refusal = Refusal::deny("renewed certificate names another participant");
+/// A peer that did not finish its admission within [`ADMISSION_TIMEOUT`].
+const LATE: &str = "no admission in time";
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -90,7 +92,8 @@ pub(super) enum Command {
     },
     Disconnect {
         peer: PeerId,
-        reason: String,
+        reason: &'static str,
+        detail: String,
     },
     Renew {
         certificate: Vec<u8>,
@@ -416,12 +419,12 @@ impl Actor {
     }
 
     /// Disconnects a peer, deny-lists it and tells the owner why.
-    fn refuse(&mut self, peer: PeerId, reason: String) {
-        self.refuse_as(peer, reason, true);
+    fn refuse(&mut self, peer: PeerId, reason: &'static str) {
+        self.refuse_as(peer, reason, "", true);
     }
 
     fn refuse_with(&mut self, peer: PeerId, refusal: Refusal) {
-        self.refuse_as(peer, refusal.reason.to_owned(), refusal.deny);
+        self.refuse_as(peer, refusal.reason, "", refusal.deny);
     }
 
     /// Disconnects a peer and tells the owner why; with `deny`, also deny-lists it for
@@ -429,12 +432,12 @@ impl Actor {
     /// finish its admission in time (loss, a partition, a stopped process) or whose
     /// certificate has expired may be an honest node, and its next connection gets a fresh
     /// chance.
-    fn refuse_as(&mut self, peer: PeerId, reason: String, deny: bool) {
+    fn refuse_as(&mut self, peer: PeerId, reason: &'static str, detail: &str, deny: bool) {
         let _span = peer_span(&peer).entered();
         if self.denied.contains_key(&peer) {
             return;
         }
-        warn!(%reason, deny, "peer refused");
+        warn!(reason, detail = %detail.escape_debug(), deny, "peer refused");
         self.stats.refused_peers += 1;
         if deny {
             self.denied.insert(peer, Instant::now() + DENY_DURATION);
@@ -479,8 +482,7 @@ impl Actor {
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
-            let reason = format!("no admission within {} s", ADMISSION_TIMEOUT.as_secs());
-            self.refuse_as(peer, reason, false);
+            self.refuse_as(peer, LATE, "", false);
         }
         let now_ms = self.admission.now_ms();
         let expired: Vec<PeerId> = self
@@ -593,7 +595,11 @@ impl Actor {
                     debug!(%message_id, "gossip message no longer cached");
                 }
             }
-            Command::Disconnect { peer, reason } => self.refuse(peer, reason),
+            Command::Disconnect {
+                peer,
+                reason,
+                detail,
+            } => self.refuse_as(peer, reason, &detail, true),
             Command::Renew { certificate } => self.renew(certificate),
             Command::Peers { reply } => {
                 let peers = self
@@ -1014,7 +1020,7 @@ impl Actor {
                 } => {
                     self.stats.requests_refused += 1;
                     warn!(%peer, %reason, "oversized sync request");
-                    self.refuse(peer, "oversized sync frame".to_owned());
+                    self.refuse(peer, "oversized sync frame");
                 }
                 request_response::Message::Request {
                     request: protocol::Inbound::Unreadable(reason),
@@ -1095,7 +1101,7 @@ impl Actor {
             Verdict::Flood => {
                 self.stats.requests_refused += 1;
                 self.stats.flood_cutoffs += 1;
-                self.refuse(peer, "request flood".to_owned());
+                self.refuse(peer, "request flood");
                 return;
             }
         }

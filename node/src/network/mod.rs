@@ -235,7 +235,9 @@ pub enum Event {
     /// A peer was refused and disconnected. It is deny-listed for [`DENY_DURATION`] unless
     /// it only failed in time: a late admission, or a certificate expired or expiring too
     /// far ahead.
-    PeerRefused { peer: PeerId, reason: String },
+    /// The reason is one of a fixed set, never text a peer chose: it becomes a map key and
+    /// a metric label.
+    PeerRefused { peer: PeerId, reason: &'static str },
     /// An admitted peer forwarded a gossip message; answer with [`Handle::report_gossip`].
     Gossip {
         source: PeerId,
@@ -364,9 +366,21 @@ impl Handle {
         .await
     }
 
-    /// Disconnects a peer and deny-lists it for a while; emits [`Event::PeerRefused`].
-    pub async fn disconnect(&self, peer: PeerId, reason: String) -> Result<(), Error> {
-        self.tell(Command::Disconnect { peer, reason }).await
+    /// Disconnects a peer and deny-lists it for a while; emits [`Event::PeerRefused`] with
+    /// `reason`, one of a fixed set. `detail`, which may repeat what the peer sent, goes to
+    /// the log only.
+    pub async fn disconnect(
+        &self,
+        peer: PeerId,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<(), Error> {
+        self.tell(Command::Disconnect {
+            peer,
+            reason,
+            detail,
+        })
+        .await
     }
 
     /// Presents `certificate` (a renewal of ours) from now on: in every later admission,

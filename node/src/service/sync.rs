@@ -8,7 +8,7 @@
 //! invalid one, or a malformed answer, is cut off. The task owns every sub-task it starts,
 //! in one `JoinSet`, and stops them all on shutdown.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,9 +153,13 @@ pub async fn run(
     let mut stall = tokio::time::interval(STALL);
     stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds_at_stall = 0;
+    // Where each peer's stream goes on, for a pull that ended in the middle of one: at most
+    // one place per admitted peer.
+    let mut streams: HashMap<PeerId, u64> = HashMap::new();
     let pull = |tasks: &mut JoinSet<Done>,
                 pulling: &mut HashSet<PeerId>,
                 wanted: &mut BTreeSet<PeerId>,
+                streams: &mut HashMap<PeerId, u64>,
                 peer: PeerId,
                 limit: usize| {
         if pulling.contains(&peer) {
@@ -168,11 +172,11 @@ pub async fn run(
         wanted.remove(&peer);
         if pulling.insert(peer) {
             let (node, net, rounds) = (node.clone(), net.clone(), rounds.clone());
+            let resume = streams.remove(&peer);
             tasks.spawn(async move {
-                let span = tracing::debug_span!("pull", %peer);
-                let result =
-                    tracing::Instrument::instrument(pull_from(&node, &net, peer, &rounds), span)
-                        .await;
+                let span = tracing::debug_span!("pull", %peer, ?resume);
+                let pulled = pull_from(&node, &net, peer, &rounds, resume);
+                let result = tracing::Instrument::instrument(pulled, span).await;
                 Done::Pulled { peer, result }
             });
         }
@@ -200,20 +204,22 @@ pub async fn run(
                         });
                     }
                     refresh_addresses(&net, &peers).await;
-                    pull(&mut tasks, &mut pulling, &mut wanted, peer, 1);
+                    pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, peer, 1);
                 }
                 Event::PeerGone { peer } => {
                     tracing::info!(%peer, "peer gone");
                     wanted.remove(&peer);
+                    streams.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
                     }
                 }
                 Event::PeerRefused { peer, reason } => {
                     wanted.remove(&peer);
+                    streams.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
-                        *p.refused.entry(reason.clone()).or_default() += 1;
+                        *p.refused.entry(reason.to_owned()).or_default() += 1;
                     }
                     tracing::warn!(%peer, %reason, "peer refused and disconnected");
                 }
@@ -249,7 +255,7 @@ pub async fn run(
                 if now == rounds_at_stall
                     && let Some(next) = wanted.pop_first()
                 {
-                    pull(&mut tasks, &mut pulling, &mut wanted, next, MAX_PULLS);
+                    pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, next, MAX_PULLS);
                 }
                 rounds_at_stall = now;
             }
@@ -263,14 +269,17 @@ pub async fn run(
                 let limit = if now == rounds_at_tick { MAX_PULLS } else { 1 };
                 rounds_at_tick = now;
                 for peer in admitted {
-                    pull(&mut tasks, &mut pulling, &mut wanted, peer, limit);
+                    pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, peer, limit);
                 }
             }
             Some(done) = tasks.join_next() => match done {
                 Ok(Done::Pulled { peer, result }) => {
                     pulling.remove(&peer);
                     match result {
-                        Ok(Pulled { accepted: n, streamed }) => {
+                        Ok(Pulled { accepted: n, streamed, resume }) => {
+                            if let Some(position) = resume {
+                                streams.insert(peer, position);
+                            }
                             if n > 0 {
                                 tracing::info!(%peer, entries = n, streamed, "caught up");
                             }
@@ -283,7 +292,7 @@ pub async fn run(
                         Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
                     }
                     if let Some(next) = wanted.pop_first() {
-                        pull(&mut tasks, &mut pulling, &mut wanted, next, MAX_PULLS);
+                        pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, next, MAX_PULLS);
                     }
                 }
                 Ok(Done::Served { peer, behind, bytes }) => {
@@ -295,7 +304,7 @@ pub async fn run(
                 }
                 Ok(Done::Gossiped { source, gaps }) => {
                     if gaps {
-                        pull(&mut tasks, &mut pulling, &mut wanted, source, 1);
+                        pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, source, 1);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sync task failed"),
@@ -318,12 +327,18 @@ async fn refresh_addresses(net: &network::Handle, peers: &PeerTable) {
     }
 }
 
-async fn cut_off(net: &network::Handle, peers: &PeerTable, peer: PeerId, reason: String) {
-    tracing::warn!(%peer, %reason, "cutting off peer");
+async fn cut_off(
+    net: &network::Handle,
+    peers: &PeerTable,
+    peer: PeerId,
+    reason: &'static str,
+    detail: String,
+) {
+    tracing::warn!(%peer, reason, "cutting off peer");
     if let Ok(mut p) = peers.lock() {
         p.invalid_from_peers += 1;
     }
-    let _ = net.disconnect(peer, reason).await;
+    let _ = net.disconnect(peer, reason, detail).await;
 }
 
 /// Takes in one gossiped entry; returns whether the node now waits for a missing past.
@@ -341,7 +356,7 @@ async fn on_gossip(
             let _ = net
                 .report_gossip(message_id, source, Acceptance::Reject)
                 .await;
-            cut_off(net, peers, source, format!("malformed gossip entry: {e}")).await;
+            cut_off(net, peers, source, "malformed gossip entry", e.to_string()).await;
             return false;
         }
     };
@@ -359,7 +374,14 @@ async fn on_gossip(
             };
             let _ = net.report_gossip(message_id, source, verdict).await;
             if summary.rejected > 0 {
-                cut_off(net, peers, source, "relayed an invalid entry".into()).await;
+                cut_off(
+                    net,
+                    peers,
+                    source,
+                    "relayed an invalid entry",
+                    String::new(),
+                )
+                .await;
             }
             summary.gaps
         }
@@ -404,6 +426,9 @@ struct Pulled {
     accepted: usize,
     /// Entries the peer sent from its stream, accepted or not.
     streamed: usize,
+    /// Where the peer's stream goes on, when the pull ended in the middle of it: the next
+    /// pull from that peer resumes there.
+    resume: Option<u64>,
 }
 
 /// Pulls from one peer: reconciles, then asks for the logs it holds more of, or for its
@@ -414,9 +439,10 @@ async fn pull_from(
     net: &network::Handle,
     peer: PeerId,
     rounds: &AtomicU64,
+    resume: Option<u64>,
 ) -> Result<Pulled, String> {
     let (mut accepted, mut streamed) = (0, 0);
-    let mut session = Box::new(Session::new());
+    let mut session = Box::new(resume.map_or_else(Session::new, Session::resume));
     let (mut answers, mut served) = (Vec::new(), false);
     for _ in 0..MAX_ROUNDS {
         let (next, ask) = node
@@ -425,15 +451,21 @@ async fn pull_from(
             .map_err(|e| e.to_string())?;
         session = next;
         let Some(ask) = ask else {
-            return Ok(Pulled { accepted, streamed });
+            return Ok(Pulled {
+                accepted,
+                streamed,
+                resume: None,
+            });
         };
         let response = net
             .sync(peer, request_of(ask))
             .await
             .map_err(|e| e.to_string())?;
-        if let Err(reason) = check_answer(&response, &session) {
-            let _ = net.disconnect(peer, reason.clone()).await;
-            return Err(reason);
+        if let Err(detail) = check_answer(&response, &session) {
+            let _ = net
+                .disconnect(peer, "malformed sync answer", detail.clone())
+                .await;
+            return Err(detail);
         }
         let (received, entries, proofs) = take(node, net, peer, &response).await?;
         if session.is_streaming() {
@@ -449,7 +481,11 @@ async fn pull_from(
         served = !response.more || entries + proofs == 0;
         answers = response.ranges;
     }
-    Ok(Pulled { accepted, streamed })
+    Ok(Pulled {
+        accepted,
+        streamed,
+        resume: session.stream_position(),
+    })
 }
 
 /// Takes in the entries and proofs of a pull answer; returns how many entries it held, how
@@ -462,42 +498,29 @@ async fn take(
     response: &SyncResponse,
 ) -> Result<(usize, usize, usize), String> {
     let unpacked = match &response.packed {
-        Some(packed) => {
-            network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES).map_err(|e| e.to_string())
-        }
-        None => Ok(Vec::new()),
-    };
-    let unpacked = match unpacked {
-        Ok(u) => u,
-        Err(e) => {
-            let _ = net.disconnect(peer, e.clone()).await;
-            return Err(e);
-        }
+        Some(packed) => match network::unpack(packed, BATCH_ENTRIES, MAX_PACKED_BYTES) {
+            Ok(u) => u,
+            Err(e) => return Err(refuse(net, peer, "malformed packed batch", e.to_string()).await),
+        },
+        None => Vec::new(),
     };
     if !unpacked.is_empty() && !response.entries.is_empty() {
-        let reason = "sync answer holds both packed and plain entries".to_owned();
-        let _ = net.disconnect(peer, reason.clone()).await;
-        return Err(reason);
+        let detail = "sync answer holds both packed and plain entries".to_owned();
+        return Err(refuse(net, peer, "malformed sync answer", detail).await);
     }
     let plain = response.entries.iter().map(|b| b.as_slice());
     let mut entries = Vec::with_capacity(response.entries.len() + unpacked.len());
     for bytes in plain.chain(unpacked.iter().map(Vec::as_slice)) {
         match SignedEntry::decode(bytes) {
             Ok(e) => entries.push(e),
-            Err(e) => {
-                let _ = net.disconnect(peer, format!("malformed entry: {e}")).await;
-                return Err(format!("malformed entry: {e}"));
-            }
+            Err(e) => return Err(refuse(net, peer, "malformed entry", e.to_string()).await),
         }
     }
     let mut new_proofs = Vec::new();
     for bytes in &response.proofs {
         match EquivocationProof::decode(bytes) {
             Ok(p) => new_proofs.push(p),
-            Err(e) => {
-                let _ = net.disconnect(peer, format!("malformed proof: {e}")).await;
-                return Err(format!("malformed proof: {e}"));
-            }
+            Err(e) => return Err(refuse(net, peer, "malformed proof", e.to_string()).await),
         }
     }
     let received = entries.len();
@@ -509,11 +532,22 @@ async fn take(
         .await
         .map_err(|e| e.to_string())?;
     if summary.rejected > 0 {
-        let reason = format!("sent {} invalid entries", summary.rejected);
-        let _ = net.disconnect(peer, reason.clone()).await;
-        return Err(reason);
+        let detail = format!("sent {} invalid entries", summary.rejected);
+        return Err(refuse(net, peer, "sent invalid entries", detail).await);
     }
     Ok((received, summary.accepted.len(), summary.new_proofs.len()))
+}
+
+/// Cuts a peer off for `reason`, one of a fixed set; returns `detail`, which may repeat
+/// what the peer sent, for the log.
+async fn refuse(
+    net: &network::Handle,
+    peer: PeerId,
+    reason: &'static str,
+    detail: String,
+) -> String {
+    let _ = net.disconnect(peer, reason, detail.clone()).await;
+    detail
 }
 
 /// Answers a peer's pull: its ranges, and the entries of the logs it wants after its

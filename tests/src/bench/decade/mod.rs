@@ -862,8 +862,9 @@ fn outcome(measured: &[Measured], effort: Effort) -> Outcome {
          their digests are equal; bytes = the TCP payload its sockets sent and received (kernel \
          counters via `ss`). In sync: two more nodes start on copies of the same store and are \
          watched for {} s once admitted: the bytes are one node's, both ways, per 10-second \
-         anti-entropy period, which holds one pull each way (each request carries every log's \
-         height and tip hash) beside gossipsub heartbeats and pings. This measures the sync protocol as it is on this branch: it is being rewritten elsewhere",
+         anti-entropy period, which holds one pull each way (in sync, one range fingerprint \
+         each way) beside gossipsub heartbeats and pings. The new node takes the serving \
+         node's stream once it wants more logs than one request names (above 256 logs)",
         effort.sync_window.as_secs()
     ));
     o
