@@ -537,9 +537,12 @@ pub struct ReportArgs {
     /// The half-year, YYYY-H1 or YYYY-H2.
     #[arg(long, value_parser = parse_term)]
     pub term: String,
-    /// Write the markdown to this file instead of stdout.
+    /// Write the markdown to this file (0600) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Replace the file of --out if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
 }
 
 /// Checks a half-year label.
@@ -556,9 +559,12 @@ pub struct ExportArgs {
     /// The document id.
     #[arg(long, value_name = "ID")]
     pub doc: String,
-    /// The file to write.
+    /// The file to write (0600).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 /// The largest exported document the CLI reads into memory.
 const MAX_BYTES: u64 = 1 << 30;
 
-/// A client of one node's API.
-#[derive(Debug)]
+/// A client of one node's API. Its `Debug` shows where the token comes from, never the
+/// token.
 pub struct Client {
     agent: Agent,
     base: String,
@@ -29,6 +29,25 @@ pub struct Client {
     api: String,
     data_dir: PathBuf,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field(
+                "token",
+                &self
+                    .token
+                    .as_ref()
+                    .map(|_| "<hidden>")
+                    .map_err(|e| e.as_str()),
+            )
+            .field("token_path", &self.token_path)
+            .field("data_dir", &self.data_dir)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -263,6 +282,19 @@ mod tests {
             PathBuf::from("/d"),
             TIMEOUT,
         )
+    }
+
+    #[test]
+    fn a_client_shows_where_its_token_comes_from_and_never_the_token() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let shown = format!("{:?}", client(addr, Ok("s3cr3t-token-bytes".into())));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("<hidden>") && shown.contains("/d/api.token"),
+            "{shown}"
+        );
+        let missing = format!("{:?}", client(addr, Err("no such file".into())));
+        assert!(missing.contains("no such file"), "{missing}");
     }
 
     #[test]

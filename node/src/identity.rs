@@ -182,21 +182,23 @@ impl SecretKey {
     /// Writes the key to a new file with mode 0600; refuses to overwrite an existing file.
     pub fn save(&self, path: &Path, passphrase: Option<&str>) -> Result<(), Error> {
         let body = match passphrase {
-            None => Zeroizing::new(format!(
-                "{KEY_FILE_MAGIC}\nplain\n{}\n",
-                hex::encode(self.0.to_bytes())
-            )),
+            None => {
+                let secret = Zeroizing::new(self.0.to_bytes());
+                let hex = Zeroizing::new(hex::encode(secret.as_ref()));
+                Zeroizing::new(format!("{KEY_FILE_MAGIC}\nplain\n{}\n", hex.as_str()))
+            }
             Some(pass) => {
                 let mut salt = [0u8; 16];
                 let mut nonce = [0u8; 12];
                 rand::rng().fill_bytes(&mut salt);
                 rand::rng().fill_bytes(&mut nonce);
-                let cipher = sealed_cipher(pass, &salt).map_err(|reason| Error::KeyFile {
+                let kdf = Kdf::default();
+                let cipher = sealed_cipher(pass, &salt, kdf).map_err(|reason| Error::KeyFile {
                     path: path.display().to_string(),
                     reason,
                 })?;
                 use chacha20poly1305::aead::Aead;
-                let secret = self.0.to_bytes();
+                let secret = Zeroizing::new(self.0.to_bytes());
                 let sealed = cipher
                     .encrypt(chacha20poly1305::Nonce::from_slice(&nonce), secret.as_ref())
                     .map_err(|_| Error::KeyFile {
@@ -204,7 +206,7 @@ impl SecretKey {
                         reason: "encryption failed".into(),
                     })?;
                 Zeroizing::new(format!(
-                    "{KEY_FILE_MAGIC}\nargon2id-chacha20poly1305\n{}\n{}\n{}\n",
+                    "{KEY_FILE_MAGIC}\nargon2id-chacha20poly1305 {kdf}\n{}\n{}\n{}\n",
                     hex::encode(salt),
                     hex::encode(nonce),
                     hex::encode(sealed)
@@ -253,9 +255,17 @@ impl SecretKey {
                 .map(Zeroizing::new)
                 .map_err(|_| bad(&format!("malformed {what}")))
         };
-        let secret: Zeroizing<Vec<u8>> = match lines.next() {
-            Some("plain") => hex32(lines.next(), "secret")?,
-            Some("argon2id-chacha20poly1305") => {
+        let protection = lines.next().unwrap_or_default();
+        let (scheme, params) = protection.split_once(' ').unwrap_or((protection, ""));
+        let secret: Zeroizing<Vec<u8>> = match scheme {
+            "plain" => hex32(lines.next(), "secret")?,
+            "argon2id-chacha20poly1305" => {
+                // Files written before the parameters were recorded used the defaults.
+                let kdf = if params.is_empty() {
+                    Kdf::default()
+                } else {
+                    params.parse().map_err(|r: String| bad(&r))?
+                };
                 let pass = passphrase.ok_or_else(|| Error::PassphraseNeeded {
                     path: shown.clone(),
                 })?;
@@ -265,7 +275,7 @@ impl SecretKey {
                 if nonce.len() != 12 {
                     return Err(bad("malformed nonce"));
                 }
-                let cipher = sealed_cipher(pass, &salt).map_err(|r| bad(&r))?;
+                let cipher = sealed_cipher(pass, &salt, kdf).map_err(|r| bad(&r))?;
                 use chacha20poly1305::aead::Aead;
                 Zeroizing::new(
                     cipher
@@ -277,21 +287,90 @@ impl SecretKey {
             }
             _ => return Err(bad("unknown protection")),
         };
-        let seed: [u8; 32] = secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("secret is not 32 bytes"))?;
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            secret
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("secret is not 32 bytes"))?,
+        );
         Ok(SecretKey(SigningKey::from_bytes(&seed)))
+    }
+}
+
+/// The Argon2id parameters a protected key file was sealed with, recorded in the file so
+/// that a later change of the defaults still opens it: memory in KiB, passes, lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kdf {
+    m: u32,
+    t: u32,
+    p: u32,
+}
+
+impl Kdf {
+    /// The most memory a key file may ask for: 1 GiB, so that a damaged or hostile file
+    /// cannot make the node allocate without bound.
+    const MAX_M: u32 = 1 << 20;
+    const MAX_T: u32 = 64;
+    const MAX_P: u32 = 16;
+}
+
+impl Default for Kdf {
+    fn default() -> Self {
+        Kdf {
+            m: argon2::Params::DEFAULT_M_COST,
+            t: argon2::Params::DEFAULT_T_COST,
+            p: argon2::Params::DEFAULT_P_COST,
+        }
+    }
+}
+
+impl fmt::Display for Kdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "m={},t={},p={}", self.m, self.t, self.p)
+    }
+}
+
+impl FromStr for Kdf {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("malformed key derivation parameters {s:?}");
+        let mut kdf = Kdf { m: 0, t: 0, p: 0 };
+        let mut seen = 0;
+        for part in s.split(',') {
+            let (name, value) = part.split_once('=').ok_or_else(bad)?;
+            let value: u32 = value.parse().map_err(|_| bad())?;
+            let (slot, bit) = match name {
+                "m" => (&mut kdf.m, 1),
+                "t" => (&mut kdf.t, 2),
+                "p" => (&mut kdf.p, 4),
+                _ => return Err(bad()),
+            };
+            *slot = value;
+            seen |= bit;
+        }
+        if seen != 7 {
+            return Err(bad());
+        }
+        if kdf.m > Kdf::MAX_M || kdf.t > Kdf::MAX_T || kdf.p > Kdf::MAX_P {
+            return Err(format!(
+                "key derivation parameters {s} are beyond the limits"
+            ));
+        }
+        Ok(kdf)
     }
 }
 
 fn sealed_cipher(
     passphrase: &str,
     salt: &[u8],
+    kdf: Kdf,
 ) -> Result<chacha20poly1305::ChaCha20Poly1305, String> {
     use chacha20poly1305::KeyInit;
     let mut key = Zeroizing::new([0u8; 32]);
-    argon2::Argon2::default()
+    let params = argon2::Params::new(kdf.m, kdf.t, kdf.p, Some(32))
+        .map_err(|e| format!("key derivation parameters {kdf}: {e}"))?;
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
         .map_err(|e| format!("key derivation failed: {e}"))?;
     chacha20poly1305::ChaCha20Poly1305::new_from_slice(key.as_ref())
@@ -590,6 +669,52 @@ mod tests {
         let err = SecretKey::load(&plain, None).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(!format!("{k:?}").contains(&hex::encode(k.seed_bytes().as_ref())));
+    }
+
+    #[test]
+    fn a_protected_key_file_records_its_key_derivation_and_older_files_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(6);
+        let sealed = dir.path().join("sealed.key");
+        k.save(&sealed, Some("pass")).unwrap();
+        let text = std::fs::read_to_string(&sealed).unwrap();
+        let defaults = format!("argon2id-chacha20poly1305 {}", Kdf::default());
+        assert_eq!(text.lines().nth(1), Some(defaults.as_str()));
+        assert_eq!(Kdf::default().to_string(), "m=19456,t=2,p=1");
+        // Rewrites the protection line, keeping the rest.
+        let with = |line: &str| {
+            let path = dir.path().join(format!("{}.key", line.len()));
+            let rest: Vec<&str> = text.lines().skip(2).collect();
+            let body = format!("{KEY_FILE_MAGIC}\n{line}\n{}\n", rest.join("\n"));
+            std::fs::write(&path, body).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            SecretKey::load(&path, Some("pass"))
+        };
+        // A file of the first form, without parameters, was sealed with the defaults.
+        let old = with("argon2id-chacha20poly1305").unwrap();
+        assert_eq!(old.public(), k.public());
+        // The recorded parameters are the ones used: others derive another key.
+        assert!(matches!(
+            with("argon2id-chacha20poly1305 m=8192,t=2,p=1"),
+            Err(Error::WrongPassphrase { .. })
+        ));
+        for (line, reason) in [
+            (
+                "argon2id-chacha20poly1305 m=4194304,t=2,p=1",
+                "beyond the limits",
+            ),
+            (
+                "argon2id-chacha20poly1305 m=19456,t=2",
+                "malformed key derivation",
+            ),
+            (
+                "argon2id-chacha20poly1305 m=x,t=2,p=1",
+                "malformed key derivation",
+            ),
+        ] {
+            let err = with(line).unwrap_err().to_string();
+            assert!(err.contains(reason), "{line}: {err}");
+        }
     }
 
     #[test]

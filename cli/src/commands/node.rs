@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
+use std::path::Path;
 
 use super::Ctx;
 use crate::args::{ExportArgs, LogArgs, ReportArgs};
@@ -182,6 +183,33 @@ pub fn verdict(answer: &Value) -> Result<String> {
     }
 }
 
+/// Writes what the node gave into a new file that only its owner can read. It never
+/// follows a symbolic link, and replaces an existing file only with `force`.
+fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!("{shown} is a symbolic link: name the file itself")
+        }
+        Ok(meta) if !meta.is_file() => bail!("{shown} exists and is not a file"),
+        Ok(_) if !force => bail!("{shown} exists: pass --force to replace it"),
+        Ok(_) => std::fs::remove_file(path).with_context(|| format!("cannot replace {shown}"))?,
+        Err(_) => {}
+    }
+    // `create_new` fails on anything that appeared at the path since, a link included.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {shown}"))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {shown}"))
+}
+
 /// `spoc report`.
 pub fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
     let answer: Value = ctx
@@ -192,8 +220,7 @@ pub fn report(ctx: &Ctx, args: &ReportArgs) -> Result<()> {
     };
     match &args.out {
         Some(path) => {
-            std::fs::write(path, markdown)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_private(path, markdown.as_bytes(), args.force)?;
             if ctx.json {
                 ctx.print_json(&answer)?;
             } else if !ctx.quiet {
@@ -216,8 +243,7 @@ pub fn export(ctx: &Ctx, args: &ExportArgs) -> Result<()> {
     let bytes = ctx
         .client(TIMEOUT)?
         .get_bytes("/v1/export", &[("id", args.doc.clone())])?;
-    std::fs::write(&args.out, &bytes)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    write_private(&args.out, &bytes, args.force)?;
     if ctx.json {
         ctx.print_json(&json!({
             "id": args.doc,
@@ -324,6 +350,36 @@ pub fn peers_table(peers: &[Value]) -> Table {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_written_file_is_private_new_and_never_a_link() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("report.md");
+        super::write_private(&out, b"first", false)?;
+        let mode = std::fs::metadata(&out)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let refused = super::write_private(&out, b"second", false).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .ends_with("exists: pass --force to replace it")
+        );
+        assert_eq!(std::fs::read(&out)?, b"first");
+        super::write_private(&out, b"second", true)?;
+        assert_eq!(std::fs::read(&out)?, b"second");
+        // A link, even with --force, is refused, and what it points at is left alone.
+        let link = dir.path().join("link.md");
+        std::os::unix::fs::symlink(&out, &link)?;
+        let refused = super::write_private(&link, b"third", true).unwrap_err();
+        assert!(
+            refused.to_string().contains("is a symbolic link"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&out)?, b"second");
+        Ok(())
+    }
+
     use super::*;
 
     #[test]

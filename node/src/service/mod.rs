@@ -93,6 +93,8 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("api token {path}: {reason}")]
     Token { path: String, reason: String },
+    #[error("key passphrase file {path}: {reason}")]
+    Passphrase { path: String, reason: String },
     #[error("api: {0}")]
     Api(String),
     #[error("network: {0}")]
@@ -138,17 +140,23 @@ fn read_passphrase(
     if let Some(p) = env("SPOC_KEY_PASSPHRASE") {
         return Ok(Some(p));
     }
-    match &settings.key_passphrase_file {
-        None => Ok(None),
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-            .map_err(|e| {
-                Error::Key(crate::identity::Error::Io {
-                    path: path.display().to_string(),
-                    source: e,
-                })
-            }),
+    let Some(path) = &settings.key_passphrase_file else {
+        return Ok(None);
+    };
+    let err = |reason: String| Error::Passphrase {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "is readable by others (mode {mode:o}): chmod 600 it"
+        )));
     }
+    std::fs::read_to_string(path)
+        .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Reads the API token, creating it (0600) on the first start.
@@ -407,5 +415,36 @@ pub async fn run(
         }
         Ok(Err(e)) => Err(Error::Api(e.to_string())),
         Err(e) => Err(Error::Api(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passphrase_file_readable_by_others_is_refused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("passphrase");
+        std::fs::write(&path, "correct horse\n")?;
+        let settings = Settings::parse(
+            dir.path(),
+            "node.toml",
+            "key_passphrase_file = \"passphrase\"",
+            &|_| None,
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+        let refused = read_passphrase(&settings, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.ends_with("is readable by others (mode 640): chmod 600 it"),
+            "{refused}"
+        );
+        assert!(!refused.contains("correct horse") && !refused.contains('\n'));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let read = read_passphrase(&settings, &|_| None)?;
+        assert_eq!(read.as_deref(), Some("correct horse"));
+        Ok(())
     }
 }
