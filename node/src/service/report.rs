@@ -54,17 +54,33 @@ impl Tally {
         };
         let creating = change.deps().is_empty();
         let id = e.entry.doc.clone();
-        let puts: Vec<(String, String)> = change
-            .decode()
-            .operations
-            .iter()
-            .filter_map(|op| match (&op.key, &op.action) {
-                (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(v)) => {
-                    Some((k.to_string(), v.as_str().unwrap_or_default().to_owned()))
-                }
-                _ => None,
-            })
-            .collect();
+        // Only these keys count, by collection. A change whose bytes do not hold one of
+        // them cannot set it, since Automerge keeps map keys as plain UTF-8 in the stored
+        // (uncompressed) change: it is not decoded into one legacy operation per character
+        // of its text, which is most of a report's time and memory.
+        let keys: &[&str] = match id.collection() {
+            Collection::Obstacles => &["status"],
+            Collection::Practices => &["stance"],
+            Collection::Training => &["kind", "verdict"],
+            Collection::Meetings | Collection::Factsheets => &[],
+        };
+        let puts: Vec<(String, String)> = if keys.iter().any(|k| may_put(&change, k)) {
+            change
+                .decode()
+                .operations
+                .iter()
+                .filter_map(|op| match (&op.key, &op.action) {
+                    (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(v))
+                        if keys.contains(&k.as_str()) =>
+                    {
+                        Some((k.to_string(), v.as_str().unwrap_or_default().to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let put = |key: &str, value: &str| puts.iter().any(|(k, v)| k == key && v == value);
         match id.collection() {
             Collection::Meetings if creating => {
@@ -107,6 +123,14 @@ impl Tally {
             _ => {}
         }
     }
+}
+
+/// Whether `change` may put `key` in a map: its stored bytes, uncompressed, hold the key.
+fn may_put(change: &automerge::Change, key: &str) -> bool {
+    change
+        .raw_bytes()
+        .windows(key.len())
+        .any(|w| w == key.as_bytes())
 }
 
 /// The meetings dated in a term, whenever they were convened.
@@ -236,4 +260,58 @@ pub fn draft(charter: &Charter, store: &Reader, term: &str) -> Result<Value, Fai
         "practices_endorsed": tally.endorsements.len(),
         "experts_nominated": tally.nominated.len(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, Change, ObjType, ROOT};
+
+    /// The keys a change puts in maps, decoded the slow way.
+    fn put_keys(change: &Change) -> Vec<String> {
+        change
+            .decode()
+            .operations
+            .iter()
+            .filter_map(|op| match (&op.key, &op.action) {
+                (automerge::legacy::Key::Map(k), automerge::legacy::OpType::Put(_)) => {
+                    Some(k.to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_that_puts_a_key_holds_it_in_its_bytes_even_when_it_travelled_compressed() {
+        let mut doc = Automerge::new();
+        let long = "delay in the exchange of data with the court ".repeat(200);
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "title", "A long report").expect("put");
+        let text = tx.put_object(ROOT, "description", ObjType::Text).expect("text");
+        tx.splice_text(&text, 0, 0, &long).expect("splice");
+        tx.commit();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "status", "resolved").expect("put");
+        tx.commit();
+        let mut tx = doc.transaction();
+        let comments = tx.put_object(ROOT, "comments", ObjType::Map).expect("map");
+        tx.put(&comments, "c1", long.as_str()).expect("put");
+        tx.commit();
+        for mut change in doc.get_changes(&[]) {
+            // A change arrives as the bytes its author sent: compressed when it is large.
+            let sent = change.bytes().into_owned();
+            let got = Change::from_bytes(sent).expect("a change");
+            for key in ["title", "status", "stance", "kind", "verdict", "c1"] {
+                if put_keys(&got).iter().any(|k| k == key) {
+                    assert!(super::may_put(&got, key), "{key} put but not found");
+                }
+            }
+            let puts_status = put_keys(&got).iter().any(|k| k == "status");
+            if !puts_status {
+                // The long text does not hold the word: nothing to decode.
+                assert!(!super::may_put(&got, "status"));
+            }
+        }
+    }
 }
