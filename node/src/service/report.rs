@@ -288,7 +288,9 @@ mod tests {
         let long = "delay in the exchange of data with the court ".repeat(200);
         let mut tx = doc.transaction();
         tx.put(ROOT, "title", "A long report").expect("put");
-        let text = tx.put_object(ROOT, "description", ObjType::Text).expect("text");
+        let text = tx
+            .put_object(ROOT, "description", ObjType::Text)
+            .expect("text");
         tx.splice_text(&text, 0, 0, &long).expect("splice");
         tx.commit();
         let mut tx = doc.transaction();
