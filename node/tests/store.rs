@@ -1,7 +1,7 @@
 //! The store keeps what was committed and reports what it cannot trust: ten thousand
 //! entries come back as the same documents and heights after a reopen; a flipped byte, a
 //! truncated file and a second opener are errors, never panics; an equivocation proof
-//! survives a restart.
+//! survives a restart; a store of the first format is migrated once and keeps everything.
 
 mod common;
 
@@ -599,4 +599,97 @@ fn lists_filter_and_page_from_their_indexes() {
         .list(Collection::Obstacles, &ListFilter::default(), Some("zz"), 3)
         .expect_err("a bad cursor");
     assert!(err.to_string().contains("cursor"), "{err}");
+}
+
+/// The tables of the first format, as its writer laid them out: each entry unsealed under
+/// its key, its hash, each document saved whole, the proofs and two settings.
+mod first_format {
+    use redb::TableDefinition;
+
+    pub const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+    pub const HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hashes");
+    pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+    pub const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");
+    pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+}
+
+#[test]
+fn a_store_of_the_first_format_is_migrated_once_and_keeps_everything() {
+    let net = Net::new(4);
+    let entries = generate(&net, 400, 4);
+    // What the same entries make in a store of today's format.
+    let today = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(&store_path(&today)).expect("open");
+        let mut replica = net.replica();
+        ingest_and_commit(&store, &mut replica, &entries, 100, true);
+    }
+    let expected = load(&store_path(&today), &net).expect("today's store");
+
+    // The same entries as the first format's writer stored them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    {
+        let mut replica = net.replica();
+        let report = replica.ingest(entries.clone()).expect("ingest");
+        assert_eq!(report.accepted.len(), entries.len());
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("write");
+        {
+            use first_format::*;
+            let mut rows = tx.open_table(ENTRIES).expect("entries");
+            let mut hashes = tx.open_table(HASHES).expect("hashes");
+            let mut snapshots = tx.open_table(SNAPSHOTS).expect("snapshots");
+            tx.open_table(PROOFS).expect("proofs");
+            let mut meta = tx.open_table(META).expect("meta");
+            meta.insert("format", b"1".as_slice()).expect("format");
+            meta.insert("network", net.charter.network.as_bytes())
+                .expect("network");
+            for e in &entries {
+                let key = spoc_node::store::entry_key(&e.entry.log(), e.entry.seq);
+                rows.insert(key.as_slice(), e.bytes()).expect("entry");
+                hashes
+                    .insert(e.hash().0.as_slice(), key.as_slice())
+                    .expect("hash");
+            }
+            for e in &entries {
+                let id = e.entry.doc.clone();
+                let doc = replica.load_doc(&id).expect("read").expect("a document");
+                snapshots
+                    .insert(id.as_str(), doc.save().as_slice())
+                    .expect("snapshot");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+
+    // The first start migrates: the same logs and documents as today's store, and the
+    // full check passes.
+    let store = Store::open(&path).expect("open the first format");
+    let mut steps = Vec::new();
+    let mut replica = store
+        .load(net.charter.clone(), Limits::default(), &mut |what, _, _| {
+            steps.push(what.to_owned())
+        })
+        .expect("migrate");
+    assert!(steps.iter().any(|s| s == "reading entries"), "{steps:?}");
+    assert_eq!(replica.entry_count(), entries.len());
+    assert_eq!(used_state(&store, &mut replica).expect("reads"), expected);
+    let (checked, _) = store
+        .verify(net.charter.clone(), &mut |_, _, _| {})
+        .expect("verify");
+    assert_eq!(checked, entries.len());
+    drop(replica);
+    drop(store);
+
+    // The next start finds today's format: no migration, the same content.
+    let store = Store::open(&path).expect("reopen");
+    let mut steps = Vec::new();
+    let mut replica = store
+        .load(net.charter.clone(), Limits::default(), &mut |what, _, _| {
+            steps.push(what.to_owned())
+        })
+        .expect("load");
+    assert!(steps.iter().all(|s| s != "reading entries"), "{steps:?}");
+    assert_eq!(used_state(&store, &mut replica).expect("reads"), expected);
 }
