@@ -445,22 +445,17 @@ impl NodeCertificate {
         }
     }
 
-    /// Checks the network, the peer id, the signature, and then the expiry at `now_ms`:
-    /// refuses a certificate that has expired or that expires more than
-    /// [`MAX_CERTIFICATE_VALIDITY_MS`] after `now_ms`. Time comes last, so that only a
-    /// genuine certificate is refused for its time.
+    /// Checks the signature, then the network and the peer id, and then the expiry at
+    /// `now_ms`: refuses a certificate that has expired or that expires more than
+    /// [`MAX_CERTIFICATE_VALIDITY_MS`] after `now_ms`. Nothing the certificate says is
+    /// compared before its signature holds, and time comes last, so that only a genuine
+    /// certificate is refused for its time.
     pub fn verify(
         &self,
         network: &str,
         peer_id: &[u8],
         now_ms: u64,
     ) -> Result<(), CertificateFault> {
-        if self.network != network {
-            return Err(CertificateFault::OtherNetwork);
-        }
-        if self.peer_id != peer_id {
-            return Err(CertificateFault::OtherPeer);
-        }
         let body = cert_body(
             &self.network,
             &self.peer_id,
@@ -473,6 +468,12 @@ impl NodeCertificate {
             .is_err()
         {
             return Err(CertificateFault::BadSignature);
+        }
+        if self.network != network {
+            return Err(CertificateFault::OtherNetwork);
+        }
+        if self.peer_id != peer_id {
+            return Err(CertificateFault::OtherPeer);
         }
         if now_ms > self.not_after_ms {
             return Err(CertificateFault::Expired);

@@ -118,6 +118,12 @@ impl Admit for Admission {
         _charter_hash: &[u8; 32],
     ) -> Result<Admitted, Refusal> {
         let cert = NodeCertificate::decode(certificate).map_err(|_| MALFORMED)?;
+        // An issuer outside the charter is refused before any signature is checked: the
+        // lookup costs nothing, and its key is compared with the charter's, not echoed.
+        let participant = self
+            .charter
+            .participant_by_key(&cert.issuer)
+            .ok_or(STRANGER)?;
         cert.verify(&self.charter.network, &peer.to_bytes(), self.now_ms())
             .map_err(|fault| {
                 if fault.is_about_time() {
@@ -126,10 +132,6 @@ impl Admit for Admission {
                     Refusal::deny(fault.reason())
                 }
             })?;
-        let participant = self
-            .charter
-            .participant_by_key(&cert.issuer)
-            .ok_or(STRANGER)?;
         Ok(Admitted {
             state: participant.code.clone(),
             until_ms: cert.not_after_ms,
@@ -143,7 +145,54 @@ impl Admit for Admission {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use rand::SeedableRng;
+
     use super::*;
+    use crate::service::ManualClock;
+
+    #[test]
+    fn ten_thousand_bogus_network_names_make_a_handful_of_refusal_reasons() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(10);
+        let member = SecretKey::generate(&mut rng);
+        let stranger = SecretKey::generate(&mut rng);
+        let today = time::macros::date!(2026 - 12 - 03);
+        let states = [("LT".to_owned(), member.public(), Vec::new())];
+        let charter = Charter::for_testnet("spocnet-test", &states, &[], today).expect("charter");
+        let now_ms = 1_796_256_000_000;
+        let admission = Admission {
+            charter: Arc::new(charter),
+            clock: Arc::new(ManualClock::new(now_ms)),
+        };
+        let peer = PeerId::random();
+        let mut reasons = BTreeSet::new();
+        for i in 0..10_000 {
+            let name = format!("bogus network {i} \u{1b}[31m");
+            let issuer = if i % 2 == 0 { &member } else { &stranger };
+            let mut cert = NodeCertificate::issue(issuer, &name, &peer.to_bytes(), now_ms + 1_000);
+            if i % 3 == 0 {
+                // Its signature no longer holds.
+                cert.not_after_ms += 1;
+            }
+            let refused = admission
+                .admit(&peer, &cert.encode(), &[0; 32])
+                .expect_err("a bogus network is refused");
+            assert!(!refused.reason.contains("bogus"), "{}", refused.reason);
+            reasons.insert(refused.reason);
+        }
+        let genuine =
+            NodeCertificate::issue(&member, "spocnet-test", &peer.to_bytes(), now_ms + 1_000);
+        assert!(admission.admit(&peer, &genuine.encode(), &[0; 32]).is_ok());
+        assert_eq!(
+            reasons,
+            BTreeSet::from([
+                "certificate is for another network",
+                "certificate issuer is not a participant of the charter",
+                "certificate signature does not verify",
+            ])
+        );
+    }
 
     #[test]
     fn renewal_is_due_once_a_third_of_the_validity_is_left() {
