@@ -613,6 +613,18 @@ mod first_format {
     pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 }
 
+/// Opens and loads the store at `path`, with the steps its start went through.
+fn load_with_steps(path: &Path, net: &Net) -> (Store, Replica<Reader>, Vec<String>) {
+    let store = Store::open(path).expect("open");
+    let mut steps = Vec::new();
+    let replica = store
+        .load(net.charter.clone(), Limits::default(), &mut |what, _, _| {
+            steps.push(what.to_owned())
+        })
+        .expect("load");
+    (store, replica, steps)
+}
+
 #[test]
 fn a_store_of_the_first_format_is_migrated_once_and_keeps_everything() {
     let net = Net::new(4);
@@ -665,13 +677,7 @@ fn a_store_of_the_first_format_is_migrated_once_and_keeps_everything() {
 
     // The first start migrates: the same logs and documents as today's store, and the
     // full check passes.
-    let store = Store::open(&path).expect("open the first format");
-    let mut steps = Vec::new();
-    let mut replica = store
-        .load(net.charter.clone(), Limits::default(), &mut |what, _, _| {
-            steps.push(what.to_owned())
-        })
-        .expect("migrate");
+    let (store, mut replica, steps) = load_with_steps(&path, &net);
     assert!(steps.iter().any(|s| s == "reading entries"), "{steps:?}");
     assert_eq!(replica.entry_count(), entries.len());
     assert_eq!(used_state(&store, &mut replica).expect("reads"), expected);
@@ -683,13 +689,7 @@ fn a_store_of_the_first_format_is_migrated_once_and_keeps_everything() {
     drop(store);
 
     // The next start finds today's format: no migration, the same content.
-    let store = Store::open(&path).expect("reopen");
-    let mut steps = Vec::new();
-    let mut replica = store
-        .load(net.charter.clone(), Limits::default(), &mut |what, _, _| {
-            steps.push(what.to_owned())
-        })
-        .expect("load");
+    let (store, mut replica, steps) = load_with_steps(&path, &net);
     assert!(steps.iter().all(|s| s != "reading entries"), "{steps:?}");
     assert_eq!(used_state(&store, &mut replica).expect("reads"), expected);
 }

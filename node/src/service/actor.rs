@@ -176,7 +176,9 @@ pub struct Served {
     pub proofs: Vec<Vec<u8>>,
     /// Whether more remains of the wanted logs than one answer holds.
     pub more: bool,
-    /// How many entries of the wanted logs the peer lacked.
+    /// How many entries of the wanted logs the peer lacked; for a stream, about how many
+    /// of this node's entries are at or after the peer's place in it (positions of cut
+    /// entries are not reused).
     pub behind: u64,
     /// Where the stream goes on, when the peer asked for it and more remains.
     pub next: Option<u64>,
@@ -933,8 +935,9 @@ impl Actor {
             reconcile::Stream::Start => 0,
         };
         let (entries, next) = self.replica.entries_since(from, max, BATCH_BYTES)?;
+        let held = u64::try_from(self.replica.entry_count()).unwrap_or(u64::MAX);
         Ok(Served {
-            behind: u64::try_from(entries.len()).unwrap_or(u64::MAX),
+            behind: held.saturating_sub(from),
             more: next.is_some(),
             entries: entries.iter().map(|e| e.bytes().to_vec()).collect(),
             next,
