@@ -259,6 +259,17 @@ fn get_map<R: ReadDoc>(doc: &R, obj: &automerge::ObjId, key: &str) -> Option<aut
     }
 }
 
+/// The item `key` of the shared container `container` at the root, searched in every
+/// concurrent copy of the container, the winning copy first: the item that the views show
+/// (see `view::document`).
+fn container_item<R: ReadDoc>(doc: &R, container: &str, key: &str) -> Option<automerge::ObjId> {
+    let copies = doc.get_all(&ROOT, container).ok()?;
+    copies.iter().rev().find_map(|(value, obj)| match value {
+        Value::Object(ObjType::Map) => get_map(doc, obj, key),
+        _ => None,
+    })
+}
+
 fn put_text<T: Transactable>(tx: &mut T, key: &str, text: &str) -> Result<(), Refused> {
     let obj = tx.put_object(ROOT, key, ObjType::Text).map_err(am)?;
     tx.splice_text(&obj, 0, 0, text).map_err(am)
@@ -420,12 +431,11 @@ impl Command {
                 if !AGENDA_STATUSES[1..].contains(&decision.as_str()) {
                     return Err(invalid("a decision is accepted, deferred or rejected"));
                 }
-                let agenda = get_map(doc, &ROOT, "agenda")
-                    .ok_or_else(|| invalid("meeting has no agenda"))?;
-                let entry = get_map(doc, &agenda, item).ok_or_else(|| Refused::NotFound {
-                    what: "agenda item",
-                    id: item.clone(),
-                })?;
+                let entry =
+                    container_item(doc, "agenda", item).ok_or_else(|| Refused::NotFound {
+                        what: "agenda item",
+                        id: item.clone(),
+                    })?;
                 put_opt(tx, &entry, "reason", reason)?;
                 tx.put(&entry, "status", decision.as_str()).map_err(am)?;
                 Ok(item.clone())
@@ -435,7 +445,7 @@ impl Command {
             } => {
                 let attendance = get_map(doc, &ROOT, "attendance")
                     .ok_or_else(|| invalid("meeting has no attendance"))?;
-                let mine = match get_map(doc, &attendance, writer.code) {
+                let mine = match container_item(doc, "attendance", writer.code) {
                     Some(m) => m,
                     None => tx
                         .put_object(&attendance, writer.code, ObjType::Map)
@@ -455,13 +465,12 @@ impl Command {
                 match item {
                     None => update_text(tx, "minutes", text)?,
                     Some(item) => {
-                        let agenda = get_map(doc, &ROOT, "agenda")
-                            .ok_or_else(|| invalid("meeting has no agenda"))?;
-                        let entry =
-                            get_map(doc, &agenda, item).ok_or_else(|| Refused::NotFound {
+                        let entry = container_item(doc, "agenda", item).ok_or_else(|| {
+                            Refused::NotFound {
                                 what: "agenda item",
                                 id: item.clone(),
-                            })?;
+                            }
+                        })?;
                         tx.put(&entry, "minutes", text.as_str()).map_err(am)?;
                     }
                 }
@@ -719,7 +728,7 @@ fn endorse<T: Transactable>(
 ) -> Result<String, Refused> {
     let endorsements =
         get_map(doc, &ROOT, "endorsements").ok_or_else(|| invalid("no endorsements"))?;
-    let mine = match get_map(doc, &endorsements, writer.code) {
+    let mine = match container_item(doc, "endorsements", writer.code) {
         Some(m) => m,
         None => tx
             .put_object(&endorsements, writer.code, ObjType::Map)

@@ -1,22 +1,65 @@
 //! Typed reads: documents as JSON, and the summaries that lists show.
 //!
-//! A document is rendered whole with `AutoSerde` (text objects become strings), then each
-//! collection's summary picks and derives the fields that operators see in lists. Keyed
-//! maps (agenda, endorsements, comments) come out in key order, which is creation order
-//! within a state because keys end in a ULID.
+//! A document is rendered whole (text objects become strings, and concurrent copies of a
+//! map show as their union), then each collection's summary picks and derives the fields
+//! that operators see in lists. Keyed maps (agenda, endorsements, comments) come out in key
+//! order, which is creation order within a state because keys end in a ULID.
 
-use automerge::{AutoSerde, Automerge};
+use automerge::{Automerge, ObjId, ObjType, Prop, ROOT, ReadDoc};
 use serde_json::{Map, Value, json};
 
 use super::{Collection, DocId};
 
 /// The whole document as JSON, with its id.
+///
+/// A map made more than once under the same key by concurrent changes shows the union of
+/// its copies. A document's owner can re-create a shared container (`endorsements`,
+/// `comments`, `agenda`, `attendance`) with a change that has no dependencies, and its
+/// copy then wins the Automerge conflict; the views still show every contribution written
+/// into any copy. For a key that several copies hold, the copy that Automerge lets win
+/// shows, which is also where `command` writes.
 pub fn document(id: &DocId, doc: &Automerge) -> Value {
-    let mut v = serde_json::to_value(AutoSerde::from(doc)).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert("id".into(), json!(id.as_str()));
+    let mut m = map(doc, std::slice::from_ref(&ROOT));
+    m.insert("id".into(), json!(id.as_str()));
+    Value::Object(m)
+}
+
+/// The union of the copies of a map, given in Automerge's order (the winning copy last).
+fn map(doc: &Automerge, copies: &[ObjId]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for obj in copies {
+        for key in doc.keys(obj) {
+            let v = value(doc, obj, Prop::Map(key.clone()));
+            out.insert(key, v);
+        }
     }
-    v
+    out
+}
+
+fn value(doc: &Automerge, obj: &ObjId, prop: Prop) -> Value {
+    let all = doc.get_all(obj, prop).unwrap_or_default();
+    let Some((winner, id)) = all.last() else {
+        return Value::Null;
+    };
+    match winner {
+        automerge::Value::Object(ObjType::Map | ObjType::Table) => {
+            let copies: Vec<ObjId> = all
+                .iter()
+                .filter(|(v, _)| {
+                    matches!(v, automerge::Value::Object(ObjType::Map | ObjType::Table))
+                })
+                .map(|(_, id)| id.clone())
+                .collect();
+            Value::Object(map(doc, &copies))
+        }
+        automerge::Value::Object(ObjType::Text) => doc.text(id).map_or(Value::Null, Value::String),
+        automerge::Value::Object(ObjType::List) => Value::Array(
+            (0..doc.length(id))
+                .map(|i| value(doc, id, Prop::Seq(i)))
+                .collect(),
+        ),
+        automerge::Value::Scalar(s) => serde_json::to_value(s.as_ref()).unwrap_or(Value::Null),
+    }
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a Value {
