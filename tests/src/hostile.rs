@@ -429,7 +429,7 @@ impl Net {
             let mut withheld = std::collections::VecDeque::new();
             while let Some(event) = events.recv().await {
                 let seen = match event {
-                    Event::Listening { .. } => continue,
+                    Event::Listening { .. } | Event::IncomingDenied { .. } => continue,
                     Event::PeerAdmitted { peer, .. } => Seen::Admitted(peer),
                     Event::PeerGone { peer } => Seen::Gone(peer),
                     Event::PeerRefused { peer, reason } => Seen::Refused(peer, reason.to_owned()),

@@ -6,6 +6,7 @@
 
 pub mod history;
 pub mod hostile;
+pub mod silent;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -218,15 +219,22 @@ impl Proc {
             .into()
     }
 
-    /// GET an API path, as JSON.
-    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+    /// GET an API path, as text (such as `/metrics`).
+    pub fn get_text(&self, path: &str) -> Result<(u16, String)> {
         let mut r = self
             .agent()
             .get(&format!("http://{}{path}", self.api))
             .header("Authorization", &format!("Bearer {}", self.token))
             .call()?;
         let status = r.status().as_u16();
-        let body: Value = r.body_mut().read_json()?;
+        Ok((status, r.body_mut().read_to_string()?))
+    }
+
+    /// GET an API path, as JSON.
+    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let (status, text) = self.get_text(path)?;
+        let body: Value = serde_json::from_str(&text)
+            .with_context(|| format!("GET {path} answered {status} with no JSON: {text}"))?;
         Ok((status, body))
     }
 

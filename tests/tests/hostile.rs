@@ -27,6 +27,7 @@ use spoc_node::network::{MAX_PENDING_INCOMING, PeerId, SyncRequest, SyncResponse
 use spoc_node::reconcile::{self, Body, Item, Key};
 use spoc_node::replica::{Limits, Replica};
 use spoc_tests::hostile::*;
+use spoc_tests::silent::Silent;
 
 /// The nodes' sync frame limit (`network::Config::new`'s default).
 const NODE_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -668,5 +669,85 @@ fn a_sustained_flood_is_cut_off_and_the_node_keeps_serving() -> Result<()> {
     // A still admits a newcomer once the flood is over.
     let mut fresh = net.spawn(net.rogue_config(&[0])?, SyncResponse::default())?;
     fresh.wait_admitted_by(&net.rt, &net.a_id)?;
+    Ok(())
+}
+
+#[test]
+fn silent_uncertified_connections_leave_room_for_participants_and_the_nodes_own_dials() -> Result<()>
+{
+    let _serial = serial();
+    let mut net = Net::start()?;
+    let a_addr = spoc_node::network::parse_addr(&net.testnet.nodes[0].listen)?;
+    // 200 outsiders from 50 addresses that are not the charter's, each connection with a
+    // fresh peer id, silent, and back as soon as it is dropped.
+    let silent = Silent::start(&net.rt, a_addr, 200, 50);
+    net.a.wait_log("too many unadmitted connections", WAIT)?;
+    silent.wait_for(&net.rt, WAIT, |p| p.connected >= 32 && p.refused >= 32)?;
+
+    // B restarts under the flood: A admits it within 10 s of its start.
+    net.b.terminate()?;
+    net.a.skip_log();
+    let restarted = Instant::now();
+    net.b = spoc_tests::Proc::start(&net.testnet.nodes[1])?;
+    let started_in = restarted.elapsed();
+    let line = net
+        .a
+        .wait_log(&format!("peer admitted peer={}", net.b_id), WAIT)?;
+    let admitted_in = restarted.elapsed();
+    ensure!(line.contains("state="), "{line}");
+    ensure!(
+        admitted_in < Duration::from_secs(10),
+        "B was admitted {admitted_in:?} after its start"
+    );
+    let ack = net
+        .b
+        .write(&report("Written on B under the silent flood"))?;
+    net.a.wait_entries(&[hash(&ack)], WAIT)?;
+
+    // A's own dial still succeeds: the third state's charter address, where a peer with
+    // that state's certificate now listens and dials no one, so only A's dial reaches it.
+    let mut config = net.rogue_config(&[])?;
+    config.listen = vec![spoc_node::network::parse_addr(
+        &net.testnet.nodes[2].listen,
+    )?];
+    let mut listener = net.spawn(config, SyncResponse::default())?;
+    // A re-dials that address with a backoff capped at 30 s.
+    listener.wait_within(
+        &net.rt,
+        "A's dial",
+        Duration::from_secs(45),
+        |s| matches!(s, Seen::Admitted(p) if *p == net.a_id),
+    )?;
+
+    // The addresses that keep failing admission are refused outright, for longer each time.
+    net.a.wait_log(
+        "address refused after repeated failures",
+        Duration::from_secs(90),
+    )?;
+    let peak_kib = spoc_tests::vm_kib(net.a.pid().unwrap_or(0), "VmHWM")?;
+    let progress = silent.stop(&net.rt)?;
+    let s = status(&net.a)?;
+    let denied = s["denied_incoming"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let refused = s["refused_peers"].as_object().cloned().unwrap_or_default();
+    // A fixed set of reasons, whatever the number of peer ids and addresses.
+    ensure!(denied.len() <= 5 && refused.len() <= 2, "{s}");
+    let (metrics_code, metrics) = net.a.get_text("/metrics")?;
+    ensure!(metrics_code == 200, "metrics answered {metrics_code}");
+    ensure!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("spoc_incoming_denied_total{"))
+            .count()
+            == denied.len(),
+        "{metrics}"
+    );
+    eprintln!(
+        "silent flood: {progress:?}; B started in {started_in:?}, admitted {admitted_in:?} after its start; A refused {denied:?} \
+         and cut off {refused:?}; A's peak RSS {} MiB",
+        peak_kib / 1024
+    );
     Ok(())
 }

@@ -30,6 +30,7 @@ use tracing::{debug, info, trace, warn};
 use super::protocol::{
     self, AdmitBehaviour, AdmitRequest, AdmitResponse, SyncBehaviour, SyncRequest, SyncResponse,
 };
+use super::slots;
 use super::{
     ADMISSION_TIMEOUT, Acceptance, Admit, Admitted, Config, DENY_DURATION, Error, Event, MessageId,
     PeerInfo, Refusal, Responder, Stats,
@@ -59,6 +60,7 @@ const LATE: &str = "no admission in time";
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    slots: slots::Behaviour,
     deny: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
@@ -219,6 +221,8 @@ pub(super) struct Actor {
     dials: Vec<Dial>,
     rng: StdRng,
     stats: Stats,
+    /// The counts of `slots` last sent in [`Event::IncomingDenied`].
+    denied_incoming: Vec<(&'static str, u64)>,
 }
 
 fn peer_span(peer: &PeerId) -> tracing::Span {
@@ -285,9 +289,19 @@ fn build_swarm(config: &Config, topic: &IdentTopic) -> Result<Swarm<Behaviour>, 
     };
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
-        .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(config.max_pending_incoming));
+        .with_max_established_incoming(Some(config.max_incoming))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer));
+    let slots = slots::State::new(
+        slots::Limits {
+            pending: config.max_pending_incoming,
+            unadmitted: config.max_unadmitted,
+            per_address: config.max_per_address,
+            reserved: config.max_pending_incoming,
+        },
+        config.dial.iter().filter_map(slots::ip_of),
+    );
     let behaviour = Behaviour {
+        slots: slots::Behaviour { state: slots },
         deny: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits),
         ping: ping::Behaviour::default(),
@@ -366,6 +380,7 @@ impl Actor {
             dials,
             rng: StdRng::seed_from_u64(config.seed),
             stats: Stats::default(),
+            denied_incoming: Vec::new(),
         })
     }
 
@@ -447,10 +462,11 @@ impl Actor {
             p.admitted = None;
             p.refused = true;
         }
-        self.swarm
-            .behaviour_mut()
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour
             .gossipsub
             .set_application_score(&peer, UNADMITTED_SCORE);
+        behaviour.slots.state.gone(&peer);
         if self.swarm.disconnect_peer_id(peer).is_err() {
             debug!("refused peer was not connected");
         }
@@ -493,6 +509,11 @@ impl Actor {
             .collect();
         for peer in expired {
             self.refuse_with(peer, EXPIRED);
+        }
+        let denied = self.swarm.behaviour().slots.state.denied();
+        if denied != self.denied_incoming {
+            self.denied_incoming.clone_from(&denied);
+            self.emit(Event::IncomingDenied { counts: denied });
         }
     }
 
@@ -748,6 +769,7 @@ impl Actor {
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
+        self.swarm.behaviour_mut().slots.state.gone(&peer);
         if self.peers.remove(&peer).is_some_and(|p| p.announced) {
             self.emit(Event::PeerGone { peer });
         }
@@ -953,10 +975,9 @@ impl Actor {
                     p.admitted = Some(admitted);
                     p.announced = true;
                 }
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .set_application_score(&peer, 0.0);
+                let behaviour = self.swarm.behaviour_mut();
+                behaviour.gossipsub.set_application_score(&peer, 0.0);
+                behaviour.slots.state.admitted(peer);
                 self.emit(Event::PeerAdmitted { peer, state });
             }
             (Ok(admitted), Some(held)) if admitted.state == held.state => {

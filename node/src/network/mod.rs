@@ -7,6 +7,7 @@
 
 mod behaviour;
 pub mod protocol;
+pub mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -101,13 +102,24 @@ pub struct Config {
     pub charter_hash: [u8; 32],
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
-    /// Total number of established connections.
+    /// Total number of established connections, incoming and outgoing.
     pub max_connections: u32,
+    /// Established incoming connections: fewer than `max_connections`, so that the node's
+    /// own dials always find a slot.
+    pub max_incoming: u32,
     /// Established connections per peer.
     pub max_connections_per_peer: u32,
-    /// Incoming connections still in their handshake (Noise, Yamux); more are refused
-    /// at once, so a dial flood holds at most this many half-open connections.
+    /// Incoming connections still in their handshake (Noise, Yamux) from addresses that are
+    /// not the charter's; more are refused at once, so a dial flood holds at most this many
+    /// half-open connections. The charter's addresses have a pool of the same size of
+    /// their own, for their handshakes and their connections not yet admitted.
     pub max_pending_incoming: u32,
+    /// Established incoming connections not yet admitted, from addresses that are not the
+    /// charter's.
+    pub max_unadmitted: u32,
+    /// Handshakes and incoming connections from one address (an IPv4 address or an IPv6
+    /// /64) that is not the charter's.
+    pub max_per_address: u32,
     /// Largest sync request or response, in bytes.
     pub max_frame_bytes: usize,
     /// Largest gossip message payload, in bytes.
@@ -137,8 +149,11 @@ impl Config {
             charter_hash,
             mdns: false,
             max_connections: 128,
+            max_incoming: 96,
             max_connections_per_peer: 2,
             max_pending_incoming: MAX_PENDING_INCOMING,
+            max_unadmitted: 32,
+            max_per_address: 8,
             max_frame_bytes: 8 * 1024 * 1024,
             max_gossip_bytes: 64 * 1024,
             max_requests_per_second: 20,
@@ -163,7 +178,10 @@ impl fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("max_incoming", &self.max_incoming)
             .field("max_pending_incoming", &self.max_pending_incoming)
+            .field("max_unadmitted", &self.max_unadmitted)
+            .field("max_per_address", &self.max_per_address)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_gossip_bytes", &self.max_gossip_bytes)
             .field("max_requests_per_second", &self.max_requests_per_second)
@@ -238,6 +256,9 @@ pub enum Event {
     /// The reason is one of a fixed set, never text a peer chose: it becomes a map key and
     /// a metric label.
     PeerRefused { peer: PeerId, reason: &'static str },
+    /// Incoming connections refused before admission (`slots`), by reason, since the start:
+    /// sent at most once a second, when a count changed.
+    IncomingDenied { counts: Vec<(&'static str, u64)> },
     /// An admitted peer forwarded a gossip message; answer with [`Handle::report_gossip`].
     Gossip {
         source: PeerId,

@@ -813,6 +813,13 @@ impl Actor {
                 n.as_u64().unwrap_or(0)
             ));
         }
+        out.push_str("# HELP spoc_incoming_denied_total Incoming connections refused before admission, by reason.\n# TYPE spoc_incoming_denied_total counter\n");
+        for (reason, n) in network["denied_incoming"].as_object().into_iter().flatten() {
+            out.push_str(&format!(
+                "spoc_incoming_denied_total{{reason=\"{reason}\"}} {}\n",
+                n.as_u64().unwrap_or(0)
+            ));
+        }
         out.push_str("# HELP spoc_rejected_total Entries refused, by reason.\n# TYPE spoc_rejected_total counter\n");
         for (reason, n) in self.replica.rejected_counts() {
             out.push_str(&format!("spoc_rejected_total{{reason=\"{reason}\"}} {n}\n"));

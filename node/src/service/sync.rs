@@ -69,6 +69,8 @@ pub struct PeerState {
 pub struct Peers {
     pub admitted: BTreeMap<PeerId, PeerState>,
     pub refused: BTreeMap<String, u64>,
+    /// Incoming connections refused before admission, by reason (`network::slots`).
+    pub denied_incoming: Vec<(&'static str, u64)>,
     pub invalid_from_peers: u64,
 }
 
@@ -98,6 +100,7 @@ pub fn status_of(table: &PeerTable, local: &PeerId) -> Value {
         "peer_id": local.to_string(),
         "peers": peers,
         "refused_peers": p.refused,
+        "denied_incoming": p.denied_incoming.iter().copied().collect::<BTreeMap<_, _>>(),
         "invalid_from_peers": p.invalid_from_peers,
     })
 }
@@ -222,6 +225,12 @@ pub async fn run(
                         *p.refused.entry(reason.to_owned()).or_default() += 1;
                     }
                     tracing::warn!(%peer, %reason, "peer refused and disconnected");
+                }
+                Event::IncomingDenied { counts } => {
+                    tracing::warn!(?counts, "incoming connections refused before admission, since the start");
+                    if let Ok(mut p) = peers.lock() {
+                        p.denied_incoming = counts;
+                    }
                 }
                 Event::Gossip { source, message_id, data } => {
                     if tasks.len() >= MAX_TASKS {
