@@ -20,6 +20,11 @@ pub struct Cli {
     /// need it.
     #[arg(long, global = true, env = "SPOC_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A file holding the operator's API token. Without it, the token is read from the
+    /// SPOC_TOKEN environment variable, and otherwise from the data directory's api.token
+    /// (the first head's).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -67,6 +72,9 @@ pub enum Cmd {
     Training(TrainingCmd),
     /// Show the audit trail of signed changes.
     Log(LogArgs),
+    /// The node's operators: who may read, write, or also manage operators (a head).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
     /// Re-check every signature, chain and rule in the node's store.
     Verify,
     /// Draft the Presidency's note for a term.
@@ -505,6 +513,27 @@ pub struct LogArgs {
     /// The changes accepted before this position: the cursor a previous page printed.
     #[arg(long, value_name = "POSITION")]
     pub before: Option<u64>,
+    /// Show which operator of this node made each local write (a local record, not
+    /// replicated).
+    #[arg(long)]
+    pub operators: bool,
+}
+
+/// `spoc operator ...`: a head's commands.
+#[derive(Subcommand, Debug)]
+pub enum OperatorCmd {
+    /// Add an operator and print its token, once: hand it over, it is not kept.
+    Add {
+        /// A name of a-z, 0-9, '.', '_' and '-', at most 32 characters.
+        name: String,
+        /// What the operator may do.
+        #[arg(long, value_parser = PossibleValuesParser::new(["reader", "contributor", "head"]))]
+        role: String,
+    },
+    /// List the operators, revoked ones included.
+    List,
+    /// Revoke an operator: its token is refused from now on.
+    Revoke { name: String },
 }
 
 /// The filters and the page of a list.

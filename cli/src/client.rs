@@ -18,6 +18,32 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 /// The largest exported document the CLI reads into memory.
 const MAX_BYTES: u64 = 1 << 30;
 
+/// Where the operator's token comes from: `--token-file`, then `SPOC_TOKEN`, then the data
+/// directory's `api.token` (the first head's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    /// The token itself, from the environment.
+    Env(String),
+    DataDir,
+}
+
+impl TokenSource {
+    pub fn pick(file: Option<&Path>, env: Option<String>) -> TokenSource {
+        match (file, env) {
+            (Some(path), _) => TokenSource::File(path.to_owned()),
+            (None, Some(token)) if !token.trim().is_empty() => TokenSource::Env(token),
+            _ => TokenSource::DataDir,
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// A client of one node's API. Its `Debug` shows where the token comes from, never the
 /// token.
 pub struct Client {
@@ -25,7 +51,8 @@ pub struct Client {
     base: String,
     /// The token, or why it could not be read: a node that answers tells which.
     token: Result<String, String>,
-    token_path: PathBuf,
+    /// Where the token comes from, for messages: a file, or `SPOC_TOKEN`.
+    token_path: String,
     api: String,
     data_dir: PathBuf,
     timeout: Duration,
@@ -56,8 +83,8 @@ struct ApiError {
 }
 
 impl Client {
-    /// A client of the node whose settings are in `data_dir`.
-    pub fn open(data_dir: &Path, timeout: Duration) -> Result<Client> {
+    /// A client of the node whose settings are in `data_dir`, with the token of `source`.
+    pub fn open(data_dir: &Path, source: TokenSource, timeout: Duration) -> Result<Client> {
         let settings = spoc_node::config::Settings::load(data_dir, &|k| std::env::var(k).ok())
             .map_err(|e| match e {
                 spoc_node::config::Error::Read { .. } => anyhow!(
@@ -66,10 +93,14 @@ impl Client {
                 ),
                 other => anyhow!(other),
             })?;
-        let token_path = settings.token_path();
-        let token = std::fs::read_to_string(&token_path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| e.to_string());
+        let (token, token_path) = match source {
+            TokenSource::File(path) => (read_token(&path), path.display().to_string()),
+            TokenSource::Env(token) => (Ok(token.trim().to_owned()), "SPOC_TOKEN".to_owned()),
+            TokenSource::DataDir => {
+                let path = settings.token_path();
+                (read_token(&path), path.display().to_string())
+            }
+        };
         Ok(Client::new(
             settings.api,
             token,
@@ -83,7 +114,7 @@ impl Client {
     pub fn new(
         api: SocketAddr,
         token: Result<String, String>,
-        token_path: PathBuf,
+        token_path: String,
         data_dir: PathBuf,
         timeout: Duration,
     ) -> Client {
@@ -184,13 +215,10 @@ impl Client {
         if status == 401 {
             return match &self.token {
                 Ok(_) => anyhow!(
-                    "the node refused the API token ({})",
-                    self.token_path.display()
+                    "the node refused the API token ({}): unknown or revoked",
+                    self.token_path
                 ),
-                Err(reason) => anyhow!(
-                    "cannot read the API token {}: {reason}",
-                    self.token_path.display()
-                ),
+                Err(reason) => anyhow!("cannot read the API token {}: {reason}", self.token_path),
             };
         }
         match serde_json::from_str::<ApiError>(body) {
@@ -278,7 +306,7 @@ mod tests {
         Client::new(
             addr,
             token,
-            PathBuf::from("/d/api.token"),
+            "/d/api.token".to_owned(),
             PathBuf::from("/d"),
             TIMEOUT,
         )
@@ -355,7 +383,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the node refused the API token (/d/api.token)"
+            "the node refused the API token (/d/api.token): unknown or revoked"
         );
         server.join().unwrap();
 

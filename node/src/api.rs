@@ -1,7 +1,9 @@
 //! The local HTTP+JSON API, the only place that knows HTTP. See `docs/api.md`.
 //!
-//! Every route needs the bearer token. Bodies are read as bytes under a 1 MiB limit and
-//! parsed here, so that every refusal, malformed JSON included, is one JSON line.
+//! Every route needs an operator's bearer token, and the operator's role decides what it
+//! may do: a reader reads, a contributor also writes, a head also manages the operators.
+//! Bodies are read as bytes under a 1 MiB limit and parsed here, so that every refusal,
+//! malformed JSON included, is one JSON line.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::docs::command::Command;
 use crate::docs::{Collection, DocId};
+use crate::operator::{Access, Caller, Role};
 use crate::service::{Failure, Handle};
 
 /// The largest request body.
@@ -56,7 +59,7 @@ impl Counters {
 #[derive(Clone)]
 struct App {
     node: Handle,
-    token: Arc<str>,
+    access: Arc<std::sync::RwLock<Access>>,
     counters: Arc<Counters>,
 }
 
@@ -89,25 +92,28 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// Compares in constant time, so the token cannot be guessed byte by byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
+/// Finds the operator of the bearer token (by its hash, so no comparison leaks it) and
+/// hands it to the route.
 async fn auth(
     State(app): State<App>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if same(t.as_bytes(), app.token.as_bytes()) => {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = given.and_then(|token| {
+        app.access
+            .read()
+            .ok()
+            .and_then(|access| access.caller(token).cloned())
+    });
+    match caller {
+        Some(caller) => {
             app.counters.count(request.uri().path());
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         _ => {
@@ -122,10 +128,14 @@ async fn auth(
 }
 
 /// The API's routes over a node handle.
-pub fn router(node: Handle, token: String, counters: Arc<Counters>) -> Router {
+pub fn router(
+    node: Handle,
+    access: Arc<std::sync::RwLock<Access>>,
+    counters: Arc<Counters>,
+) -> Router {
     let app = App {
         node,
-        token: token.into(),
+        access,
         counters,
     };
     Router::new()
@@ -140,6 +150,8 @@ pub fn router(node: Handle, token: String, counters: Arc<Counters>) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/wait", get(wait))
         .route("/metrics", get(metrics))
+        .route("/v1/operators", get(operators).post(add_operator))
+        .route("/v1/operators/revoke", post(revoke_operator))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -150,12 +162,90 @@ async fn status(State(app): State<App>) -> Answer {
     Ok(Json(app.node.status().await?).into_response())
 }
 
-async fn command(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Answer {
+/// Refuses what the caller's role does not allow, with one line.
+fn allow(caller: &Caller, needed: Role, what: &str) -> Result<(), ApiError> {
+    if caller.role >= needed {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "operator {} is a {} and may not {what} (it takes a {})",
+                caller.name, caller.role, needed
+            ),
+        ))
+    }
+}
+
+async fn command(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    allow(&caller, Role::Contributor, "write")?;
     let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     let command: Command =
         serde_json::from_slice(&body).map_err(|e| bad(format!("bad command: {e}")))?;
-    let ack = app.node.write(command).await?;
+    let ack = app.node.write(command, &caller.name).await?;
     Ok(Json(ack).into_response())
+}
+
+fn operator_json(op: &crate::operator::Operator) -> Value {
+    json!({
+        "name": op.name,
+        "role": op.role.as_str(),
+        "added_ms": op.added_ms,
+        "revoked_ms": op.revoked_ms,
+    })
+}
+
+async fn operators(State(app): State<App>, Extension(caller): Extension<Caller>) -> Answer {
+    allow(&caller, Role::Head, "list the operators")?;
+    let all = app.node.operators().await?;
+    Ok(Json(all.iter().map(operator_json).collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize)]
+struct AddOperator {
+    name: String,
+    role: String,
+}
+
+async fn add_operator(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    allow(&caller, Role::Head, "add operators")?;
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let add: AddOperator =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad operator: {e}")))?;
+    let role: Role = add
+        .role
+        .parse()
+        .map_err(|e: crate::operator::Error| bad(e.to_string()))?;
+    let (op, token) = app.node.add_operator(add.name, role).await?;
+    let mut answer = operator_json(&op);
+    answer["token"] = json!(token.as_str());
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Deserialize)]
+struct RevokeOperator {
+    name: String,
+}
+
+async fn revoke_operator(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    allow(&caller, Role::Head, "revoke operators")?;
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let revoke: RevokeOperator =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad operator: {e}")))?;
+    let op = app.node.revoke_operator(revoke.name).await?;
+    Ok(Json(operator_json(&op)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -249,7 +339,8 @@ async fn log(State(app): State<App>, q: Result<Query<LogQuery>, QueryRejection>)
     Ok(Json(app.node.log(query).await?).into_response())
 }
 
-async fn verify(State(app): State<App>) -> Answer {
+async fn verify(State(app): State<App>, Extension(caller): Extension<Caller>) -> Answer {
+    allow(&caller, Role::Contributor, "run a full verify")?;
     Ok(Json(app.node.verify().await?).into_response())
 }
 

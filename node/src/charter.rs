@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::{Date, Month};
 
-use crate::identity::PublicKey;
+use crate::identity::{PublicKey, Scope};
 
 /// The reference data of the European network of Heads of SPOC.
 pub const REFERENCE: &str = include_str!("../data/network.toml");
@@ -19,8 +19,11 @@ pub const REFERENCE: &str = include_str!("../data/network.toml");
 /// The id of the real network, used by the template.
 pub const DEFAULT_NETWORK: &str = "eu-heads-of-spoc";
 
-/// The version of the document rules that this build enforces.
-pub const RULES_VERSION: u32 = 1;
+/// The newest version of the rules that this build enforces, and the one of the charters it
+/// writes. Version 2 signs entries and node certificates for the genesis charter's hash
+/// (`Charter::scope`); version 1, for the network's name alone. The document rules are the
+/// same in both.
+pub const RULES_VERSION: u32 = 2;
 
 const DOMAIN_CHARTER: &str = "spocnet/charter/v1";
 
@@ -210,9 +213,9 @@ impl Charter {
         let rules_version = raw
             .rules_version
             .ok_or_else(|| Error::Whole("missing rules_version".into()))?;
-        if rules_version != RULES_VERSION {
+        if !(1..=RULES_VERSION).contains(&rules_version) {
             return Err(Error::Whole(format!(
-                "rules_version {rules_version} is not supported by this build (it enforces {RULES_VERSION})"
+                "rules_version {rules_version} is not supported by this build (it enforces 1 to {RULES_VERSION})"
             )));
         }
         if raw.participants.is_empty() {
@@ -390,6 +393,18 @@ impl Charter {
     /// The charter hash: peers whose hash differs do not sync.
     pub fn hash(&self) -> [u8; 32] {
         self.hash
+    }
+
+    /// What this network's entries and node certificates are signed for: from rules
+    /// version 2 on, the hash of the genesis charter (this charter: it changes only by a new
+    /// genesis); under version 1, the network's name alone, as the stores and networks of
+    /// that version were signed.
+    pub fn scope(&self) -> Scope {
+        if self.rules_version >= 2 {
+            Scope::Genesis(self.hash)
+        } else {
+            Scope::Name
+        }
     }
 
     pub fn hash_hex(&self) -> String {

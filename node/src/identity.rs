@@ -17,10 +17,53 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-/// Domain of an entry signature.
+/// Domain of an entry signature bound to the network's name alone (rules version 1).
 pub const DOMAIN_ENTRY: &str = "spocnet/entry/v1";
-/// Domain of a node certificate signature.
+/// Domain of a node certificate signature bound to the network's name alone.
 pub const DOMAIN_NODE_CERT: &str = "spocnet/node-cert/v1";
+/// Domain of an entry signature bound to the genesis hash, which follows it.
+pub const DOMAIN_ENTRY_GENESIS: &str = "spocnet/entry/v2";
+/// Domain of a node certificate signature bound to the genesis hash, which follows it.
+pub const DOMAIN_NODE_CERT_GENESIS: &str = "spocnet/node-cert/v2";
+
+/// What a network's entry and certificate signatures are made for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The network's name, which entries and certificates carry (charters of rules
+    /// version 1). Another network of the same name and keys can replay them.
+    Name,
+    /// The hash of the network's genesis charter, its identity (rules version 2 on):
+    /// nothing signed for one network verifies in another, even one with the same name
+    /// and the same national keys, such as a staging network beside production.
+    Genesis([u8; 32]),
+}
+
+impl Scope {
+    /// The domain of this network's entry signatures.
+    pub fn entry_domain(&self) -> String {
+        match self {
+            Scope::Name => DOMAIN_ENTRY.to_owned(),
+            Scope::Genesis(hash) => format!("{DOMAIN_ENTRY_GENESIS}/{}", hex::encode(hash)),
+        }
+    }
+
+    /// The domain of this network's node certificate signatures.
+    pub fn certificate_domain(&self) -> String {
+        match self {
+            Scope::Name => DOMAIN_NODE_CERT.to_owned(),
+            Scope::Genesis(hash) => format!("{DOMAIN_NODE_CERT_GENESIS}/{}", hex::encode(hash)),
+        }
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Name => f.write_str("Scope::Name"),
+            Scope::Genesis(hash) => write!(f, "Scope::Genesis({})", hex::encode(&hash[..8])),
+        }
+    }
+}
 
 const KEY_FILE_MAGIC: &str = "spocnet-key-v1";
 const TEXT_PREFIX: &str = "ed25519:";
@@ -429,9 +472,11 @@ pub struct NodeCertificate {
 }
 
 impl NodeCertificate {
+    /// A certificate for the network named `network`, signed for `scope`.
     pub fn issue(
         key: &SecretKey,
         network: &str,
+        scope: &Scope,
         peer_id: &[u8],
         not_after_ms: u64,
     ) -> NodeCertificate {
@@ -441,18 +486,20 @@ impl NodeCertificate {
             peer_id: peer_id.to_vec(),
             not_after_ms,
             issuer: key.public(),
-            signature: key.sign(DOMAIN_NODE_CERT, &body),
+            signature: key.sign(&scope.certificate_domain(), &body),
         }
     }
 
-    /// Checks the signature, then the network and the peer id, and then the expiry at
-    /// `now_ms`: refuses a certificate that has expired or that expires more than
+    /// Checks the signature (made for `scope`: with a genesis, a certificate of another
+    /// network with the same name fails here), then the network's name and the peer id, and then the expiry
+    /// at `now_ms`: refuses a certificate that has expired or that expires more than
     /// [`MAX_CERTIFICATE_VALIDITY_MS`] after `now_ms`. Nothing the certificate says is
     /// compared before its signature holds, and time comes last, so that only a genuine
     /// certificate is refused for its time.
     pub fn verify(
         &self,
         network: &str,
+        scope: &Scope,
         peer_id: &[u8],
         now_ms: u64,
     ) -> Result<(), CertificateFault> {
@@ -464,7 +511,7 @@ impl NodeCertificate {
         );
         if self
             .issuer
-            .verify(DOMAIN_NODE_CERT, &body, &self.signature)
+            .verify(&scope.certificate_domain(), &body, &self.signature)
             .is_err()
         {
             return Err(CertificateFault::BadSignature);
@@ -718,29 +765,38 @@ mod tests {
         }
     }
 
+    /// The network these tests certify for.
+    const G: Scope = Scope::Genesis([7; 32]);
+
     #[test]
     fn certificates_bind_network_peer_and_expiry() {
         let k = key(5);
-        let cert = NodeCertificate::issue(&k, "net", b"peer-1", 1_000);
+        let cert = NodeCertificate::issue(&k, "net", &G, b"peer-1", 1_000);
         let decoded = NodeCertificate::decode(&cert.encode()).unwrap();
         assert_eq!(decoded, cert);
-        decoded.verify("net", b"peer-1", 999).unwrap();
-        assert!(decoded.verify("other", b"peer-1", 999).is_err());
-        assert!(decoded.verify("net", b"peer-2", 999).is_err());
-        assert!(decoded.verify("net", b"peer-1", 1_001).is_err());
+        decoded.verify("net", &G, b"peer-1", 999).unwrap();
+        assert!(decoded.verify("other", &G, b"peer-1", 999).is_err());
+        // A network with the same name and another genesis (staging beside production).
+        let staging = Scope::Genesis([8; 32]);
+        assert_eq!(
+            decoded.verify("net", &staging, b"peer-1", 999),
+            Err(CertificateFault::BadSignature)
+        );
+        assert!(decoded.verify("net", &G, b"peer-2", 999).is_err());
+        assert!(decoded.verify("net", &G, b"peer-1", 1_001).is_err());
         let mut bytes = cert.encode();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         let tampered = NodeCertificate::decode(&bytes).unwrap();
-        assert!(tampered.verify("net", b"peer-1", 999).is_err());
+        assert!(tampered.verify("net", &G, b"peer-1", 999).is_err());
         assert!(NodeCertificate::decode(&bytes[..10]).is_err());
     }
 
     #[test]
     fn a_certificate_is_valid_until_its_expiry_and_not_a_millisecond_longer() {
-        let cert = NodeCertificate::issue(&key(6), "net", b"peer-1", 1_000);
-        cert.verify("net", b"peer-1", 1_000).unwrap();
-        let fault = cert.verify("net", b"peer-1", 1_001).unwrap_err();
+        let cert = NodeCertificate::issue(&key(6), "net", &G, b"peer-1", 1_000);
+        cert.verify("net", &G, b"peer-1", 1_000).unwrap();
+        let fault = cert.verify("net", &G, b"peer-1", 1_001).unwrap_err();
         assert_eq!(fault, CertificateFault::Expired);
         assert_eq!(fault.to_string(), "certificate has expired");
         assert!(fault.is_about_time());
@@ -751,33 +807,33 @@ mod tests {
         let now = 1_796_083_200_000;
         let k = key(7);
         let cap = now + MAX_CERTIFICATE_VALIDITY_MS;
-        NodeCertificate::issue(&k, "net", b"peer-1", cap)
-            .verify("net", b"peer-1", now)
+        NodeCertificate::issue(&k, "net", &G, b"peer-1", cap)
+            .verify("net", &G, b"peer-1", now)
             .unwrap();
-        let beyond = NodeCertificate::issue(&k, "net", b"peer-1", cap + 1);
-        let fault = beyond.verify("net", b"peer-1", now).unwrap_err();
+        let beyond = NodeCertificate::issue(&k, "net", &G, b"peer-1", cap + 1);
+        let fault = beyond.verify("net", &G, b"peer-1", now).unwrap_err();
         assert_eq!(fault, CertificateFault::TooFarAhead);
         assert_eq!(fault.to_string(), "certificate expires too far ahead");
         assert!(fault.is_about_time());
         // The cap follows the verifier's clock: a millisecond later the same one is fine.
-        beyond.verify("net", b"peer-1", now + 1).unwrap();
-        let forever = NodeCertificate::issue(&k, "net", b"peer-1", u64::MAX);
-        let fault = forever.verify("net", b"peer-1", now).unwrap_err();
+        beyond.verify("net", &G, b"peer-1", now + 1).unwrap();
+        let forever = NodeCertificate::issue(&k, "net", &G, b"peer-1", u64::MAX);
+        let fault = forever.verify("net", &G, b"peer-1", now).unwrap_err();
         assert_eq!(fault, CertificateFault::TooFarAhead);
     }
 
     #[test]
     fn only_genuine_certificates_are_refused_for_their_time() {
         let k = key(8);
-        let mut forged = NodeCertificate::issue(&k, "net", b"peer-1", 1_000);
+        let mut forged = NodeCertificate::issue(&k, "net", &G, b"peer-1", 1_000);
         forged.signature.0[0] ^= 1;
         // Expired too, but refused for its signature.
-        let fault = forged.verify("net", b"peer-1", 5_000).unwrap_err();
+        let fault = forged.verify("net", &G, b"peer-1", 5_000).unwrap_err();
         assert_eq!(fault, CertificateFault::BadSignature);
         assert!(!fault.is_about_time());
         // The reason never repeats what the peer wrote.
-        let other = NodeCertificate::issue(&k, "other\nnetwork", b"peer-1", 1_000);
-        let fault = other.verify("net", b"peer-1", 500).unwrap_err();
+        let other = NodeCertificate::issue(&k, "other\nnetwork", &G, b"peer-1", 1_000);
+        let fault = other.verify("net", &G, b"peer-1", 500).unwrap_err();
         assert_eq!(fault, CertificateFault::OtherNetwork);
         assert_eq!(fault.to_string(), "certificate is for another network");
     }

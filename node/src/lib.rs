@@ -13,6 +13,7 @@ pub mod docs;
 pub mod identity;
 pub mod log;
 pub mod network;
+pub mod operator;
 pub mod reconcile;
 pub mod replica;
 pub mod service;

@@ -12,7 +12,7 @@ use automerge::{ActorId, Change};
 use crate::charter::{Charter, Participant};
 use crate::codec::{Reader, Writer};
 use crate::docs::DocId;
-use crate::identity::{DOMAIN_ENTRY, PublicKey, SecretKey, Signature};
+use crate::identity::{PublicKey, Scope, SecretKey, Signature};
 
 /// The largest encoded entry: well under gossipsub's 64 KiB default.
 pub const MAX_ENTRY_BYTES: usize = 60 * 1024;
@@ -108,10 +108,10 @@ impl Entry {
         w.into_inner()
     }
 
-    /// Signs the entry with the author's key.
-    pub fn sign(self, key: &SecretKey) -> SignedEntry {
+    /// Signs the entry with the author's key, for `scope` (`Charter::scope`).
+    pub fn sign(self, key: &SecretKey, scope: &Scope) -> SignedEntry {
         let body = self.body();
-        let signature = key.sign(DOMAIN_ENTRY, &body);
+        let signature = key.sign(&scope.entry_domain(), &body);
         SignedEntry::assemble(self, body, signature)
     }
 }
@@ -215,11 +215,11 @@ impl SignedEntry {
         })
     }
 
-    /// Checks the signature alone.
-    pub fn verify_signature(&self) -> Result<(), Invalid> {
+    /// Checks the signature alone, as made for `scope` (`Charter::scope`).
+    pub fn verify_signature(&self, scope: &Scope) -> Result<(), Invalid> {
         self.entry
             .author
-            .verify(DOMAIN_ENTRY, self.body(), &self.signature)
+            .verify(&scope.entry_domain(), self.body(), &self.signature)
             .map_err(|_| Invalid::BadSignature)
     }
 }
@@ -400,9 +400,10 @@ impl EquivocationProof {
         if charter.participant_by_key(&a.author).is_none() {
             return Err("the author is not a participant".into());
         }
+        let scope = charter.scope();
         self.a
-            .verify_signature()
-            .and_then(|_| self.b.verify_signature())
+            .verify_signature(&scope)
+            .and_then(|_| self.b.verify_signature(&scope))
             .map_err(|_| "a signature does not verify".to_owned())
     }
 

@@ -47,7 +47,7 @@ fn recreate(
     expanded.start_op = NonZeroU64::new(1_000).expect("non-zero");
     let mut change = automerge::Change::from(expanded);
     let key = net.key(code);
-    next_entry(replica, key, ATTACK, doc, NOW, change.bytes().into_owned()).sign(key)
+    next_entry(replica, key, ATTACK, doc, NOW, change.bytes().into_owned()).sign(key, &net.scope())
 }
 
 /// A second node that receives the attack before everything `a` holds, and checks that

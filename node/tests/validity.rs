@@ -9,11 +9,13 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use common::*;
 use rand::SeedableRng;
+use spoc_node::charter::Charter;
 use spoc_node::docs::DocId;
 use spoc_node::docs::command::{Command, Refused};
-use spoc_node::identity::SecretKey;
+use spoc_node::identity::{Scope, SecretKey};
 use spoc_node::log::{EntryHash, Invalid, LogId, SignedEntry};
-use spoc_node::replica::Replica;
+use spoc_node::replica::{Limits, Replica};
+use std::sync::Arc;
 
 /// Each participant writes as incarnation 1 in these tests.
 const INC: u32 = 1;
@@ -159,7 +161,10 @@ fn a_bad_signature_is_refused_and_the_rest_of_the_batch_is_kept() {
     for index in [signature_offset(&other), other.bytes().len() - 1] {
         let forged = SignedEntry::decode(&flip_byte(&other, index)).expect("still decodes");
         assert_eq!(forged.entry, other.entry);
-        assert_eq!(forged.verify_signature(), Err(Invalid::BadSignature));
+        assert_eq!(
+            forged.verify_signature(&w.net.scope()),
+            Err(Invalid::BadSignature)
+        );
         assert_refused(&mut w.r, forged, Invalid::BadSignature);
     }
 
@@ -195,14 +200,17 @@ fn a_body_the_author_did_not_sign_is_refused() {
     // A later timestamp with the original signature.
     let mut altered = original.entry.clone();
     altered.timestamp_ms += 1;
-    let mut bytes = altered.sign(w.net.key("LT")).bytes().to_vec();
+    let mut bytes = altered
+        .sign(w.net.key("LT"), &w.net.scope())
+        .bytes()
+        .to_vec();
     let at = bytes.len() - 64;
     bytes[at..].copy_from_slice(&original.signature.0);
     let forged = SignedEntry::decode(&bytes).expect("decodes");
     assert_eq!(forged.entry.timestamp_ms, original.entry.timestamp_ms + 1);
     assert_refused(&mut w.r, forged, Invalid::BadSignature);
     // The same body signed by another participant's key is refused too.
-    let by_other = original.entry.clone().sign(w.net.key("FI"));
+    let by_other = original.entry.clone().sign(w.net.key("FI"), &w.net.scope());
     assert_refused(&mut w.r, by_other, Invalid::BadSignature);
     assert_accepted(&w.r.ingest(vec![original]).unwrap(), 1);
 }
@@ -245,7 +253,7 @@ fn a_seq_gap_is_refused_and_a_missing_seq_is_waited_for() {
     let mut r = w.r;
     assert_refused(
         &mut r,
-        zero.sign(w.net.key("LT")),
+        zero.sign(w.net.key("LT"), &w.net.scope()),
         Invalid::SeqGap {
             expected: 1,
             found: 0,
@@ -289,7 +297,7 @@ fn a_seq_gap_is_refused_and_a_missing_seq_is_waited_for() {
     skipping.seq = 3;
     assert_refused(
         &mut other,
-        skipping.sign(w.net.key("LT")),
+        skipping.sign(w.net.key("LT"), &w.net.scope()),
         Invalid::SeqGap {
             expected: 2,
             found: 3,
@@ -310,21 +318,21 @@ fn a_wrong_prev_is_refused() {
     entry.prev = Some(EntryHash([7; 32]));
     assert_refused(
         &mut w.r,
-        entry.clone().sign(w.net.key("IE")),
+        entry.clone().sign(w.net.key("IE"), &w.net.scope()),
         Invalid::WrongPrev { seq: height },
     );
     // The hash of an earlier entry of the same log is just as wrong.
     entry.prev = Some(w.r.entry(&log, height - 1).unwrap().unwrap().hash());
     assert_refused(
         &mut w.r,
-        entry.clone().sign(w.net.key("IE")),
+        entry.clone().sign(w.net.key("IE"), &w.net.scope()),
         Invalid::WrongPrev { seq: height },
     );
     // A first entry names no predecessor, and a later one must.
     entry.prev = None;
     assert_refused(
         &mut w.r,
-        entry.sign(w.net.key("IE")),
+        entry.sign(w.net.key("IE"), &w.net.scope()),
         Invalid::WrongPrev { seq: height },
     );
     let mut first = w.entry("FI", &DocId::factsheet("FI"), {
@@ -335,7 +343,7 @@ fn a_wrong_prev_is_refused() {
     first.prev = Some(w.r.entry(&log, 1).unwrap().unwrap().hash());
     assert_refused(
         &mut w.r,
-        first.sign(w.net.key("FI")),
+        first.sign(w.net.key("FI"), &w.net.scope()),
         Invalid::WrongPrev { seq: 0 },
     );
 }
@@ -358,7 +366,7 @@ fn a_timestamp_earlier_than_prev_is_refused() {
     entry.timestamp_ms = prev - 1;
     assert_refused(
         &mut w.r,
-        entry.sign(w.net.key("IE")),
+        entry.sign(w.net.key("IE"), &w.net.scope()),
         Invalid::TimestampBeforePrev {
             prev,
             found: prev - 1,
@@ -385,7 +393,9 @@ fn a_change_by_another_authors_or_incarnations_actor_is_refused() {
         let change = craft_change(None, actor, |tx, _| {
             tx.put(ROOT, "notes", "whose change?").unwrap();
         });
-        let entry = w.entry("LT", &doc, change).sign(w.net.key("LT"));
+        let entry = w
+            .entry("LT", &doc, change)
+            .sign(w.net.key("LT"), &w.net.scope());
         assert_refused(&mut w.r, entry, Invalid::ActorMismatch);
     }
     // An actor that is not a log id at all.
@@ -397,7 +407,9 @@ fn a_change_by_another_authors_or_incarnations_actor_is_refused() {
         tx.commit();
         d.get_last_local_change().unwrap().bytes().into_owned()
     };
-    let entry = w.entry("LT", &doc, change).sign(w.net.key("LT"));
+    let entry = w
+        .entry("LT", &doc, change)
+        .sign(w.net.key("LT"), &w.net.scope());
     assert_refused(&mut w.r, entry, Invalid::ActorMismatch);
 }
 
@@ -412,12 +424,68 @@ fn an_entry_for_another_network_is_refused() {
     entry.network = "othernet".into();
     assert_refused(
         &mut w.r,
-        entry.sign(w.net.key("LT")),
+        entry.sign(w.net.key("LT"), &w.net.scope()),
         Invalid::WrongNetwork {
             expected: "testnet".into(),
             found: "othernet".into(),
         },
     );
+}
+
+#[test]
+fn an_entry_of_another_network_with_the_same_name_and_keys_is_refused() {
+    let mut w = World::new();
+    // A staging network beside production: the same name and national keys, and a charter
+    // that differs in one line, so another genesis.
+    let mut staging = Charter::parse(&w.net.charter.to_toml()).expect("the charter");
+    staging.training_core_group.pop();
+    let staging = Arc::new(Charter::parse(&staging.to_toml()).expect("the staging charter"));
+    assert_eq!(staging.network, w.net.charter.network);
+    assert_ne!(staging.scope(), w.net.scope());
+    let mut elsewhere = Replica::new(staging, Limits::default());
+    let ulid = w.ulid();
+    let (entry, _) = write(
+        &mut elsewhere,
+        w.net.key("LT"),
+        INC,
+        &set_factsheet("notes", "Written in staging"),
+        NOW,
+        ulid,
+    );
+    assert_eq!(entry.entry.network, w.net.charter.network);
+    assert_eq!(
+        entry.verify_signature(&w.net.scope()),
+        Err(Invalid::BadSignature)
+    );
+    assert_refused(&mut w.r, entry, Invalid::BadSignature);
+}
+
+#[test]
+fn a_network_of_rules_version_one_keeps_its_signatures_bound_to_its_name() {
+    let mut w = World::new();
+    let text = w.net.charter.to_toml();
+    assert!(text.contains("rules_version = 2\n"), "{text}");
+    let first = Arc::new(
+        Charter::parse(&text.replace("rules_version = 2\n", "rules_version = 1\n"))
+            .expect("a charter of rules version 1"),
+    );
+    assert_eq!(first.scope(), Scope::Name);
+    // Its entries are signed and checked as before genesis binding, so the stores and the
+    // networks of that version keep every entry.
+    let mut old = Replica::new(first, Limits::default());
+    let ulid = w.ulid();
+    let (entry, _) = write(
+        &mut old,
+        w.net.key("LT"),
+        INC,
+        &set_factsheet("notes", "Signed for the name"),
+        NOW,
+        ulid,
+    );
+    entry
+        .verify_signature(&Scope::Name)
+        .expect("a name-bound signature");
+    assert_refused(&mut w.r, entry, Invalid::BadSignature);
 }
 
 #[test]
@@ -429,7 +497,7 @@ fn a_malformed_change_is_refused() {
             &DocId::factsheet("LT"),
             b"not an automerge change".to_vec(),
         )
-        .sign(w.net.key("LT"));
+        .sign(w.net.key("LT"), &w.net.scope());
     let before = state(&w.r);
     let report = w.r.ingest(vec![entry]).unwrap();
     assert!(report.accepted.is_empty());
@@ -990,7 +1058,7 @@ fn refused_entries_leave_documents_and_heights_unchanged() {
                 tx.put(ROOT, "notes", "x").unwrap();
             }),
         )
-        .sign(w.net.key("FI")),
+        .sign(w.net.key("FI"), &w.net.scope()),
         craft(
             &w.r,
             w.net.key("EL"),
@@ -1022,13 +1090,13 @@ fn refused_entries_leave_documents_and_heights_unchanged() {
 
 /// The author's signature over `entry`'s body with the identity point as its `R`, a
 /// small-order point that strict verification refuses: only the author's key can make it.
-fn small_order_signature(entry: &SignedEntry, key: &SecretKey) -> SignedEntry {
+fn small_order_signature(entry: &SignedEntry, key: &SecretKey, scope: &Scope) -> SignedEntry {
     let a = ed25519_dalek::SigningKey::from_bytes(&key.seed_bytes()).to_scalar();
     let mut r = [0u8; 32];
     r[0] = 1;
     let mut message = r.to_vec();
     message.extend_from_slice(key.public().as_bytes());
-    message.extend_from_slice(spoc_node::identity::DOMAIN_ENTRY.as_bytes());
+    message.extend_from_slice(scope.entry_domain().as_bytes());
     message.push(0);
     message.extend_from_slice(entry.body());
     // s = H(R || A || M) * a, so that [s]B = R + [H(R || A || M)]A with R the identity.
@@ -1220,9 +1288,12 @@ fn a_signatures_verdict_does_not_depend_on_its_batch() {
         "ddaf35a193617aba",
         "the test's SHA-512"
     );
-    let odd = small_order_signature(&honest, w.net.key("LT"));
+    let odd = small_order_signature(&honest, w.net.key("LT"), &w.net.scope());
     assert_eq!(odd.entry, honest.entry);
-    assert_eq!(odd.verify_signature(), Err(Invalid::BadSignature));
+    assert_eq!(
+        odd.verify_signature(&w.net.scope()),
+        Err(Invalid::BadSignature)
+    );
     let (other, _) =
         w.r.prepare(
             w.net.key("FI"),
@@ -1277,14 +1348,16 @@ fn a_refused_changes_objects_do_not_exist_for_the_rest_of_its_batch() {
     expanded.start_op = expanded.start_op.checked_add(1).unwrap();
     expanded.hash = None;
     let orphan_change = automerge::Change::from(expanded).bytes().into_owned();
-    let orphan = w.entry("LT", &obstacle, orphan_change).sign(lt);
+    let orphan = w
+        .entry("LT", &obstacle, orphan_change)
+        .sign(lt, &w.net.scope());
     // Within a batch, entries of one log and seq are judged in hash order: make the refused
     // one come first.
     let refused = (0..)
         .map(|ms| {
             let mut e = refused.entry.clone();
             e.timestamp_ms += ms;
-            e.sign(lt)
+            e.sign(lt, &w.net.scope())
         })
         .find(|e| e.hash() < orphan.hash())
         .unwrap();
@@ -1345,7 +1418,7 @@ fn altered_edit(alter: &Alter) -> (Replica, SignedEntry) {
     alter(&mut expanded);
     expanded.hash = None;
     let bytes = automerge::Change::from(expanded).bytes().into_owned();
-    let entry = next_entry(&r, lt, INC, &doc, NOW, bytes).sign(lt);
+    let entry = next_entry(&r, lt, INC, &doc, NOW, bytes).sign(lt, &r.charter().scope());
     (r, entry)
 }
 

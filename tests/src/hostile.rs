@@ -383,6 +383,7 @@ impl Net {
         NodeCertificate::issue(
             &self.rogue_key,
             &self.charter.network,
+            &self.charter.scope(),
             &keypair.public().to_peer_id().to_bytes(),
             now_ms() + 3_600_000,
         )
@@ -520,7 +521,7 @@ impl Net {
             .replacen(&format!("/{}/", self.rogue), &format!("/{owner}/"), 1)
             .parse()?;
         ensure!(entry.doc.owner() == owner.as_str(), "doc id not rewritten");
-        Ok(entry.sign(&self.rogue_key))
+        Ok(entry.sign(&self.rogue_key, &self.charter.scope()))
     }
 }
 
@@ -553,6 +554,7 @@ pub struct FloodReport {
 pub struct FloodPlan {
     network: String,
     charter_hash: [u8; 32],
+    scope: spoc_node::identity::Scope,
     rogue_key: Arc<SecretKey>,
     target: PeerId,
     target_addr: Multiaddr,
@@ -589,6 +591,7 @@ impl Net {
         Ok(FloodPlan {
             network: self.charter.network.clone(),
             charter_hash: self.charter.hash(),
+            scope: self.charter.scope(),
             rogue_key: Arc::new(key),
             target: self.a_id,
             target_addr: network::parse_addr(addr)?,
@@ -705,6 +708,7 @@ async fn flood_once(
     let certificate = NodeCertificate::issue(
         &plan.rogue_key,
         &plan.network,
+        &plan.scope,
         &keypair.public().to_peer_id().to_bytes(),
         now_ms() + 3_600_000,
     )

@@ -66,9 +66,18 @@ impl Output {
 
 /// Runs `spoc ARGS` with `--data-dir` set when given.
 pub fn spoc(data_dir: Option<&Path>, args: &[&str]) -> Result<Output> {
+    spoc_with(data_dir, &[], args)
+}
+
+/// Runs `spoc ARGS` with `--data-dir` set when given and extra environment variables.
+pub fn spoc_with(data_dir: Option<&Path>, env: &[(&str, &str)], args: &[&str]) -> Result<Output> {
     let mut cmd = Command::new(bin("spoc")?);
     if let Some(d) = data_dir {
         cmd.arg("--data-dir").arg(d);
+    }
+    cmd.env_remove("SPOC_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let out = cmd
         .args(args)

@@ -134,8 +134,14 @@ fn peers_without_a_valid_certificate_get_nothing_and_are_refused() -> Result<()>
             ),
             // Signed by a key that is no participant's.
             "stranger" => (
-                NodeCertificate::issue(&stranger, &net.charter.network, &own, now_ms() + 3_600_000)
-                    .encode(),
+                NodeCertificate::issue(
+                    &stranger,
+                    &net.charter.network,
+                    &net.charter.scope(),
+                    &own,
+                    now_ms() + 3_600_000,
+                )
+                .encode(),
                 "certificate issuer is not a participant of the charter",
             ),
             // A participant's genuine certificate, issued for another peer id.

@@ -262,7 +262,13 @@ fn run(ctx: &Ctx, args: &DemoArgs, binary: &Path, root: &Path) -> Result<()> {
     }
     let clients = nodes
         .iter()
-        .map(|n| Client::open(&n.data_dir, PATIENCE + Duration::from_secs(10)))
+        .map(|n| {
+            Client::open(
+                &n.data_dir,
+                crate::client::TokenSource::DataDir,
+                PATIENCE + Duration::from_secs(10),
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let states: Vec<String> = nodes.iter().map(|n| n.state.clone()).collect();
     let mut demo = Demo {

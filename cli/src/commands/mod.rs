@@ -34,6 +34,7 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub data_dir: Option<std::path::PathBuf>,
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
@@ -47,7 +48,11 @@ impl Ctx {
 
     /// A client of the node of the data directory.
     pub fn client(&self, timeout: Duration) -> Result<Client> {
-        Client::open(self.data_dir()?, timeout)
+        let source = crate::client::TokenSource::pick(
+            self.token_file.as_deref(),
+            std::env::var("SPOC_TOKEN").ok(),
+        );
+        Client::open(self.data_dir()?, source, timeout)
     }
 
     /// Whether to show progress and hints: not for machines, not when asked to be quiet.
@@ -82,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         json: cli.json,
         quiet: cli.quiet,
         data_dir: cli.data_dir,
+        token_file: cli.token_file,
     };
     match cli.command {
         Cmd::Keygen(args) => local::keygen(&ctx, &args),
@@ -96,6 +102,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Factsheet(cmd) => work::execute(&ctx, work::factsheet(cmd)?),
         Cmd::Training(cmd) => work::execute(&ctx, work::training(cmd)),
         Cmd::Log(args) => node::log(&ctx, &args),
+        Cmd::Operator(cmd) => node::operator(&ctx, cmd),
         Cmd::Verify => node::verify(&ctx),
         Cmd::Report(args) => node::report(&ctx, &args),
         Cmd::Export(args) => node::export(&ctx, &args),

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 use super::Ctx;
-use crate::args::{ExportArgs, LogArgs, ReportArgs};
+use crate::args::{ExportArgs, LogArgs, OperatorCmd, ReportArgs};
 use crate::client::{TIMEOUT, VERIFY_TIMEOUT};
 use crate::output::{self, Spinner, Table, field};
 
@@ -128,25 +128,92 @@ pub fn log(ctx: &Ctx, args: &LogArgs) -> Result<()> {
             ctx.line("no entries")?;
         }
     } else {
-        ctx.print(&log_table(&entries).render())?;
+        ctx.print(&log_table(&entries, args.operators).render())?;
     }
     Ok(())
 }
 
-/// The table of audit trail entries.
-pub fn log_table(entries: &[Value]) -> Table {
-    let mut table = Table::new(&["HASH", "AUTHOR", "SEQ", "DOC", "TIME", "SUMMARY"]);
+/// The table of audit trail entries; with `operators`, the operator of each local write
+/// ("-" for a peer's entry).
+pub fn log_table(entries: &[Value], operators: bool) -> Table {
+    let mut headers = vec!["HASH", "AUTHOR", "SEQ", "DOC", "TIME"];
+    if operators {
+        headers.push("OPERATOR");
+    }
+    headers.push("SUMMARY");
+    let mut table = Table::new(&headers);
     for e in entries {
-        table.row(vec![
+        let mut row = vec![
             output::short(&field(e, "hash"), 12),
             field(e, "author"),
             field(e, "seq"),
             field(e, "doc"),
             field(e, "timestamp"),
-            field(e, "summary"),
-        ]);
+        ];
+        if operators {
+            row.push(field(e, "operator"));
+        }
+        row.push(field(e, "summary"));
+        table.row(row);
     }
     table
+}
+
+/// `spoc operator ...`.
+pub fn operator(ctx: &Ctx, cmd: OperatorCmd) -> Result<()> {
+    let client = ctx.client(TIMEOUT)?;
+    match cmd {
+        OperatorCmd::Add { name, role } => {
+            let added: Value =
+                client.post_json("/v1/operators", &json!({"name": name, "role": role}))?;
+            if ctx.json {
+                ctx.print_json(&added)?;
+            } else {
+                ctx.line(&field(&added, "token"))?;
+                if ctx.chatty() {
+                    ctx.note(&format!(
+                        "operator {} ({}) added; the line above is its token, shown only now: \
+                         hand it over, and keep it in a 0600 file for --token-file or in SPOC_TOKEN",
+                        field(&added, "name"),
+                        field(&added, "role")
+                    ))?;
+                }
+            }
+        }
+        OperatorCmd::List => {
+            let all: Vec<Value> = client.get_json("/v1/operators", &[])?;
+            if ctx.json {
+                ctx.print_json(&Value::Array(all))?;
+            } else {
+                let mut table = Table::new(&["NAME", "ROLE", "ADDED", "REVOKED"]);
+                for op in &all {
+                    let at = |k: &str| {
+                        op[k]
+                            .as_u64()
+                            .and_then(|ms| output::format_ms(i64::try_from(ms).ok()?))
+                            .unwrap_or_else(|| "-".to_owned())
+                    };
+                    table.row(vec![
+                        field(op, "name"),
+                        field(op, "role"),
+                        at("added_ms"),
+                        at("revoked_ms"),
+                    ]);
+                }
+                ctx.print(&table.render())?;
+            }
+        }
+        OperatorCmd::Revoke { name } => {
+            let revoked: Value =
+                client.post_json("/v1/operators/revoke", &json!({"name": name}))?;
+            if ctx.json {
+                ctx.print_json(&revoked)?;
+            } else if !ctx.quiet {
+                ctx.line(&format!("operator {} revoked", field(&revoked, "name")))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `spoc verify`.
@@ -425,17 +492,37 @@ mod tests {
 
     #[test]
     fn log_and_peer_tables() {
-        let text = log_table(&[json!({
-            "hash": "00112233445566778899aabbccddeeff", "author": "LT", "incarnation": 7,
-            "seq": 3, "doc": "obstacles/LT/1", "timestamp": "2026-10-01T10:00:00Z",
-            "summary": "put status=resolved"
-        })])
+        let text = log_table(
+            &[json!({
+                "hash": "00112233445566778899aabbccddeeff", "author": "LT", "incarnation": 7,
+                "seq": 3, "doc": "obstacles/LT/1", "timestamp": "2026-10-01T10:00:00Z",
+                "summary": "put status=resolved"
+            })],
+            false,
+        )
         .render();
         assert_eq!(
             text.lines().nth(1),
             Some(
                 "001122334455  LT      3    obstacles/LT/1  2026-10-01T10:00:00Z  put status=resolved"
             )
+        );
+        let text = log_table(
+            &[json!({
+                "hash": "00112233445566778899aabbccddeeff", "author": "LT", "seq": 3,
+                "doc": "obstacles/LT/1", "timestamp": "2026-10-01T10:00:00Z", "operator": "alice",
+                "summary": "put status=resolved"
+            })],
+            true,
+        )
+        .render();
+        assert!(
+            text.lines().next().is_some_and(|h| h.contains("OPERATOR")),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.contains("  alice  ")),
+            "{text}"
         );
         assert_eq!(short_peer("12D3KooWAbCdEfGhIjKlMn"), "12D3…GhIjKlMn");
         assert_eq!(short_peer("short"), "short");

@@ -501,7 +501,7 @@ impl Certified {
     }
 
     fn certifier(&self, state: &str, peer: &PeerId) -> Certifier {
-        Certifier::new(self.keys[state].clone(), &self.charter.network, peer)
+        Certifier::new(self.keys[state].clone(), &self.charter, peer)
     }
 
     /// The configuration of a node of `state` that dials `dial`, with a certificate issued
@@ -650,6 +650,7 @@ async fn a_certificate_expiring_too_far_ahead_is_refused() {
     far.certificate = NodeCertificate::issue(
         &net.keys["LT"],
         &net.charter.network,
+        &net.charter.scope(),
         &peer.to_bytes(),
         net.clock.now_ms() + MAX_CERTIFICATE_VALIDITY_MS + 1,
     )

@@ -384,13 +384,14 @@ impl<B: Backing> Replica<B> {
     }
 
     fn verify_signatures(&mut self, fresh: Vec<Candidate>, report: &mut Report) -> Vec<Candidate> {
+        let domain = self.charter.scope().entry_domain();
         let verdicts = {
             let items: Vec<_> = fresh
                 .iter()
                 .map(|c| {
                     (
                         &c.entry.entry.author,
-                        crate::identity::DOMAIN_ENTRY,
+                        domain.as_str(),
                         c.entry.body(),
                         &c.entry.signature,
                     )
@@ -976,7 +977,7 @@ impl<B: Backing> Replica<B> {
                 entry.change.len()
             )));
         }
-        Ok((entry.sign(key), item))
+        Ok((entry.sign(key, &charter.scope()), item))
     }
 
     /// An incarnation this author has not used in any log known here.

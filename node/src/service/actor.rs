@@ -15,6 +15,7 @@ use crate::docs::command::{Command, Refused};
 use crate::docs::{Collection, DocId, view};
 use crate::identity::SecretKey;
 use crate::log::{EquivocationProof, LogId, SignedEntry};
+use crate::operator::{self, Access, Operator, Role, Token};
 use crate::reconcile::{self, Answer, Ask, Item, Session};
 use crate::replica::{Limits, Replica, Report};
 use crate::store::{ListFilter, ListPage, Reader, Store};
@@ -67,6 +68,18 @@ fn answer<T>(reply: Reply<T>, result: Result<T, Failure>) -> Result<(), Failure>
     corrupt.map_or(Ok(()), |m| Err(Failure::Corrupt(m)))
 }
 
+impl From<operator::Error> for Failure {
+    fn from(e: operator::Error) -> Self {
+        use operator::Error as E;
+        match e {
+            E::BadName | E::BadRole(_) => Failure::BadRequest(e.to_string()),
+            E::Unknown(_) => Failure::NotFound(e.to_string()),
+            E::Exists(_) | E::Revoked(_) | E::Full | E::LastHead => Failure::Refused(e.to_string()),
+            E::Malformed => Failure::Corrupt(e.to_string()),
+        }
+    }
+}
+
 impl From<Refused> for Failure {
     fn from(r: Refused) -> Self {
         match r {
@@ -101,7 +114,18 @@ type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
 /// The requests the actor serves.
 pub(crate) enum Request {
-    Write(Command, Reply<WriteAck>),
+    /// A write by the named operator.
+    Write(Command, String, Reply<WriteAck>),
+    Operators(Reply<Vec<Operator>>),
+    AddOperator {
+        name: String,
+        role: Role,
+        reply: Reply<(Operator, Token)>,
+    },
+    RevokeOperator {
+        name: String,
+        reply: Reply<Operator>,
+    },
     Status(Reply<Value>),
     List {
         collection: Collection,
@@ -215,8 +239,27 @@ impl Handle {
         rx.await
             .map_err(|_| Failure::Internal("the node is shutting down".into()))?
     }
-    pub async fn write(&self, command: Command) -> Result<WriteAck, Failure> {
-        ask!(self, Write, command)
+    /// Makes a write for the state, on behalf of the operator `operator`.
+    pub async fn write(&self, command: Command, operator: &str) -> Result<WriteAck, Failure> {
+        ask!(self, Write, command, operator.to_owned())
+    }
+    /// Every operator, revoked ones included.
+    pub async fn operators(&self) -> Result<Vec<Operator>, Failure> {
+        ask!(self, Operators)
+    }
+    /// Adds an operator; its token is in the answer, and nowhere else.
+    pub async fn add_operator(
+        &self,
+        name: String,
+        role: Role,
+    ) -> Result<(Operator, Token), Failure> {
+        self.call(|reply| Request::AddOperator { name, role, reply })
+            .await
+    }
+    /// Revokes an operator: its token is refused from now on.
+    pub async fn revoke_operator(&self, name: String) -> Result<Operator, Failure> {
+        self.call(|reply| Request::RevokeOperator { name, reply })
+            .await
     }
     pub async fn status(&self) -> Result<Value, Failure> {
         ask!(self, Status)
@@ -357,6 +400,8 @@ pub(crate) struct Actor {
     pub compact: std::collections::BTreeSet<DocId>,
     /// What the node holds of each log, for reconciliation with peers; see [`sync_set`].
     pub sync_set: reconcile::Set,
+    /// The operators the API accepts, which the actor replaces after each change.
+    pub access: Arc<std::sync::RwLock<Access>>,
 }
 
 /// Documents waiting to be considered for compaction; past it, the rest wait until they
@@ -429,7 +474,16 @@ impl Actor {
     /// Commits an ingest durably; a failed commit is fatal, since memory and disk would
     /// then disagree.
     fn commit(&mut self, report: &Report) -> Result<(), Failure> {
-        self.store.commit(&self.replica, report).map_err(|e| {
+        self.commit_by(report, None)
+    }
+
+    /// Commits, recording `operator` as the maker of the accepted entries when given.
+    fn commit_by(&mut self, report: &Report, operator: Option<&str>) -> Result<(), Failure> {
+        let committed = match operator {
+            Some(name) => self.store.commit_local(&self.replica, report, name),
+            None => self.store.commit(&self.replica, report),
+        };
+        committed.map_err(|e| {
             tracing::error!(error = %e, "durable commit failed; stopping");
             Failure::Internal(format!("durable commit failed: {e}"))
         })?;
@@ -447,8 +501,8 @@ impl Actor {
 
     fn serve(&mut self, request: Request) -> Result<(), Failure> {
         match request {
-            Request::Write(command, reply) => {
-                let result = self.write(&command);
+            Request::Write(command, operator, reply) => {
+                let result = self.write(&command, &operator);
                 let fatal = matches!(result, Err(Failure::Internal(_) | Failure::Corrupt(_)));
                 let _ = reply.send(result.clone());
                 if fatal {
@@ -469,6 +523,17 @@ impl Actor {
             }
             Request::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
+            }
+            Request::Operators(reply) => {
+                answer(reply, self.store.operators().map_err(Failure::from))?;
+            }
+            Request::AddOperator { name, role, reply } => {
+                let result = self.add_operator(&name, role);
+                answer(reply, result)?;
+            }
+            Request::RevokeOperator { name, reply } => {
+                let result = self.revoke_operator(&name);
+                answer(reply, result)?;
             }
             Request::List {
                 collection,
@@ -552,7 +617,36 @@ impl Actor {
         Ok(())
     }
 
-    fn write(&mut self, command: &Command) -> Result<WriteAck, Failure> {
+    fn add_operator(&mut self, name: &str, role: Role) -> Result<(Operator, Token), Failure> {
+        let operators = self.store.operators()?;
+        let token = Token::generate(&mut rand::rng());
+        let op = operator::add(&operators, name, role, &token, self.clock.now_ms())
+            .map_err(Failure::from)?;
+        self.store.put_operator(&op)?;
+        self.refresh_access()?;
+        tracing::info!(operator = %op.name, role = %op.role, "operator added");
+        Ok((op, token))
+    }
+
+    fn revoke_operator(&mut self, name: &str) -> Result<Operator, Failure> {
+        let operators = self.store.operators()?;
+        let op = operator::revoke(&operators, name, self.clock.now_ms()).map_err(Failure::from)?;
+        self.store.put_operator(&op)?;
+        self.refresh_access()?;
+        tracing::info!(operator = %op.name, "operator revoked");
+        Ok(op)
+    }
+
+    /// Hands the API the operators as the store now holds them.
+    fn refresh_access(&self) -> Result<(), Failure> {
+        let access = Access::new(&self.store.operators()?);
+        if let Ok(mut shared) = self.access.write() {
+            *shared = access;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, command: &Command, operator: &str) -> Result<WriteAck, Failure> {
         let now = self.clock.now_ms();
         let (entry, id) =
             self.replica
@@ -569,14 +663,14 @@ impl Actor {
             // The rules passed before signing, so this is a bug; nothing was stored.
             return Err(Failure::Refused(invalid.to_string()));
         }
-        self.commit(&report)?;
+        self.commit_by(&report, Some(operator))?;
         self.accepted_local += 1;
         if let (Some(publish), Some(entry)) = (&self.publish, report.accepted.first())
             && publish.try_send(entry.bytes().to_vec()).is_err()
         {
             tracing::debug!("publish queue full; pull sync will deliver the entry");
         }
-        tracing::info!(doc = %id, seq, entry = %hash, "write committed");
+        tracing::info!(doc = %id, seq, entry = %hash, %operator, "write committed");
         Ok(WriteAck {
             id,
             entry: hash.to_string(),
@@ -718,10 +812,13 @@ impl Actor {
             .store
             .reader()
             .audit(query.before, limit, author.as_ref(), doc.as_ref())?;
+        let hashes: Vec<_> = page.entries.iter().map(|(_, e)| e.hash()).collect();
+        let operators = self.store.reader().written_by(&hashes)?;
         let entries: Vec<Value> = page
             .entries
             .iter()
-            .map(|(position, e)| {
+            .zip(operators)
+            .map(|((position, e), operator)| {
                 let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(
                     i128::from(e.entry.timestamp_ms) * 1_000_000,
                 )
@@ -740,6 +837,7 @@ impl Actor {
                     "doc": e.entry.doc.as_str(),
                     "timestamp": timestamp,
                     "summary": view::change_summary(&e.entry.change),
+                    "operator": operator,
                 })
             })
             .collect();

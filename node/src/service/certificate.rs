@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::charter::Charter;
-use crate::identity::{NodeCertificate, SecretKey};
+use crate::identity::{NodeCertificate, Scope, SecretKey};
 use crate::network::{self, Admit, Admitted, PeerId, Refusal};
 
 use super::Clock;
@@ -34,14 +34,16 @@ pub fn renewal_due(not_after_ms: u64, now_ms: u64) -> bool {
 pub(crate) struct Certifier {
     key: Arc<SecretKey>,
     network: String,
+    scope: Scope,
     peer_id: Vec<u8>,
 }
 
 impl Certifier {
-    pub(crate) fn new(key: Arc<SecretKey>, network: &str, peer: &PeerId) -> Self {
+    pub(crate) fn new(key: Arc<SecretKey>, charter: &Charter, peer: &PeerId) -> Self {
         Self {
             key,
-            network: network.to_owned(),
+            network: charter.network.clone(),
+            scope: charter.scope(),
             peer_id: peer.to_bytes(),
         }
     }
@@ -51,6 +53,7 @@ impl Certifier {
         NodeCertificate::issue(
             &self.key,
             &self.network,
+            &self.scope,
             &self.peer_id,
             now_ms.saturating_add(CERTIFICATE_VALIDITY_MS),
         )
@@ -124,14 +127,19 @@ impl Admit for Admission {
             .charter
             .participant_by_key(&cert.issuer)
             .ok_or(STRANGER)?;
-        cert.verify(&self.charter.network, &peer.to_bytes(), self.now_ms())
-            .map_err(|fault| {
-                if fault.is_about_time() {
-                    Refusal::retry(fault.reason())
-                } else {
-                    Refusal::deny(fault.reason())
-                }
-            })?;
+        cert.verify(
+            &self.charter.network,
+            &self.charter.scope(),
+            &peer.to_bytes(),
+            self.now_ms(),
+        )
+        .map_err(|fault| {
+            if fault.is_about_time() {
+                Refusal::retry(fault.reason())
+            } else {
+                Refusal::deny(fault.reason())
+            }
+        })?;
         Ok(Admitted {
             state: participant.code.clone(),
             until_ms: cert.not_after_ms,
@@ -160,6 +168,7 @@ mod tests {
         let today = time::macros::date!(2026 - 12 - 03);
         let states = [("LT".to_owned(), member.public(), Vec::new())];
         let charter = Charter::for_testnet("spocnet-test", &states, &[], today).expect("charter");
+        let scope = charter.scope();
         let now_ms = 1_796_256_000_000;
         let admission = Admission {
             charter: Arc::new(charter),
@@ -170,7 +179,8 @@ mod tests {
         for i in 0..10_000 {
             let name = format!("bogus network {i} \u{1b}[31m");
             let issuer = if i % 2 == 0 { &member } else { &stranger };
-            let mut cert = NodeCertificate::issue(issuer, &name, &peer.to_bytes(), now_ms + 1_000);
+            let mut cert =
+                NodeCertificate::issue(issuer, &name, &scope, &peer.to_bytes(), now_ms + 1_000);
             if i % 3 == 0 {
                 // Its signature no longer holds.
                 cert.not_after_ms += 1;
@@ -181,9 +191,30 @@ mod tests {
             assert!(!refused.reason.contains("bogus"), "{}", refused.reason);
             reasons.insert(refused.reason);
         }
-        let genuine =
-            NodeCertificate::issue(&member, "spocnet-test", &peer.to_bytes(), now_ms + 1_000);
+        let genuine = NodeCertificate::issue(
+            &member,
+            "spocnet-test",
+            &scope,
+            &peer.to_bytes(),
+            now_ms + 1_000,
+        );
         assert!(admission.admit(&peer, &genuine.encode(), &[0; 32]).is_ok());
+        // The same participant's certificate for a network of the same name with another
+        // genesis charter (a staging network beside production) is refused.
+        let staging = Charter::for_testnet("spocnet-test", &states, &["LT".to_owned()], today)
+            .expect("charter");
+        assert_ne!(staging.scope(), scope);
+        let replayed = NodeCertificate::issue(
+            &member,
+            "spocnet-test",
+            &staging.scope(),
+            &peer.to_bytes(),
+            now_ms + 1_000,
+        );
+        let refused = admission
+            .admit(&peer, &replayed.encode(), &[0; 32])
+            .expect_err("a certificate for another genesis is refused");
+        assert_eq!(refused.reason, "certificate signature does not verify");
         assert_eq!(
             reasons,
             BTreeSet::from([

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::charter::Charter;
 use crate::config::Settings;
 use crate::identity::SecretKey;
+use crate::operator::{self, Access, Role, Token};
 use crate::store::Store;
 
 pub use actor::{Failure, Handle, WriteAck};
@@ -109,7 +110,8 @@ pub struct Node {
     pub charter: Arc<Charter>,
     pub code: String,
     pub incarnation: u32,
-    pub(crate) token: String,
+    /// The operators whose tokens the API accepts.
+    pub(crate) access: Arc<std::sync::RwLock<Access>>,
     pub(crate) handle: Handle,
     actor: std::thread::JoinHandle<Result<(), Failure>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -157,6 +159,22 @@ fn read_passphrase(
     std::fs::read_to_string(path)
         .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
         .map_err(|e| err(e.to_string()))
+}
+
+/// The operators the API accepts. On the first start with operators, the token of
+/// `api.token` becomes the first head, `head`; after that, `api.token` is a head's token only
+/// while that operator is not revoked.
+fn first_head(store: &Store, token: &str, now_ms: u64) -> Result<Access, Error> {
+    let mut operators = store.operators()?;
+    if operators.is_empty() {
+        let token = Token::from_text(token);
+        let head = operator::add(&[], operator::FIRST_HEAD, Role::Head, &token, now_ms)
+            .map_err(|e| Error::Api(e.to_string()))?;
+        store.put_operator(&head)?;
+        tracing::info!(operator = %head.name, "the token of api.token is the first head");
+        operators.push(head);
+    }
+    Ok(Access::new(&operators))
 }
 
 /// Reads the API token, creating it (0600) on the first start.
@@ -254,6 +272,11 @@ impl Node {
         let store = Store::open_with_cache(&settings.store_path(), settings.store_cache_mib << 20)?
             .with_failpoint(settings.failpoint);
         let token = api_token(&settings.token_path())?;
+        let access = Arc::new(std::sync::RwLock::new(first_head(
+            &store,
+            &token,
+            clock.now_ms(),
+        )?));
         let replica = actor::load(&store, charter.clone(), settings.cached_documents)?;
         // Every start is a new incarnation: a log never continues after a restart, so a
         // node restored from an old backup cannot sign a second entry for a seq it already
@@ -270,7 +293,7 @@ impl Node {
         let keypair = crate::network::keypair_from_seed(&node_key.seed_bytes())
             .map_err(|e| Error::Network(e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
-        let certifier = certificate::Certifier::new(key.clone(), &charter.network, &peer_id);
+        let certifier = certificate::Certifier::new(key.clone(), &charter, &peer_id);
         let certificate = certifier.issue(clock.now_ms());
         let mut network = crate::network::Config::new(
             keypair,
@@ -318,6 +341,7 @@ impl Node {
                 entries_watch: tokio::sync::watch::Sender::new(0),
                 compact: std::collections::BTreeSet::new(),
                 sync_set,
+                access: access.clone(),
             },
             256,
         );
@@ -326,7 +350,7 @@ impl Node {
             charter,
             code,
             incarnation,
-            token,
+            access,
             handle,
             actor,
             clock,
@@ -374,7 +398,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let metrics = Arc::new(crate::api::Counters::default());
-    let app = crate::api::router(node.handle.clone(), node.token.clone(), metrics);
+    let app = crate::api::router(node.handle.clone(), node.access.clone(), metrics);
     let api_shutdown = shutdown.clone();
     let fatal = node.fatal.clone();
     let api = tokio::spawn(async move {

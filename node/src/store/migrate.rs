@@ -145,7 +145,7 @@ fn read(
     }
     progress("reading entries", entries.len(), entries.len());
     for chunk in entries.chunks(1024) {
-        super::check_signatures(chunk)?;
+        super::check_signatures(chunk, &charter.scope())?;
     }
     // Proofs are kept the same way in both formats.
     let proofs = store.reader().proofs(charter)?;

@@ -28,7 +28,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Wri
 
 use crate::charter::Charter;
 use crate::docs::DocId;
+use crate::identity::Scope;
 use crate::log::{EquivocationProof, LogId, SignedEntry, Tip};
+use crate::operator::Operator;
 use crate::replica::{Backing, Limits, Replica, Report};
 
 pub use reader::{AuditPage, ListFilter, ListPage, Reader};
@@ -359,6 +361,26 @@ impl Store {
     /// summaries of the documents it touched, and its proofs. The replica must still hold
     /// the touched documents (they are pinned until it is flushed).
     pub fn commit<B: Backing>(&self, replica: &Replica<B>, report: &Report) -> Result<(), Error> {
+        self.commit_by(replica, report, None)
+    }
+
+    /// Commits an operator's own write like [`Store::commit`], and records in the same
+    /// transaction which operator made its entries (the local audit).
+    pub fn commit_local<B: Backing>(
+        &self,
+        replica: &Replica<B>,
+        report: &Report,
+        operator: &str,
+    ) -> Result<(), Error> {
+        self.commit_by(replica, report, Some(operator))
+    }
+
+    fn commit_by<B: Backing>(
+        &self,
+        replica: &Replica<B>,
+        report: &Report,
+        operator: Option<&str>,
+    ) -> Result<(), Error> {
         if report.accepted.is_empty()
             && report.new_proofs.is_empty()
             && report.removed.is_empty()
@@ -371,6 +393,16 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.db.begin_write().map_err(dberr)?;
         self.write(&tx, replica, report)?;
+        if let Some(name) = operator {
+            let mut written_by = tx.open_table(tables::WRITTEN_BY).map_err(dberr)?;
+            for e in &report.accepted {
+                let key = e.hash().0;
+                let sealed = self.sealer.seal("written_by", &key, name.as_bytes());
+                written_by
+                    .insert(key.as_slice(), sealed.as_slice())
+                    .map_err(dberr)?;
+            }
+        }
         self.reached(CommitStep::BeforeCommit, commit);
         tx.commit().map_err(dberr)?;
         self.reached(CommitStep::AfterCommit, commit);
@@ -457,6 +489,44 @@ impl Store {
             let loaded = self.load(charter.clone(), Limits::default(), progress)?;
             self.reader().verify(charter, &loaded, progress)
         })
+    }
+
+    /// Every operator, revoked ones included, each row checked against its seal.
+    pub fn operators(&self) -> Result<Vec<Operator>, Error> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = match tx.open_table(tables::OPERATORS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(dberr(e)),
+        };
+        let mut operators = Vec::new();
+        for row in table.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let name = k.value();
+            let value = self
+                .sealer
+                .open_row("operators", name.as_bytes(), v.value())
+                .ok_or_else(|| Writer::corrupt("operators", name.as_bytes()))?;
+            let op = Operator::decode(name, value)
+                .map_err(|e| Error::Corrupt(format!("operator row {name:?}: {e}")))?;
+            operators.push(op);
+        }
+        Ok(operators)
+    }
+
+    /// Adds or replaces an operator, durably.
+    pub fn put_operator(&self, op: &Operator) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut table = tx.open_table(tables::OPERATORS).map_err(dberr)?;
+            let sealed = self
+                .sealer
+                .seal("operators", op.name.as_bytes(), &op.encode());
+            table
+                .insert(op.name.as_str(), sealed.as_slice())
+                .map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
     }
 
     /// The entries stored, without any check: for audits of a damaged store.
@@ -796,17 +866,11 @@ impl<'t> Writer<'t> {
 
 /// Checks every entry's signature, strictly and on every core; the first bad one is
 /// `Corrupt`.
-fn check_signatures(entries: &[SignedEntry]) -> Result<(), Error> {
+fn check_signatures(entries: &[SignedEntry], scope: &Scope) -> Result<(), Error> {
+    let domain = scope.entry_domain();
     let items: Vec<_> = entries
         .iter()
-        .map(|e| {
-            (
-                &e.entry.author,
-                crate::identity::DOMAIN_ENTRY,
-                e.body(),
-                &e.signature,
-            )
-        })
+        .map(|e| (&e.entry.author, domain.as_str(), e.body(), &e.signature))
         .collect();
     let verdicts = crate::identity::verify_many(&items);
     match entries.iter().zip(verdicts).find(|(_, ok)| !ok) {

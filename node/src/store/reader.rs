@@ -576,6 +576,31 @@ impl Reader {
     /// One page of the audit trail: up to `limit` entries accepted before position
     /// `before` (all when `None`), newest first as scanned and returned oldest first,
     /// of one author or one document when given.
+    /// The operators whose writes made these entries (the local audit), where known: a
+    /// peer's entries and this node's entries made before operators existed have none.
+    pub fn written_by(&self, hashes: &[EntryHash]) -> Result<Vec<Option<String>>, Error> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = match tx.open_table(tables::WRITTEN_BY) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; hashes.len()]),
+            Err(e) => return Err(dberr(e)),
+        };
+        hashes
+            .iter()
+            .map(|h| {
+                let Some(row) = table.get(h.0.as_slice()).map_err(dberr)? else {
+                    return Ok(None);
+                };
+                let name = self
+                    .sealer
+                    .open_row("written_by", &h.0, row.value())
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .ok_or_else(|| Error::Corrupt(corrupt("written_by", &h.0).0))?;
+                Ok(Some(name.to_owned()))
+            })
+            .collect()
+    }
+
     pub fn audit(
         &self,
         before: Option<u64>,
@@ -703,6 +728,7 @@ impl Reader {
         progress: super::Progress<'_>,
     ) -> Result<(usize, usize), Error> {
         let c = |e: backing::Error| Error::Corrupt(e.0);
+        let scope = charter.scope();
         let tx = self.db.begin_read().map_err(dberr)?;
         let counts = self.counts()?;
         let entries = tx.open_table(tables::ENTRIES).map_err(dberr)?;
@@ -742,7 +768,7 @@ impl Reader {
                          fresh: &mut Replica<backing::Nothing>,
                          done: &mut usize|
          -> Result<(), Error> {
-            super::check_signatures(batch)?;
+            super::check_signatures(batch, &scope)?;
             let report = fresh.ingest_verified(std::mem::take(batch))?;
             if let Some((hash, invalid)) = report.rejected.first() {
                 return Err(Error::Corrupt(format!("entry {hash}: {invalid}")));

@@ -26,5 +26,11 @@ pub const SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("summar
 pub const LIST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("list");
 /// Term (length-prefixed, `YYYY-H1`) and position -> entry key: the entries dated in it.
 pub const TERMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("terms");
+/// Operator name -> its role, the hash of its token, and when it was added and revoked
+/// (`operator::Operator::encode`). Made by the first commit that needs it.
+pub const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operators");
+/// Entry hash -> the name of the operator whose write made it: the local audit, which is
+/// never replicated. Made by the first commit that needs it.
+pub const WRITTEN_BY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("written_by");
 /// Log key -> encoded equivocation proof (re-checked when read).
 pub const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use spoc_node::charter::Charter;
 use spoc_node::docs::command::{Command, Writer};
 use spoc_node::docs::{DocId, rules, view};
-use spoc_node::identity::SecretKey;
+use spoc_node::identity::{Scope, SecretKey};
 use spoc_node::log::{Entry, LogId, SignedEntry};
 use spoc_node::replica::{Limits, Replica, Report};
 use spoc_node::testnet;
@@ -61,6 +61,11 @@ impl Net {
             author: self.key(code).public(),
             incarnation,
         }
+    }
+
+    /// What this network's entries are signed for.
+    pub fn scope(&self) -> Scope {
+        self.charter.scope()
     }
 
     /// An empty replica with default limits.
@@ -174,7 +179,7 @@ pub fn craft(
         incarnation,
     };
     let change = craft_change(replica.doc(doc), log, edit);
-    next_entry(replica, key, incarnation, doc, now_ms, change).sign(key)
+    next_entry(replica, key, incarnation, doc, now_ms, change).sign(key, &replica.charter().scope())
 }
 
 /// Signs the change that `command` makes, skipping the rule check that `prepare` does.

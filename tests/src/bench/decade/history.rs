@@ -54,7 +54,7 @@ const KEEP_ENTRIES: usize = 10_000;
 /// The share of entries the Presidency writes (the others share the rest evenly).
 const PRESIDENCY_SHARE: f64 = 0.1;
 /// Raised when the cached layout changes, so that older caches are not reused.
-const CACHE_VERSION: u32 = 2;
+const CACHE_VERSION: u32 = 3;
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -526,7 +526,7 @@ impl<'k> Signer<'k> {
         if entry.change.len() + 512 > spoc_node::log::MAX_ENTRY_BYTES {
             bail!("a made change of {doc_id} is over the entry limit");
         }
-        let entry = entry.sign(key);
+        let entry = entry.sign(key, &self.charter.scope());
         self.tips.insert(log, Tip::from(&entry));
         *self.tails.entry(doc_id.clone()).or_default() += 1;
         self.latest.insert(doc_id, doc);

@@ -1,0 +1,173 @@
+//! The operators of one node, through the real `spoc` CLI: the head of `api.token` adds a
+//! reader and a contributor, each may do what its role allows and is refused the rest
+//! with one line, the local audit names who wrote what, and a revoked token is refused,
+//! also after a restart.
+
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use spoc_tests::{Output, Proc, Testnet, spoc, spoc_with};
+
+fn report(title: &str) -> Vec<String> {
+    [
+        "--json",
+        "obstacle",
+        "report",
+        "--title",
+        title,
+        "--type",
+        "pragmatic",
+        "--description",
+        "Requests wait in several queues.",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The one line a refused command prints, checked to be one line with exit status 1.
+fn refused(out: &Output) -> Result<String> {
+    ensure!(out.status == 1, "exit {}: {out:?}", out.status);
+    let line = out.stderr.trim_end();
+    ensure!(!line.is_empty() && !line.contains('\n'), "{:?}", out.stderr);
+    Ok(line.to_owned())
+}
+
+/// An HTTP GET with a bearer token, for the status code itself.
+fn status_code(api: &str, token: &str) -> Result<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = agent
+        .get(&format!("http://{api}/v1/status"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()?;
+    Ok(r.status().as_u16())
+}
+
+#[test]
+fn operators_act_by_their_role_and_a_revoked_token_is_refused() -> Result<()> {
+    let net = Testnet::new(2)?;
+    let lt = net.node("LT")?;
+    let dir = lt.data_dir.as_path();
+    let mut node = Proc::start(lt)?;
+    let tokens = tempfile::tempdir()?;
+
+    // The head (the token of api.token) adds a reader and a contributor; each token is
+    // printed once, on stdout.
+    let add = |name: &str, role: &str| -> Result<(String, std::path::PathBuf)> {
+        let out = spoc(Some(dir), &["operator", "add", name, "--role", role])?.ok()?;
+        let token = out.stdout.trim().to_owned();
+        ensure!(token.len() == 64, "{out:?}");
+        let path = tokens.path().join(format!("{name}.token"));
+        std::fs::write(&path, format!("{token}\n"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok((token, path))
+    };
+    let (reader_token, reader_file) = add("rita", "reader")?;
+    let (writer_token, _) = add("carl", "contributor")?;
+    let reader_file = reader_file.to_string_lossy().into_owned();
+
+    // The reader reads, and its write is refused with one line and exit status 1.
+    spoc(Some(dir), &["--token-file", &reader_file, "status"])?.ok()?;
+    let out = spoc(
+        Some(dir),
+        &[
+            &["--token-file", reader_file.as_str()][..],
+            &args(&report("By a reader")),
+        ]
+        .concat(),
+    )?;
+    let line = refused(&out)?;
+    ensure!(
+        line == "spoc: operator rita is a reader and may not write (it takes a contributor)",
+        "{line}"
+    );
+    // The contributor writes (its token from SPOC_TOKEN), and may not add operators.
+    let env = [("SPOC_TOKEN", writer_token.as_str())];
+    let written = spoc_with(Some(dir), &env, &args(&report("By a contributor")))?
+        .ok()?
+        .json()?;
+    let out = spoc_with(
+        Some(dir),
+        &env,
+        &["operator", "add", "eve", "--role", "head"],
+    )?;
+    let line = refused(&out)?;
+    ensure!(
+        line.contains("carl is a contributor and may not add operators"),
+        "{line}"
+    );
+    // The head writes too.
+    let by_head = spoc(Some(dir), &args(&report("By the head")))?
+        .ok()?
+        .json()?;
+
+    // The local audit names who wrote what.
+    let log = spoc(Some(dir), &["log", "--operators", "--json"])?
+        .ok()?
+        .json()?;
+    let operator_of = |hash: &Value| -> Option<String> {
+        log.as_array()?
+            .iter()
+            .find(|e| e["hash"] == *hash)
+            .and_then(|e| e["operator"].as_str().map(str::to_owned))
+    };
+    ensure!(
+        operator_of(&written["entry"]).as_deref() == Some("carl"),
+        "{log}"
+    );
+    ensure!(
+        operator_of(&by_head["entry"]).as_deref() == Some("head"),
+        "{log}"
+    );
+    let text = spoc(Some(dir), &["log", "--operators"])?.ok()?.stdout;
+    ensure!(
+        text.lines().next().is_some_and(|h| h.contains("OPERATOR")) && text.contains(" carl "),
+        "{text}"
+    );
+
+    // The head revokes the contributor: its token gets 401, and the CLI says so in one line.
+    spoc(Some(dir), &["operator", "revoke", "carl"])?.ok()?;
+    ensure!(status_code(&lt.api, &writer_token)? == 401);
+    let line = refused(&spoc_with(Some(dir), &env, &["status"])?)?;
+    ensure!(
+        line == "spoc: the node refused the API token (SPOC_TOKEN): unknown or revoked",
+        "{line}"
+    );
+    let list = spoc(Some(dir), &["operator", "list", "--json"])?
+        .ok()?
+        .json()?;
+    let carl = list
+        .as_array()
+        .and_then(|all| all.iter().find(|o| o["name"] == "carl"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        carl["role"] == "contributor" && carl["revoked_ms"].is_u64(),
+        "{list}"
+    );
+    // The last head cannot be revoked.
+    let line = refused(&spoc(Some(dir), &["operator", "revoke", "head"])?)?;
+    ensure!(line == "spoc: the last head cannot be revoked", "{line}");
+
+    // After a restart, the operators and the audit are as they were.
+    node.terminate()?;
+    let _node = Proc::start(lt)?;
+    ensure!(status_code(&lt.api, &writer_token)? == 401);
+    ensure!(status_code(&lt.api, &reader_token)? == 200);
+    let log = spoc(Some(dir), &["log", "--operators", "--json"])?
+        .ok()?
+        .json()?;
+    ensure!(
+        log.as_array()
+            .is_some_and(|all| all.iter().any(|e| e["operator"] == "carl")),
+        "{log}"
+    );
+    Ok(())
+}
