@@ -1,5 +1,10 @@
 //! The client of a node's local API (docs/api.md): bearer token, JSON in and out, and
 //! every failure turned into one sentence an operator can act on.
+//!
+//! It reaches the node over the Unix socket of the data directory when it can, and
+//! otherwise over TCP; over TCP it sends its token only once the node has proved that it
+//! knows it (`/v1/hello`), so a process that holds the port while the node is down never
+//! gets the token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +61,8 @@ pub struct Client {
     api: String,
     data_dir: PathBuf,
     timeout: Duration,
+    /// Over TCP, the outcome of the node's proof that it knows the token, once asked.
+    proof: Option<std::sync::OnceLock<Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -101,13 +108,109 @@ impl Client {
                 (read_token(&path), path.display().to_string())
             }
         };
-        Ok(Client::new(
+        let socket = settings.socket_path();
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(Client::over_socket(
+                socket,
+                token,
+                token_path,
+                data_dir.to_owned(),
+                timeout,
+            ));
+        }
+        let mut client = Client::new(
             settings.api,
             token,
             token_path,
             data_dir.to_owned(),
             timeout,
-        ))
+        );
+        client.proof = Some(std::sync::OnceLock::new());
+        Ok(client)
+    }
+
+    fn config(timeout: Duration) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+        Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            // The API is local: never through a proxy from the environment.
+            .proxy(None)
+            .max_redirects(0)
+            .user_agent(concat!("spoc/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// A client of the node's Unix socket at `socket`.
+    pub fn over_socket(
+        socket: PathBuf,
+        token: Result<String, String>,
+        token_path: String,
+        data_dir: PathBuf,
+        timeout: Duration,
+    ) -> Client {
+        let agent = Agent::with_parts(
+            Client::config(timeout).build(),
+            crate::unix::UnixConnector {
+                path: socket.clone(),
+            },
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
+        Client {
+            agent,
+            // The socket is the address; the URL only names the routes.
+            base: "http://127.0.0.1".to_owned(),
+            token,
+            token_path,
+            api: socket.display().to_string(),
+            data_dir,
+            timeout,
+            proof: None,
+        }
+    }
+
+    /// Asks the node to prove it knows the token, once; over the socket nothing is asked.
+    fn proven(&self) -> Result<()> {
+        let (Some(proof), Ok(token)) = (&self.proof, &self.token) else {
+            return Ok(());
+        };
+        proof
+            .get_or_init(|| self.hello(token))
+            .clone()
+            .map_err(|e| anyhow!(e))
+    }
+
+    fn hello(&self, token: &str) -> Result<(), String> {
+        use rand::RngCore;
+        let hash = spoc_node::operator::Token::from_text(token).hash();
+        let mut nonce = [0u8; 32];
+        rand::rng().fill_bytes(&mut nonce);
+        let refused = || {
+            format!(
+                "the process at {} did not prove it knows the API token, so the token was not sent \
+                 (is it the node of {}?)",
+                self.api,
+                self.data_dir.display()
+            )
+        };
+        let mut response = self
+            .agent
+            .get(format!("{}/v1/hello", self.base))
+            .query("id", hex::encode(hash.hello_id()))
+            .query("nonce", hex::encode(nonce))
+            .call()
+            .map_err(|e| self.transport(e).to_string())?;
+        if response.status().as_u16() == 401 {
+            return Err(format!(
+                "the node refused the API token ({}): unknown or revoked",
+                self.token_path
+            ));
+        }
+        let answer: serde_json::Value = response.body_mut().read_json().map_err(|_| refused())?;
+        let want = hex::encode(hash.hello_proof(&nonce));
+        if answer["proof"].as_str() == Some(want.as_str()) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
     }
 
     /// A client of the API at `api`, with a token (or why there is none).
@@ -118,15 +221,7 @@ impl Client {
         data_dir: PathBuf,
         timeout: Duration,
     ) -> Client {
-        let agent: Agent = Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            // The API is on loopback: never through a proxy from the environment.
-            .proxy(None)
-            .max_redirects(0)
-            .user_agent(concat!("spoc/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent: Agent = Client::config(timeout).build().into();
         Client {
             agent,
             base: format!("http://{api}"),
@@ -135,18 +230,20 @@ impl Client {
             api: api.to_string(),
             data_dir,
             timeout,
+            proof: None,
         }
     }
 
-    fn auth<B>(&self, request: RequestBuilder<B>) -> RequestBuilder<B> {
-        match &self.token {
+    fn auth<B>(&self, request: RequestBuilder<B>) -> Result<RequestBuilder<B>> {
+        self.proven()?;
+        Ok(match &self.token {
             Ok(token) => request.header("Authorization", format!("Bearer {token}")),
             Err(_) => request,
-        }
+        })
     }
 
     fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response<Body>> {
-        let mut request = self.auth(self.agent.get(format!("{}{path}", self.base)));
+        let mut request = self.auth(self.agent.get(format!("{}{path}", self.base)))?;
         for (k, v) in query {
             request = request.query(k, v);
         }
@@ -162,7 +259,7 @@ impl Client {
 
     /// POSTs a JSON body to `path` and parses the JSON answer.
     pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        let request = self.auth(self.agent.post(format!("{}{path}", self.base)));
+        let request = self.auth(self.agent.post(format!("{}{path}", self.base)))?;
         let response = request.send_json(body).map_err(|e| self.transport(e))?;
         let response = self.check(response)?;
         self.parse(response)
@@ -170,7 +267,7 @@ impl Client {
 
     /// POSTs an empty body to `path` and parses the JSON answer.
     pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let request = self.auth(self.agent.post(format!("{}{path}", self.base)));
+        let request = self.auth(self.agent.post(format!("{}{path}", self.base)))?;
         let response = request.send_empty().map_err(|e| self.transport(e))?;
         let response = self.check(response)?;
         self.parse(response)

@@ -11,6 +11,7 @@ mod args;
 mod client;
 mod commands;
 mod output;
+mod unix;
 
 use std::process::ExitCode;
 

@@ -154,8 +154,37 @@ pub fn router(
         .route("/v1/operators/revoke", post(revoke_operator))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
+        // The one route without a token: the node proves it knows the caller's token
+        // before the caller sends it.
+        .route("/v1/hello", get(hello))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
+}
+
+#[derive(Deserialize)]
+struct HelloQuery {
+    id: String,
+    nonce: String,
+}
+
+async fn hello(State(app): State<App>, q: Result<Query<HelloQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let mut id = [0u8; crate::operator::HELLO_ID];
+    let mut nonce = [0u8; 32];
+    hex::decode_to_slice(&q.id, &mut id).map_err(|_| bad("id is 8 bytes in hex"))?;
+    hex::decode_to_slice(&q.nonce, &mut nonce).map_err(|_| bad("nonce is 32 bytes in hex"))?;
+    let proof = app
+        .access
+        .read()
+        .ok()
+        .and_then(|access| access.hello(&id, &nonce));
+    match proof {
+        Some(proof) => Ok(Json(json!({"proof": hex::encode(proof)})).into_response()),
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "no operator has that token".into(),
+        )),
+    }
 }
 
 async fn status(State(app): State<App>) -> Answer {

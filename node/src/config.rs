@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const FILE: &str = "node.toml";
 /// The API token file inside a data directory.
 pub const TOKEN_FILE: &str = "api.token";
+/// The API's Unix socket inside a data directory (0600).
+pub const SOCKET_FILE: &str = "api.sock";
 /// The store inside a data directory.
 pub const STORE_FILE: &str = "store.redb";
 
@@ -263,6 +265,10 @@ impl Settings {
 
     pub fn token_path(&self) -> PathBuf {
         self.data_dir.join(TOKEN_FILE)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.data_dir.join(SOCKET_FILE)
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -42,6 +42,15 @@ pub fn run(data_dir: &Path) -> Result<(), service::Error> {
         let listener = tokio::net::TcpListener::bind(settings.api)
             .await
             .map_err(|e| service::Error::Api(format!("cannot listen on {}: {e}", settings.api)))?;
+        // Without the socket (a path too long for one, say), the CLI uses the TCP address,
+        // where the node proves it knows the caller's token before the caller sends it.
+        let socket = match service::bind_socket(&settings.socket_path()) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "serving the API on its TCP address only");
+                None
+            }
+        };
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         let watcher = tokio::spawn(async move {
@@ -60,7 +69,7 @@ pub fn run(data_dir: &Path) -> Result<(), service::Error> {
             }
             signals.cancel();
         });
-        let result = service::run(node, listener, shutdown.clone()).await;
+        let result = service::run(node, listener, socket, shutdown.clone()).await;
         shutdown.cancel();
         let _ = watcher.await;
         result

@@ -26,6 +26,9 @@ pub const MAX_OPERATORS: usize = 1024;
 pub const FIRST_HEAD: &str = "head";
 const ROW_VERSION: u8 = 1;
 const TOKEN_KEY: &str = "spocnet/api-token/v1";
+const HELLO_KEY: &str = "spocnet/api-hello/v1";
+/// The bytes of a token's hash that name it in a hello.
+pub const HELLO_ID: usize = 8;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -155,6 +158,25 @@ impl TokenHash {
     }
 }
 
+impl TokenHash {
+    /// What names this token in a hello: the first bytes of its hash, which tell nothing
+    /// of the token or of the rest of the hash.
+    pub fn hello_id(&self) -> [u8; HELLO_ID] {
+        let mut id = [0u8; HELLO_ID];
+        id.copy_from_slice(&self.0[..HELLO_ID]);
+        id
+    }
+
+    /// The node's answer to a hello with `nonce`: a MAC keyed with the whole hash, which
+    /// only the node and the token's holder know. A client checks it before it sends the
+    /// token over TCP, so a process that holds the API's port while the node is down never
+    /// gets the token.
+    pub fn hello_proof(&self, nonce: &[u8; 32]) -> [u8; 32] {
+        let key = blake3::derive_key(HELLO_KEY, &self.0);
+        *blake3::keyed_hash(&key, nonce).as_bytes()
+    }
+}
+
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TokenHash({})", hex::encode(&self.0[..4]))
@@ -243,6 +265,14 @@ impl Access {
     /// The operator whose token this is, if it is not revoked.
     pub fn caller(&self, token: &str) -> Option<&Caller> {
         self.by_token.get(&TokenHash::of(token.trim().as_bytes()))
+    }
+
+    /// The answer to a hello for the token named by `id`, if it is an operator's.
+    pub fn hello(&self, id: &[u8; HELLO_ID], nonce: &[u8; 32]) -> Option<[u8; 32]> {
+        self.by_token
+            .keys()
+            .find(|hash| hash.hello_id() == *id)
+            .map(|hash| hash.hello_proof(nonce))
     }
 }
 
@@ -367,6 +397,23 @@ mod tests {
         assert!(Access::new(&[head, gone]).by_token.len() == 1);
         assert!(Role::Contributor.may_write() && !Role::Reader.may_write());
         assert!(Role::Head.may_administer() && !Role::Contributor.may_administer());
+    }
+
+    #[test]
+    fn only_the_holder_of_a_token_hash_answers_its_hello() {
+        let token = Token::generate(&mut rng());
+        let op = add(&[], "alice", Role::Head, &token, 1).expect("added");
+        let access = Access::new(&[op]);
+        let hash = token.hash();
+        let nonce = [3u8; 32];
+        let proof = access.hello(&hash.hello_id(), &nonce).expect("known");
+        assert_eq!(proof, hash.hello_proof(&nonce));
+        assert_ne!(proof, hash.hello_proof(&[4u8; 32]));
+        assert!(access.hello(&[0; HELLO_ID], &nonce).is_none());
+        // What a hello shows does not make the proof.
+        let mut guess = [0u8; 32];
+        guess[..HELLO_ID].copy_from_slice(&hash.hello_id());
+        assert_ne!(TokenHash(guess).hello_proof(&nonce), proof);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The operators of one node, through the real `spoc` CLI: the head of `api.token` adds a
 //! reader and a contributor, each may do what its role allows and is refused the rest
 //! with one line, the local audit names who wrote what, and a revoked token is refused,
-//! also after a restart.
+//! also after a restart. The CLI talks over the node's 0600 Unix socket, and over TCP it
+//! gives its token to no process that cannot prove it knows it.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -48,6 +49,34 @@ fn status_code(api: &str, token: &str) -> Result<u16> {
         .header("Authorization", &format!("Bearer {token}"))
         .call()?;
     Ok(r.status().as_u16())
+}
+
+/// Listens on `api` and answers the first request with a made-up proof; returns what it
+/// was sent.
+fn impostor(api: &str) -> Result<std::thread::JoinHandle<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(api)?;
+    Ok(std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return String::new();
+        };
+        let mut reader = BufReader::new(stream);
+        let mut request = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            request.push_str(&line);
+        }
+        let body = format!("{{\"proof\": \"{}\"}}", "00".repeat(32));
+        let _ = write!(
+            reader.get_mut(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        request
+    }))
 }
 
 #[test]
@@ -156,8 +185,36 @@ fn operators_act_by_their_role_and_a_revoked_token_is_refused() -> Result<()> {
     let line = refused(&spoc(Some(dir), &["operator", "revoke", "head"])?)?;
     ensure!(line == "spoc: the last head cannot be revoked", "{line}");
 
-    // After a restart, the operators and the audit are as they were.
+    // The CLI reached the node over its Unix socket, which only the node's user may use.
+    let socket = dir.join("api.sock");
+    let mode = std::fs::metadata(&socket)?.permissions().mode();
+    ensure!(mode & 0o777 == 0o600, "api.sock has mode {mode:o}");
+
+    // While the node is down, an impostor holds its TCP port: the CLI, finding no socket,
+    // asks it to prove it knows the token, and sends nothing when it cannot.
     node.terminate()?;
+    ensure!(!socket.exists(), "the socket outlived the node");
+    let seen = impostor(&lt.api)?;
+    let line = refused(&spoc(Some(dir), &["status"])?)?;
+    ensure!(
+        line.starts_with(&format!(
+            "spoc: the process at {} did not prove it knows the API token, so the token was not sent",
+            lt.api
+        )),
+        "{line}"
+    );
+    let head_token = std::fs::read_to_string(dir.join("api.token"))?;
+    let requests = seen
+        .join()
+        .map_err(|_| anyhow::anyhow!("the impostor panicked"))?;
+    ensure!(requests.contains("GET /v1/hello?"), "{requests}");
+    ensure!(
+        !requests.contains(head_token.trim())
+            && !requests.to_ascii_lowercase().contains("authorization"),
+        "{requests}"
+    );
+
+    // After a restart, the operators and the audit are as they were.
     let _node = Proc::start(lt)?;
     ensure!(status_code(&lt.api, &writer_token)? == 401);
     ensure!(status_code(&lt.api, &reader_token)? == 200);

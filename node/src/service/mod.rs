@@ -368,11 +368,33 @@ impl Node {
     }
 }
 
+/// Binds the API's Unix socket at `path`, readable and writable by the node's user alone
+/// (0600). A socket left by a node that stopped without cleaning up is replaced; the store's
+/// lock, taken before, already refused a second node on the same data directory.
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |reason: String| Error::Api(format!("cannot listen on {}: {reason}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(_) => return Err(err("it exists and is not a socket".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
 /// Serves the node until `shutdown` is cancelled or the node fails, then stops every task
-/// and thread it started and waits for them.
+/// and thread it started and waits for them. The API answers on `api_listener` and, when
+/// given, on the Unix socket `api_socket`.
 pub async fn run(
     node: Node,
     api_listener: tokio::net::TcpListener,
+    api_socket: Option<tokio::net::UnixListener>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let api_addr = api_listener
@@ -399,16 +421,33 @@ pub async fn run(
     ));
     let metrics = Arc::new(crate::api::Counters::default());
     let app = crate::api::router(node.handle.clone(), node.access.clone(), metrics);
-    let api_shutdown = shutdown.clone();
-    let fatal = node.fatal.clone();
-    let api = tokio::spawn(async move {
-        axum::serve(api_listener, app)
-            .with_graceful_shutdown(async move {
+    let stopping = {
+        let (shutdown, fatal) = (shutdown.clone(), node.fatal.clone());
+        move || {
+            let (shutdown, fatal) = (shutdown.clone(), fatal.clone());
+            async move {
                 tokio::select! {
-                    () = api_shutdown.cancelled() => {}
+                    () = shutdown.cancelled() => {}
                     () = fatal.cancelled() => {}
                 }
-            })
+            }
+        }
+    };
+    let socket_path = api_socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
+    let on_socket = api_socket.map(|listener| {
+        let (app, stopping) = (app.clone(), stopping.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping())
+                .await
+        })
+    });
+    let api = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(stopping())
             .await
     });
     tracing::info!(
@@ -419,6 +458,16 @@ pub async fn run(
     let served = api.await;
     // The API has stopped, on shutdown or a fatal error: stop replication too.
     shutdown.cancel();
+    if let Some(task) = on_socket
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the API's socket stopped with an error");
+    }
+    if let Some(path) = socket_path
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::debug!(error = %e, "the API's socket was already gone");
+    }
     let _ = renewal.await;
     let _ = replication.await;
     let _ = net_task.await;
