@@ -26,6 +26,7 @@ pub const DEFAULT_NETWORK: &str = "eu-heads-of-spoc";
 pub const RULES_VERSION: u32 = 2;
 
 const DOMAIN_CHARTER: &str = "spocnet/charter/v1";
+const DOMAIN_GENESIS: &str = "spocnet/charter-genesis/v1";
 
 /// A charter that failed to parse or validate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,6 +124,7 @@ pub struct Charter {
     pub presidency: Vec<Term>,
     pub training_core_group: Vec<String>,
     hash: [u8; 32],
+    genesis: [u8; 32],
     by_code: HashMap<String, usize>,
     by_key: HashMap<PublicKey, usize>,
 }
@@ -356,14 +358,18 @@ impl Charter {
             presidency,
             training_core_group: raw.training_core_group,
             hash: [0; 32],
+            genesis: [0; 32],
             by_code,
             by_key,
         };
-        charter.hash = charter.compute_hash();
+        charter.hash = charter.compute_hash(DOMAIN_CHARTER, true);
+        charter.genesis = charter.compute_hash(DOMAIN_GENESIS, false);
         Ok(charter)
     }
 
-    fn compute_hash(&self) -> [u8; 32] {
+    /// The hash of the canonical form under `domain`; `addresses` says whether the nodes'
+    /// addresses count.
+    fn compute_hash(&self, domain: &str, addresses: bool) -> [u8; 32] {
         #[derive(Serialize)]
         struct Canonical<'a> {
             network: &'a str,
@@ -372,10 +378,24 @@ impl Charter {
             presidency: Vec<(String, String, String)>,
             training_core_group: &'a [String],
         }
+        let without_addresses: Vec<Participant>;
+        let participants = if addresses {
+            &self.participants
+        } else {
+            without_addresses = self
+                .participants
+                .iter()
+                .map(|p| Participant {
+                    addresses: Vec::new(),
+                    ..p.clone()
+                })
+                .collect();
+            &without_addresses
+        };
         let canonical = Canonical {
             network: &self.network,
             rules_version: self.rules_version,
-            participants: &self.participants,
+            participants,
             presidency: self
                 .presidency
                 .iter()
@@ -384,7 +404,7 @@ impl Charter {
             training_core_group: &self.training_core_group,
         };
         let mut hasher = blake3::Hasher::new();
-        hasher.update(DOMAIN_CHARTER.as_bytes());
+        hasher.update(domain.as_bytes());
         // Serialising plain structs of strings to JSON cannot fail.
         hasher.update(&serde_json::to_vec(&canonical).unwrap_or_default());
         *hasher.finalize().as_bytes()
@@ -396,12 +416,13 @@ impl Charter {
     }
 
     /// What this network's entries and node certificates are signed for: from rules
-    /// version 2 on, the hash of the genesis charter (this charter: it changes only by a new
-    /// genesis); under version 1, the network's name alone, as the stores and networks of
-    /// that version were signed.
+    /// version 2 on, the genesis hash, the hash of everything in this charter but the
+    /// nodes' addresses (which move without changing the network's identity or its
+    /// history's signatures); under version 1, the network's name alone, as the stores and
+    /// networks of that version were signed.
     pub fn scope(&self) -> Scope {
         if self.rules_version >= 2 {
-            Scope::Genesis(self.hash)
+            Scope::Genesis(self.genesis)
         } else {
             Scope::Name
         }
@@ -619,6 +640,20 @@ mod tests {
         assert_eq!(round.hash(), a.hash());
         let c = Charter::parse(&small(CALENDAR).replace("Lithuania", "Lietuva")).unwrap();
         assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn a_moved_address_changes_the_hash_but_not_the_genesis_signatures_are_made_for() {
+        let text = small(CALENDAR).replace("rules_version = 1", "rules_version = 2");
+        let a = Charter::parse(&text).unwrap();
+        let renamed = Charter::parse(&text.replace("Lithuania", "Lietuva")).unwrap();
+        assert_ne!(renamed.scope(), a.scope());
+        let mut moved = a.clone();
+        moved.participants[0].addresses = vec!["/ip4/10.1.2.3/tcp/4001".into()];
+        let moved = Charter::parse(&moved.to_toml()).unwrap();
+        assert_ne!(moved.hash(), a.hash());
+        assert_eq!(moved.scope(), a.scope());
+        assert!(matches!(a.scope(), Scope::Genesis(g) if g != a.hash()));
     }
 
     fn err(text: &str) -> String {
