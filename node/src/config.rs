@@ -276,12 +276,20 @@ impl Settings {
     }
 }
 
-/// Whether `filter` is a log filter that tracing reads without panicking. Filters name
-/// modules and levels in printable ASCII; tracing-subscriber 0.3 slices some strings
-/// inside a multi-byte character and panics, so anything else is refused first, and a
-/// panic of the parser is caught as well.
+/// The longest log filter.
+const MAX_LOG_FILTER: usize = 512;
+
+/// Whether `filter` is a log filter that tracing reads without panicking or running out of
+/// memory. Filters name modules and levels (`info,spoc_node::network=debug`):
+/// tracing-subscriber 0.3 slices some strings inside a multi-byte character and panics, and
+/// compiles span and field matchers (`[...]`, `{...}`) into regular expressions whose
+/// automaton can take gigabytes (found by fuzzing), so only those names are accepted, and
+/// a panic of the parser is caught as well.
 fn is_log_filter(filter: &str) -> bool {
-    filter.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    filter.len() <= MAX_LOG_FILTER
+        && filter
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:,=.- ".contains(&b))
         && std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(filter).is_ok())
             .unwrap_or(false)
 }
@@ -348,6 +356,14 @@ mod tests {
         }
         assert!(is_log_filter("info,spoc_node::service::sync=debug"));
         assert!(!is_log_filter("info,spoc_node=débug"));
+        // Found by fuzzing too: span and field matchers that made the parser build an
+        // automaton of more than a gigabyte.
+        let matcher = format!(
+            "logS[SSLlSyoguSS=e{{kkyey888S=g_S{}St={{}}Sn",
+            ".".repeat(75)
+        );
+        assert!(!is_log_filter(&matcher));
+        assert!(!is_log_filter(&"info,".repeat(200)));
     }
 
     #[test]
