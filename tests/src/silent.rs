@@ -183,6 +183,10 @@ async fn outsider(
     mut stopped: watch::Receiver<bool>,
     progress: Arc<watch::Sender<Progress>>,
 ) {
+    // Attempts after a refusal are paced, not awaited: an outsider tries again every
+    // `RETRY` at most.
+    let mut pace = tokio::time::interval(RETRY);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stopped.borrow() {
         let muxer = tokio::select! {
             _ = stopped.changed() => break,
@@ -192,7 +196,7 @@ async fn outsider(
             progress.send_modify(|p| p.refused += 1);
             tokio::select! {
                 _ = stopped.changed() => break,
-                () = tokio::time::sleep(RETRY) => continue,
+                _ = pace.tick() => continue,
             }
         };
         progress.send_modify(|p| p.connected += 1);
@@ -207,10 +211,15 @@ async fn outsider(
                 }
             }
         });
+        // The node closing the connection ends the hold; otherwise the outsider lets go
+        // after `HOLD` and comes back.
         tokio::select! {
             _ = stopped.changed() => break,
-            () = tokio::time::sleep(HOLD) => {}
-            () = closed => progress.send_modify(|p| p.closed_by_node += 1),
+            held = tokio::time::timeout(HOLD, closed) => {
+                if held.is_ok() {
+                    progress.send_modify(|p| p.closed_by_node += 1);
+                }
+            }
         }
     }
 }
