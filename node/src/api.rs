@@ -191,6 +191,15 @@ async fn status(State(app): State<App>) -> Answer {
     Ok(Json(app.node.status().await?).into_response())
 }
 
+/// Reads a JSON body of type `T`, or refuses it with one line naming `what`.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("bad {what}: {e}")))
+}
+
 /// Refuses what the caller's role does not allow, with one line.
 fn allow(caller: &Caller, needed: Role, what: &str) -> Result<(), ApiError> {
     if caller.role >= needed {
@@ -212,9 +221,7 @@ async fn command(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     allow(&caller, Role::Contributor, "write")?;
-    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    let command: Command =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("bad command: {e}")))?;
+    let command: Command = json_body(body, "command")?;
     let ack = app.node.write(command, &caller.name).await?;
     Ok(Json(ack).into_response())
 }
@@ -246,9 +253,7 @@ async fn add_operator(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     allow(&caller, Role::Head, "add operators")?;
-    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    let add: AddOperator =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("bad operator: {e}")))?;
+    let add: AddOperator = json_body(body, "operator")?;
     let role: Role = add
         .role
         .parse()
@@ -270,9 +275,7 @@ async fn revoke_operator(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     allow(&caller, Role::Head, "revoke operators")?;
-    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    let revoke: RevokeOperator =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("bad operator: {e}")))?;
+    let revoke: RevokeOperator = json_body(body, "operator")?;
     let op = app.node.revoke_operator(revoke.name).await?;
     Ok(Json(operator_json(&op)).into_response())
 }
