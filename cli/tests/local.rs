@@ -90,7 +90,7 @@ fn charter_new_then_verify() {
     assert!(err.contains("cannot create"), "{err}");
 
     let o = spoc(&["charter", "new"]);
-    assert!(stdout(&o).contains("rules_version = 2"));
+    assert!(stdout(&o).contains("rules_version = 3"));
 
     let o = spoc(&["charter", "show", path(&charter), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));

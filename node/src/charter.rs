@@ -21,9 +21,9 @@ pub const DEFAULT_NETWORK: &str = "eu-heads-of-spoc";
 
 /// The newest version of the rules that this build enforces, and the one of the charters it
 /// writes. Version 2 signs entries and node certificates for the genesis charter's hash
-/// (`Charter::scope`); version 1, for the network's name alone. The document rules are the
-/// same in both.
-pub const RULES_VERSION: u32 = 2;
+/// (`Charter::scope`); version 1, for the network's name alone. Version 3 adds honest time
+/// (`Charter::honest_time`). The document rules are otherwise the same in all three.
+pub const RULES_VERSION: u32 = 3;
 
 const DOMAIN_CHARTER: &str = "spocnet/charter/v1";
 const DOMAIN_GENESIS: &str = "spocnet/charter-genesis/v1";
@@ -426,6 +426,14 @@ impl Charter {
         } else {
             Scope::Name
         }
+    }
+
+    /// Whether entries are held to their causal past in time: from rules version 3, a
+    /// change carries its entry's timestamp (in whole seconds), and an entry may not be
+    /// dated before any change its change depends on. With the log's own order (checked in
+    /// every version), an author can no longer date an entry into a past it has seen go by.
+    pub fn honest_time(&self) -> bool {
+        self.rules_version >= 3
     }
 
     pub fn hash_hex(&self) -> String {

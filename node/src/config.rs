@@ -82,6 +82,9 @@ pub struct Settings {
     /// `SPOC_FAILPOINT`, for crash tests only: the store commit step at which the node
     /// holds until it is killed.
     pub failpoint: Option<crate::store::Failpoint>,
+    /// `SPOC_CLOCK_OFFSET_MS`, for tests of time only: milliseconds added to the system
+    /// clock (negative: taken from it), as a node whose clock is wrong would read it.
+    pub clock_offset_ms: i64,
     /// Documents kept in memory (`cached_documents`, `SPOC_CACHED_DOCUMENTS`); the rest
     /// are read from the store when they are needed.
     pub cached_documents: usize,
@@ -89,6 +92,9 @@ pub struct Settings {
     /// `SPOC_STORE_CACHE_MIB`); the kernel caches the rest of the file.
     pub store_cache_mib: usize,
 }
+
+/// The largest clock offset a test may set: ten years.
+const MAX_CLOCK_OFFSET_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
 
 fn value(name: &str, message: impl Into<String>) -> Error {
     Error::Value {
@@ -245,6 +251,21 @@ impl Settings {
         let failpoint = env("SPOC_FAILPOINT")
             .map(|f| f.parse().map_err(|e: String| value("SPOC_FAILPOINT", e)))
             .transpose()?;
+        let clock_offset_ms = env("SPOC_CLOCK_OFFSET_MS")
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|ms| ms.unsigned_abs() <= MAX_CLOCK_OFFSET_MS)
+                    .ok_or_else(|| {
+                        value(
+                            "SPOC_CLOCK_OFFSET_MS",
+                            format!("{v:?} is not a whole number of milliseconds within ten years"),
+                        )
+                    })
+            })
+            .transpose()?
+            .unwrap_or(0);
         Ok(Settings {
             data_dir: data_dir.to_owned(),
             state,
@@ -257,6 +278,7 @@ impl Settings {
             log_format,
             cached_documents,
             store_cache_mib,
+            clock_offset_ms,
             mdns,
             key_passphrase_file,
             failpoint,

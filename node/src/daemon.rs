@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{LogFormat, Settings};
-use crate::service::{self, Node, SystemClock};
+use crate::service::{self, Node, OffsetClock, SystemClock};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -38,7 +38,17 @@ pub fn run(data_dir: &Path) -> Result<(), service::Error> {
         .build()
         .map_err(|e| service::Error::Stopped(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let node = Node::open(settings.clone(), &env, Arc::new(SystemClock))?;
+        let clock: Arc<dyn service::Clock> = match settings.clock_offset_ms {
+            0 => Arc::new(SystemClock),
+            offset => {
+                tracing::warn!(
+                    offset_ms = offset,
+                    "SPOC_CLOCK_OFFSET_MS moves this node's clock (for tests only)"
+                );
+                Arc::new(OffsetClock(offset))
+            }
+        };
+        let node = Node::open(settings.clone(), &env, clock)?;
         let listener = tokio::net::TcpListener::bind(settings.api)
             .await
             .map_err(|e| service::Error::Api(format!("cannot listen on {}: {e}", settings.api)))?;

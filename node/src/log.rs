@@ -239,6 +239,10 @@ pub enum Invalid {
     WrongPrev { seq: u64 },
     #[error("timestamp {found} is earlier than the previous entry's {prev}")]
     TimestampBeforePrev { prev: u64, found: u64 },
+    #[error("timestamp {found} is earlier than a change it depends on, made at {past} s")]
+    TimestampBeforePast { past: i64, found: u64 },
+    #[error("the change's time {change} s is not the entry's timestamp {entry} ms")]
+    ChangeTime { change: i64, entry: u64 },
     #[error("change actor is not the author's key and incarnation")]
     ActorMismatch,
     #[error("malformed change: {0}")]
@@ -261,6 +265,8 @@ impl Invalid {
             Invalid::SeqGap { .. } => "seq_gap",
             Invalid::WrongPrev { .. } => "wrong_prev",
             Invalid::TimestampBeforePrev { .. } => "timestamp_before_prev",
+            Invalid::TimestampBeforePast { .. } => "timestamp_before_past",
+            Invalid::ChangeTime { .. } => "change_time",
             Invalid::ActorMismatch => "actor_mismatch",
             Invalid::MalformedChange(_) => "malformed_change",
             Invalid::ForeignDeps => "foreign_deps",
@@ -318,7 +324,21 @@ pub fn check_intrinsic<'c>(
     if *change.actor_id() != e.log().actor() {
         return Err(Invalid::ActorMismatch);
     }
+    // Under honest time, a change carries its entry's timestamp, so that the changes that
+    // depend on it can be held to it from the document alone.
+    if charter.honest_time() && change.timestamp() != change_time(e.timestamp_ms) {
+        return Err(Invalid::ChangeTime {
+            change: change.timestamp(),
+            entry: e.timestamp_ms,
+        });
+    }
     Ok((author, change))
+}
+
+/// The time, in Automerge's whole seconds, that a change of an entry made at
+/// `timestamp_ms` carries.
+pub fn change_time(timestamp_ms: u64) -> i64 {
+    i64::try_from(timestamp_ms / 1000).unwrap_or(i64::MAX)
 }
 
 /// Checks the entry against the previous entry of its log.

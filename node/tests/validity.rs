@@ -14,7 +14,7 @@ use spoc_node::docs::DocId;
 use spoc_node::docs::command::{Command, Refused};
 use spoc_node::identity::{Scope, SecretKey};
 use spoc_node::log::{EntryHash, Invalid, LogId, SignedEntry};
-use spoc_node::replica::{Limits, Replica};
+use spoc_node::replica::{Limits, MAX_AHEAD_MS, Replica};
 use std::sync::Arc;
 
 /// Each participant writes as incarnation 1 in these tests.
@@ -348,6 +348,129 @@ fn a_wrong_prev_is_refused() {
     );
 }
 
+/// Midnight UTC at the start of 2027-01-01, when Lithuania's Presidency begins.
+const LT_TERM: u64 = NOW + 31 * 24 * 60 * MINUTE;
+
+fn escalate(obstacle: &str) -> Command {
+    Command::ObstacleStatus {
+        obstacle: obstacle.to_owned(),
+        status: "escalated".into(),
+        reference: None,
+    }
+}
+
+#[test]
+fn an_entry_dated_into_a_future_presidency_term_waits_until_that_time() {
+    let mut w = World::new();
+    assert_accepted(&w.r.advance(NOW).expect("advance"), 0);
+    // Lithuania's node, its clock moved into its own term, escalates an obstacle.
+    let ulid = w.ulid();
+    let (entry, _) =
+        w.r.prepare(w.net.key("LT"), INC, &escalate(&w.obstacle), LT_TERM, ulid)
+            .expect("the Presidency of that date may escalate");
+    let report = w.r.ingest(vec![entry.clone()]).expect("ingest");
+    assert!(
+        report.accepted.is_empty() && report.rejected.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(w.r.waiting_for_time_count(), 1);
+    assert!(!w.r.contains(&entry.hash()).expect("readable"));
+    assert_eq!(json(&w.r, &w.obstacle)["status"], "reported");
+    // It comes again, as sync and gossip bring it, and still waits.
+    let again = w.r.ingest(vec![entry.clone()]).expect("ingest");
+    assert_eq!((again.accepted.len(), again.duplicates), (0, 1));
+    // A minute before the tolerance reaches its date, it still waits.
+    let early =
+        w.r.advance(LT_TERM - MAX_AHEAD_MS - MINUTE)
+            .expect("advance");
+    assert!(early.accepted.is_empty(), "{early:?}");
+    assert_eq!(json(&w.r, &w.obstacle)["status"], "reported");
+    // Then its time comes, and the rules of that date apply.
+    let due = w.r.advance(LT_TERM - MAX_AHEAD_MS).expect("advance");
+    assert_eq!(due.accepted, vec![entry]);
+    assert_eq!(w.r.waiting_for_time_count(), 0);
+    assert_eq!(w.r.pending_count(), 0);
+    assert_eq!(json(&w.r, &w.obstacle)["status"], "escalated");
+}
+
+#[test]
+fn entries_dated_ahead_are_bounded_and_the_furthest_ahead_go_first() {
+    let net = Net::new(11);
+    let limits = Limits {
+        max_waiting_for_time: 2,
+        ..Limits::default()
+    };
+    let mut r = Replica::new(net.charter.clone(), limits);
+    r.advance(NOW).expect("advance");
+    // Each from a new log of its own, dated one day further ahead than the last.
+    let entries: Vec<SignedEntry> = (1..=3u32)
+        .map(|i| {
+            let mut ahead = Replica::new(net.charter.clone(), Limits::default());
+            let when = NOW + u64::from(i) * 24 * 60 * MINUTE;
+            let ulid = Ulids::new(u64::from(i)).next(when);
+            ahead
+                .prepare(
+                    net.key("IE"),
+                    100 + i,
+                    &set_factsheet("notes", "ahead"),
+                    when,
+                    ulid,
+                )
+                .expect("a write")
+                .0
+        })
+        .collect();
+    let report = r.ingest(entries.clone()).expect("ingest");
+    assert_eq!(report.overflow, 1);
+    assert_eq!(r.waiting_for_time_count(), 2);
+    let woke = r.advance(NOW + 3 * 24 * 60 * MINUTE).expect("advance");
+    assert_eq!(woke.accepted, entries[..2].to_vec());
+}
+
+#[test]
+fn an_entry_dated_before_a_change_it_depends_on_is_refused() {
+    let mut w = World::new();
+    // Lithuania's first entry of a new log, so no entry of its own log dates it, endorses
+    // an obstacle reported at NOW while claiming to be an hour older.
+    let endorse = Command::ObstacleEndorse {
+        obstacle: w.obstacle.clone(),
+        stance: "support".into(),
+        note: None,
+    };
+    let ulid = w.ulid();
+    let backdated = craft_command(&w.r, w.net.key("LT"), 7, &endorse, NOW - 60 * MINUTE, ulid);
+    assert_refused(
+        &mut w.r,
+        backdated,
+        Invalid::TimestampBeforePast {
+            past: spoc_node::log::change_time(NOW),
+            found: NOW - 60 * MINUTE,
+        },
+    );
+    let honest = craft_command(&w.r, w.net.key("LT"), 7, &endorse, NOW, ulid);
+    assert_accepted(&w.r.ingest(vec![honest]).expect("ingest"), 1);
+}
+
+#[test]
+fn a_change_whose_time_is_not_its_entrys_is_refused() {
+    let mut w = World::new();
+    let log = w.net.log("IE", INC);
+    let doc = DocId::factsheet("IE");
+    let change = craft_change_at(w.r.doc(&doc), log, NOW - 60 * MINUTE, |tx, _| {
+        tx.put(ROOT, "notes", "an hour off").unwrap();
+    });
+    let entry = w.entry("IE", &doc, change);
+    let signed = entry.clone().sign(w.net.key("IE"), &w.net.scope());
+    assert_refused(
+        &mut w.r,
+        signed,
+        Invalid::ChangeTime {
+            change: spoc_node::log::change_time(NOW - 60 * MINUTE),
+            entry: entry.timestamp_ms,
+        },
+    );
+}
+
 #[test]
 fn a_timestamp_earlier_than_prev_is_refused() {
     let mut w = World::new();
@@ -359,7 +482,7 @@ fn a_timestamp_earlier_than_prev_is_refused() {
             .entry
             .timestamp_ms;
     let doc = DocId::factsheet("IE");
-    let change = craft_change(w.r.doc(&doc), log, |tx, _| {
+    let change = craft_change_at(w.r.doc(&doc), log, prev - 1, |tx, _| {
         tx.put(ROOT, "notes", "from the past").unwrap();
     });
     let mut entry = w.entry("IE", &doc, change);
@@ -464,9 +587,9 @@ fn an_entry_of_another_network_with_the_same_name_and_keys_is_refused() {
 fn a_network_of_rules_version_one_keeps_its_signatures_bound_to_its_name() {
     let mut w = World::new();
     let text = w.net.charter.to_toml();
-    assert!(text.contains("rules_version = 2\n"), "{text}");
+    assert!(text.contains("rules_version = 3\n"), "{text}");
     let first = Arc::new(
-        Charter::parse(&text.replace("rules_version = 2\n", "rules_version = 1\n"))
+        Charter::parse(&text.replace("rules_version = 3\n", "rules_version = 1\n"))
             .expect("a charter of rules version 1"),
     );
     assert_eq!(first.scope(), Scope::Name);

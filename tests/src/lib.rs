@@ -220,6 +220,20 @@ impl Proc {
         }
     }
 
+    /// Waits until every one of `needles` has appeared in a log line, in any order.
+    pub fn wait_logs(&mut self, needles: &[&str], timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut left: Vec<&str> = needles.to_vec();
+        while !left.is_empty() {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .wait_log("", wait)
+                .with_context(|| format!("waiting for {left:?}"))?;
+            left.retain(|needle| !line.contains(needle));
+        }
+        Ok(())
+    }
+
     fn agent(&self) -> ureq::Agent {
         ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(120)))

@@ -291,7 +291,7 @@ fn an_oversized_sync_request_is_refused_and_the_node_keeps_serving() -> Result<(
         ranges: Vec::new(),
         wanted: vec![Item::absent(Key([7; 36])); 200_000],
         max_entries: 500,
-        stream: None,
+        ..SyncRequest::default()
     };
     let size = big.encoded_len();
     assert!(size > NODE_FRAME_BYTES, "{size} bytes is not oversized");

@@ -51,6 +51,10 @@ pub fn status_text(s: &Value) -> String {
         _ => "none".into(),
     };
     let peers = s.get("peers").and_then(Value::as_array).map_or(0, Vec::len);
+    let waiting = match s.get("waiting_for_time").and_then(Value::as_u64) {
+        Some(n) if n > 0 => format!(", {n} dated ahead of this clock"),
+        _ => String::new(),
+    };
     let mut text = output::pairs(&[
         ("state", field(s, "state")),
         ("network", field(s, "network")),
@@ -60,8 +64,13 @@ pub fn status_text(s: &Value) -> String {
         ("incarnation", field(s, "incarnation")),
         (
             "entries",
-            format!("{} ({} pending)", field(s, "entries"), field(s, "pending")),
+            format!(
+                "{} ({} pending{waiting})",
+                field(s, "entries"),
+                field(s, "pending")
+            ),
         ),
+        ("clock", clock_text(&s["clock"])),
         ("documents", field(s, "documents")),
         (
             "store",
@@ -93,6 +102,23 @@ pub fn status_text(s: &Value) -> String {
         text.push_str(&peers_table(peers).render());
     }
     text
+}
+
+/// The clock line of the status: how far this node's clock is from its peers'.
+fn clock_text(clock: &Value) -> String {
+    let Some(offset) = clock["offset_ms"].as_i64() else {
+        return "not compared with any peer yet".into();
+    };
+    let seconds = offset.unsigned_abs() / 1000;
+    let side = if offset >= 0 { "ahead of" } else { "behind" };
+    if clock["skewed"].as_bool() == Some(true) {
+        let tolerance = clock["tolerance_ms"].as_u64().unwrap_or(0) / 1000;
+        format!(
+            "OFF: {seconds} s {side} its peers' (tolerance {tolerance} s): entries this node signs wait on theirs; fix the clock"
+        )
+    } else {
+        format!("ok ({seconds} s {side} its peers')")
+    }
 }
 
 /// `spoc log`.
@@ -458,14 +484,16 @@ mod tests {
             "entries": 6, "pending": 0,
             "equivocations": [{"state": "EL", "incarnation": 7, "seq": 3}],
             "rejected": {"bad_signature": 1},
-            "documents": 5, "store_bytes": 1581056, "peers": []
+            "documents": 5, "store_bytes": 1581056, "peers": [], "waiting_for_time": 1,
+            "clock": {"offset_ms": 3_600_250, "tolerance_ms": 300_000, "skewed": true}
         });
         let text = status_text(&s);
         for line in [
             "state          LT\n",
             "presidency     none (outside the calendar)\n",
             "charter        0123456789ab\n",
-            "entries        6 (0 pending)\n",
+            "entries        6 (0 pending, 1 dated ahead of this clock)\n",
+            "clock          OFF: 3600 s ahead of its peers' (tolerance 300 s): entries this node signs wait on theirs; fix the clock\n",
             "store          1.5 MiB\n",
             "rejected       1 bad_signature\n",
             "equivocations  EL/7 at seq 3\n",

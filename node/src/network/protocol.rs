@@ -60,6 +60,10 @@ pub struct SyncRequest {
     /// (see [`reconcile::Stream`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// The requester's clock when it sent the request, in ms since the epoch: the
+    /// responder compares it with its own to see whether either clock is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
 }
 
 /// The answer to a [`SyncRequest`]; entries and proofs are opaque encoded bytes.
@@ -78,6 +82,9 @@ pub struct SyncResponse {
     /// remains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
+    /// The responder's clock when it answered, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
 }
 
 /// Why a packed batch was refused.
@@ -191,7 +198,7 @@ const ANSWER: usize =
 /// An upper bound of the CBOR encoding size of a request of `ranges` ranges and `wanted`
 /// logs: every field of every element has a fixed most.
 const fn request_len(ranges: usize, wanted: usize) -> usize {
-    header(4)
+    header(5)
         + text("ranges")
         + INT
         + ranges * ASKED
@@ -202,6 +209,8 @@ const fn request_len(ranges: usize, wanted: usize) -> usize {
         + INT
         + text("stream")
         + STREAM
+        + text("time_ms")
+        + INT
 }
 
 /// The largest request an honest node sends: the most ranges and wanted logs a request
@@ -238,7 +247,7 @@ impl SyncResponse {
                     }
             })
             .sum();
-        header(6)
+        header(8)
             + text("ranges")
             + INT
             + answers
@@ -253,6 +262,7 @@ impl SyncResponse {
                 .as_ref()
                 .map_or(0, |p| text("packed") + bytes(p.len()))
             + self.next.map_or(0, |_| text("next") + INT)
+            + self.time_ms.map_or(0, |_| text("time_ms") + INT)
     }
 }
 
@@ -497,6 +507,7 @@ mod tests {
             wanted: vec![item; reconcile::MAX_WANTED],
             max_entries: u32::MAX,
             stream: Some(Stream::From(u64::MAX)),
+            time_ms: Some(u64::MAX),
         };
         let part = Part {
             start: Key([3; 36]),
@@ -518,6 +529,7 @@ mod tests {
             more: true,
             packed: Some(ByteBuf::from(vec![6; 1_000])),
             next: Some(u64::MAX),
+            time_ms: Some(u64::MAX),
         };
         let mut codec = cbor::codec::Codec::<SyncRequest, SyncResponse>::default();
         let mut wire = futures::io::Cursor::new(Vec::new());
@@ -544,6 +556,7 @@ mod tests {
             wanted: vec![Item::absent(crate::reconcile::Key([1; 36])); 2],
             max_entries: 10,
             stream: None,
+            time_ms: None,
         };
         let bytes = encode_sync_frame(&SyncFrame::Request(request.clone()))?;
         let read = |bytes: &[u8], limit: u64| {

@@ -170,6 +170,7 @@ fn request(max_entries: u32, kib: usize) -> SyncRequest {
         wanted: vec![item; kib * WANTED_PER_KIB],
         max_entries,
         stream: None,
+        time_ms: None,
     }
 }
 

@@ -35,13 +35,36 @@ use crate::docs::rules::{self, Staged};
 use crate::identity::SecretKey;
 use crate::log::{self, Entry, EntryHash, EquivocationProof, Invalid, LogId, SignedEntry, Tip};
 
-/// Bounds of what the replica holds in memory.
+/// Bounds of what the replica holds in memory, and how far ahead of its clock it takes
+/// entries in.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_pending_entries: usize,
     pub max_pending_bytes: usize,
     /// Documents kept in memory beside those changed since the last flush.
     pub max_cached_docs: usize,
+    /// How far an entry may be dated ahead of the replica's clock and still be taken in;
+    /// a later one waits until the clock comes within this of its time.
+    pub max_ahead_ms: u64,
+    /// Of the pending entries, how many may wait for their time.
+    pub max_waiting_for_time: usize,
+}
+
+/// The default tolerance of clocks: an entry dated up to five minutes ahead of the node's
+/// clock is taken in at once, and a node whose clock is that far from its peers' says so.
+pub const MAX_AHEAD_MS: u64 = 5 * 60 * 1000;
+
+impl Limits {
+    /// No bounds: for checking a whole store, whose every entry is taken in at once.
+    pub fn unbounded() -> Limits {
+        Limits {
+            max_pending_entries: usize::MAX,
+            max_pending_bytes: usize::MAX,
+            max_cached_docs: usize::MAX,
+            max_waiting_for_time: usize::MAX,
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -50,6 +73,8 @@ impl Default for Limits {
             max_pending_entries: 20_000,
             max_pending_bytes: 64 * 1024 * 1024,
             max_cached_docs: 1024,
+            max_ahead_ms: MAX_AHEAD_MS,
+            max_waiting_for_time: 1024,
         }
     }
 }
@@ -94,6 +119,19 @@ struct Candidate {
     change: Change,
     /// The change this entry waits for, if any, so that dropping it also forgets the wait.
     waits_for: Option<ChangeHash>,
+    /// The time this entry waits for, if it is dated ahead of the clock.
+    waits_until: Option<u64>,
+}
+
+impl Candidate {
+    fn new(entry: SignedEntry, change: Change) -> Candidate {
+        Candidate {
+            entry,
+            change,
+            waits_for: None,
+            waits_until: None,
+        }
+    }
 }
 
 type PendingKey = (LogId, u64, EntryHash);
@@ -119,6 +157,11 @@ pub struct Replica<B: Backing = Nothing> {
     pending: BTreeMap<PendingKey, Candidate>,
     pending_bytes: usize,
     waiting_dep: HashMap<ChangeHash, Vec<PendingKey>>,
+    /// Pending entries dated ahead of the clock, by the time they wait for.
+    waiting_time: BTreeSet<(u64, PendingKey)>,
+    /// The clock as last told by [`Replica::advance`]; a replica never told the time
+    /// (a data generator, a check of a whole store) holds nothing back for it.
+    now_ms: Option<u64>,
     proofs: BTreeMap<LogId, EquivocationProof>,
     rejected: BTreeMap<&'static str, u64>,
     /// Entries whose changes Automerge could not apply, oldest first, bounded.
@@ -144,7 +187,15 @@ impl<B: Backing> std::fmt::Debug for Replica<B> {
 struct Stage {
     staged: Staged,
     changes: Vec<(Change, EntryHash)>,
-    max_ops: HashMap<ChangeHash, u64>,
+    past: HashMap<ChangeHash, Past>,
+}
+
+/// What a change that others depend on contributes to their checks.
+#[derive(Clone, Copy)]
+struct Past {
+    max_op: u64,
+    /// Automerge's time of the change, in whole seconds.
+    time: i64,
 }
 
 /// Per-document work staged during one ingest, applied in one `apply_changes` call.
@@ -157,6 +208,8 @@ enum Verdict {
     Accept,
     WaitPrev,
     WaitDep(ChangeHash),
+    /// Dated ahead of the clock: waits until the clock reaches this time.
+    WaitTime(u64),
     Duplicate,
     Reject(Invalid),
     Equivocation(Box<SignedEntry>),
@@ -198,6 +251,8 @@ impl<B: Backing> Replica<B> {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             waiting_dep: HashMap::new(),
+            waiting_time: BTreeSet::new(),
+            now_ms: None,
             proofs: BTreeMap::new(),
             rejected: BTreeMap::new(),
             poisoned: VecDeque::new(),
@@ -294,11 +349,7 @@ impl<B: Backing> Replica<B> {
                 continue;
             }
             match log::check_intrinsic(&entry, &self.charter) {
-                Ok((_, change)) => fresh.push(Candidate {
-                    entry,
-                    change,
-                    waits_for: None,
-                }),
+                Ok((_, change)) => fresh.push(Candidate::new(entry, change)),
                 Err(invalid) => self.reject(&mut report, hash, invalid),
             }
         }
@@ -321,14 +372,25 @@ impl<B: Backing> Replica<B> {
             self.pending.insert(key, c);
             queue.push_back(key);
         }
-        // Lower seqs first, so that one pass accepts a log that arrived in order.
+        self.settle(queue, &mut report)?;
+        Ok(report)
+    }
+
+    /// Judges the queued pending entries, lower seqs first so that one pass accepts a log
+    /// that arrived in order; trims the pending set to its bounds, and cuts what new
+    /// proofs and unappliable changes take away.
+    fn settle(
+        &mut self,
+        mut queue: VecDeque<PendingKey>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
         queue.make_contiguous().sort();
-        let poisoned = self.drain(queue, &mut report)?;
+        let poisoned = self.drain(queue, report)?;
         report.overflow += self.trim_pending();
         if !report.new_proofs.is_empty() || !poisoned.is_empty() {
-            self.rebuild(&mut report, &poisoned)?;
+            self.rebuild(report, &poisoned)?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Whether the entry named `hash` is accepted.
@@ -376,6 +438,43 @@ impl<B: Backing> Replica<B> {
             dropped += 1;
         }
         dropped
+    }
+
+    /// Drops the entries dated furthest ahead until at most `max_waiting_for_time` wait
+    /// for their time; sync brings them again later. Returns how many were dropped.
+    fn trim_waiting_for_time(&mut self) -> usize {
+        let mut dropped = 0;
+        while self.waiting_time.len() > self.limits.max_waiting_for_time {
+            let Some((_, key)) = self.waiting_time.last().copied() else {
+                break;
+            };
+            self.take_pending(&key);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Tells the replica the time. From now on, an entry dated more than
+    /// `max_ahead_ms` after it waits in the pending set; those whose time has come are
+    /// judged now, and what they accept is returned like an ingest's.
+    pub fn advance(&mut self, now_ms: u64) -> Result<Report, Error> {
+        self.now_ms = Some(now_ms);
+        let mut report = Report::default();
+        let mut queue = VecDeque::new();
+        while let Some(&(until, key)) = self.waiting_time.first() {
+            if until > now_ms {
+                break;
+            }
+            self.waiting_time.remove(&(until, key));
+            if let Some(c) = self.pending.get_mut(&key) {
+                c.waits_until = None;
+            }
+            queue.push_back(key);
+        }
+        if !queue.is_empty() {
+            self.settle(queue, &mut report)?;
+        }
+        Ok(report)
     }
 
     fn reject(&mut self, report: &mut Report, hash: EntryHash, invalid: Invalid) {
@@ -486,6 +585,13 @@ impl<B: Backing> Replica<B> {
                     }
                     self.waiting_dep.entry(hash).or_default().push(key);
                 }
+                Verdict::WaitTime(until) => {
+                    if let Some(c) = self.pending.get_mut(&key) {
+                        c.waits_until = Some(until);
+                    }
+                    self.waiting_time.insert((until, key));
+                    report.overflow += self.trim_waiting_for_time();
+                }
                 Verdict::Duplicate => {
                     self.take_pending(&key);
                     report.duplicates += 1;
@@ -522,7 +628,11 @@ impl<B: Backing> Replica<B> {
                         .seqs
                         .insert(c.change.actor_id().clone(), c.change.seq());
                     let stage = round.staged.entry(doc_id.clone()).or_default();
-                    stage.max_ops.insert(change_hash, c.change.max_op());
+                    let past = Past {
+                        max_op: c.change.max_op(),
+                        time: c.change.timestamp(),
+                    };
+                    stage.past.insert(change_hash, past);
                     stage.changes.push((c.change, hash));
                     self.set_tip(log, Some(Tip::from(&c.entry)));
                     self.overlay.push(c.entry.clone());
@@ -633,6 +743,9 @@ impl<B: Backing> Replica<B> {
                 self.waiting_dep.remove(&dep);
             }
         }
+        if let Some(until) = c.waits_until {
+            self.waiting_time.remove(&(until, *key));
+        }
         Some(c)
     }
 
@@ -681,16 +794,37 @@ impl<B: Backing> Replica<B> {
         let state = self.cache.get(doc_id).unwrap_or(&empty);
         let stage = round.staged.entry(doc_id.clone()).or_default();
         let mut deps_max_op = 0;
+        let mut deps_time = i64::MIN;
         for dep in c.change.deps() {
-            let max_op = stage
-                .max_ops
-                .get(dep)
-                .copied()
-                .or_else(|| state.doc.get_change_meta_by_hash(dep).map(|m| m.max_op));
-            match max_op {
-                Some(m) => deps_max_op = deps_max_op.max(m),
+            let past = stage.past.get(dep).copied().or_else(|| {
+                state.doc.get_change_meta_by_hash(dep).map(|m| Past {
+                    max_op: m.max_op,
+                    time: m.timestamp,
+                })
+            });
+            match past {
+                Some(p) => {
+                    deps_max_op = deps_max_op.max(p.max_op);
+                    deps_time = deps_time.max(p.time);
+                }
                 None => return Ok(Verdict::WaitDep(*dep)),
             }
+        }
+        let timestamp_ms = c.entry.entry.timestamp_ms;
+        if self.charter.honest_time() && log::change_time(timestamp_ms) < deps_time {
+            return Ok(Verdict::Reject(Invalid::TimestampBeforePast {
+                past: deps_time,
+                found: timestamp_ms,
+            }));
+        }
+        // Waiting is not a verdict: an entry dated ahead of the clock is judged once the
+        // clock comes near its time, by the same rules as on every other node.
+        if let Some(now) = self.now_ms
+            && timestamp_ms > now.saturating_add(self.limits.max_ahead_ms)
+        {
+            return Ok(Verdict::WaitTime(
+                timestamp_ms.saturating_sub(self.limits.max_ahead_ms),
+            ));
         }
         // Op counters are Lamport clocks: a change's ops come after all of its past.
         if c.change.start_op().get() <= deps_max_op {
@@ -840,14 +974,7 @@ impl<B: Backing> Replica<B> {
                     if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
                         let key = (e.entry.log(), e.entry.seq, hash);
                         self.pending_bytes += e.bytes().len();
-                        self.pending.insert(
-                            key,
-                            Candidate {
-                                entry: e,
-                                change,
-                                waits_for: None,
-                            },
-                        );
+                        self.pending.insert(key, Candidate::new(e, change));
                         waiting.push_back(key);
                     }
                 }
@@ -930,22 +1057,51 @@ impl<B: Backing> Replica<B> {
         }
         let today = rules::date_of_ms(now_ms)
             .ok_or_else(|| Refused::Invalid("the clock is out of range".into()))?;
+        let doc_id = command.target(
+            &Writer {
+                code: &author.code,
+                now_ms,
+                today,
+            },
+            ulid,
+        )?;
+        self.load(&doc_id)
+            .map_err(|e| Refused::Invalid(format!("the document cannot be read: {e}")))?;
+        let empty = DocState::default();
+        let state = self.cache.get(&doc_id).unwrap_or(&empty);
+        // The entry is dated no earlier than its log's last entry and the changes it
+        // builds on (made by clocks that may run a little ahead of this one), so that
+        // every node takes it in under the same rules.
+        let tip = self.tip(&log);
+        let past_ms = state
+            .doc
+            .get_heads()
+            .iter()
+            .filter_map(|h| state.doc.get_change_meta_by_hash(h))
+            .map(|m| u64::try_from(m.timestamp).unwrap_or(0).saturating_mul(1000))
+            .max()
+            .unwrap_or(0);
+        let clock_ms = now_ms;
+        let now_ms = now_ms.max(tip.map_or(0, |t| t.timestamp_ms)).max(past_ms);
+        if now_ms > clock_ms.saturating_add(self.limits.max_ahead_ms) {
+            return Err(Refused::Invalid(format!(
+                "the document or this log holds changes dated {} s ahead of this node's clock: check the clock",
+                (now_ms - clock_ms) / 1000
+            )));
+        }
+        let today = rules::date_of_ms(now_ms)
+            .ok_or_else(|| Refused::Invalid("the clock is out of range".into()))?;
         let writer = Writer {
             code: &author.code,
             now_ms,
             today,
         };
-        let doc_id = command.target(&writer, ulid)?;
-        self.load(&doc_id)
-            .map_err(|e| Refused::Invalid(format!("the document cannot be read: {e}")))?;
-        let empty = DocState::default();
-        let state = self.cache.get(&doc_id).unwrap_or(&empty);
         let mut fork = state.doc.fork();
         fork.set_actor(log.actor());
         let mut tx = fork.transaction();
         let item = command.apply(&mut tx, &state.doc, &doc_id, &writer, ulid)?;
-        let options = automerge::transaction::CommitOptions::default()
-            .with_time(i64::try_from(now_ms / 1000).unwrap_or(i64::MAX));
+        let options =
+            automerge::transaction::CommitOptions::default().with_time(log::change_time(now_ms));
         let (hash, _) = tx.commit_with(options);
         if hash.is_none() {
             return Err(Refused::Invalid("nothing to change".into()));
@@ -960,14 +1116,13 @@ impl<B: Backing> Replica<B> {
             timestamp_ms: now_ms,
         };
         rules::check(&ctx, &state.doc, &mut Staged::default(), &change).map_err(Refused::Rule)?;
-        let tip = self.tip(&log);
         let entry = Entry {
             network: charter.network.clone(),
             author: key.public(),
             incarnation,
             seq: tip.map_or(1, |t| t.seq + 1),
             prev: tip.map(|t| t.hash),
-            timestamp_ms: tip.map_or(now_ms, |t| t.timestamp_ms.max(now_ms)),
+            timestamp_ms: now_ms,
             doc: doc_id,
             change: change.bytes().into_owned(),
         };
@@ -1081,6 +1236,11 @@ impl<B: Backing> Replica<B> {
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Entries dated ahead of the clock, waiting for their time.
+    pub fn waiting_for_time_count(&self) -> usize {
+        self.waiting_time.len()
     }
 
     /// Entries waiting for a missing change, as the waiting map counts them.

@@ -169,6 +169,8 @@ pub(crate) enum Request {
         Vec<crate::log::EntryHash>,
         Reply<Vec<crate::log::EntryHash>>,
     ),
+    /// Tells the replica the time, so that entries whose time has come are taken in.
+    Tick(Reply<usize>),
 }
 
 /// What a page of the audit trail asks for.
@@ -331,6 +333,12 @@ impl Handle {
     pub async fn serve_pull(&self, ask: Ask, max: usize) -> Result<Served, Failure> {
         self.call(|reply| Request::Serve { ask, max, reply }).await
     }
+    /// Tells the node the time has moved on; returns how many entries that waited for
+    /// their time it took in.
+    pub async fn tick(&self) -> Result<usize, Failure> {
+        ask!(self, Tick)
+    }
+
     /// The entries of `hashes` that the node does not hold.
     pub async fn missing(
         &self,
@@ -598,6 +606,14 @@ impl Actor {
             Request::Serve { ask, max, reply } => {
                 answer(reply, self.serve_pull(ask, max))?;
             }
+            Request::Tick(reply) => {
+                let result = self.tick();
+                let fatal = result.as_ref().err().cloned();
+                let _ = reply.send(result);
+                if let Some(f) = fatal {
+                    return Err(f);
+                }
+            }
             Request::Missing(hashes, reply) => {
                 let mut missing = Vec::new();
                 let mut failed = None;
@@ -646,7 +662,25 @@ impl Actor {
         Ok(())
     }
 
+    /// Tells the replica the time, and makes durable what that took in: the entries that
+    /// waited for their time. Returns how many were accepted.
+    fn tick(&mut self) -> Result<usize, Failure> {
+        let report = self
+            .replica
+            .advance(self.clock.now_ms())
+            .map_err(Failure::from)?;
+        if report.accepted.is_empty() && report.removed.is_empty() && report.rejected.is_empty() {
+            return Ok(0);
+        }
+        self.commit(&report)?;
+        for (hash, invalid) in &report.rejected {
+            tracing::warn!(entry = %hash, reason = %invalid, "entry refused once its time came");
+        }
+        Ok(report.accepted.len())
+    }
+
     fn write(&mut self, command: &Command, operator: &str) -> Result<WriteAck, Failure> {
+        self.tick()?;
         let now = self.clock.now_ms();
         let (entry, id) =
             self.replica
@@ -684,6 +718,7 @@ impl Actor {
         proofs: Vec<EquivocationProof>,
     ) -> Result<IngestSummary, Failure> {
         let mut summary = IngestSummary::default();
+        self.tick()?;
         if !proofs.is_empty() {
             let report = self.replica.add_proofs(proofs).map_err(Failure::from)?;
             self.commit(&report)?;
@@ -697,8 +732,19 @@ impl Actor {
             summary.new_proofs.extend(report.new_proofs);
         }
         if !entries.is_empty() {
+            let waiting = self.replica.waiting_for_time_count();
             let report = self.replica.ingest(entries).map_err(Failure::from)?;
             self.commit(&report)?;
+            let more = self
+                .replica
+                .waiting_for_time_count()
+                .saturating_sub(waiting);
+            if more > 0 {
+                tracing::info!(
+                    entries = more,
+                    "entries dated ahead of this node's clock wait for their time"
+                );
+            }
             for (hash, invalid) in &report.rejected {
                 tracing::warn!(entry = %hash, reason = %invalid, "entry refused");
             }
@@ -718,7 +764,8 @@ impl Actor {
             summary.duplicates = report.duplicates;
             summary.new_proofs.extend(report.new_proofs);
         }
-        summary.gaps = self.replica.pending_count() > 0;
+        // Entries that wait for their time are not a gap that a pull could fill.
+        summary.gaps = self.replica.pending_count() > self.replica.waiting_for_time_count();
         Ok(summary)
     }
 
@@ -776,6 +823,7 @@ impl Actor {
             "digest": hex::encode(self.replica.digest()),
             "entries": self.replica.entry_count(),
             "pending": self.replica.pending_count(),
+            "waiting_for_time": self.replica.waiting_for_time_count(),
             "equivocations": equivocations,
             "rejected": self.replica.rejected_counts(),
             "documents": self.store.reader().doc_count().unwrap_or(0),
@@ -880,6 +928,11 @@ impl Actor {
             self.replica.pending_count().to_string(),
         );
         gauge(
+            "spoc_waiting_for_time",
+            "Entries dated ahead of this node's clock, waiting for their time.",
+            self.replica.waiting_for_time_count().to_string(),
+        );
+        gauge(
             "spoc_equivocations",
             "Logs cut by an equivocation proof.",
             self.replica.proofs().count().to_string(),
@@ -902,6 +955,17 @@ impl Actor {
         out.push_str(&format!(
             "# HELP spoc_invalid_from_peers_total Peers cut off for sending invalid entries.\n# TYPE spoc_invalid_from_peers_total counter\nspoc_invalid_from_peers_total {}\n",
             network["invalid_from_peers"].as_u64().unwrap_or(0)
+        ));
+        let clock = &network["clock"];
+        if let Some(offset) = clock["offset_ms"].as_i64() {
+            out.push_str(&format!(
+                "# HELP spoc_clock_offset_seconds How far this node's clock is ahead of its peers' (the median of their offsets).\n# TYPE spoc_clock_offset_seconds gauge\nspoc_clock_offset_seconds {:.3}\n",
+                offset as f64 / 1000.0
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP spoc_clock_skewed Whether this node's clock is off its peers' by more than the tolerance.\n# TYPE spoc_clock_skewed gauge\nspoc_clock_skewed {}\n",
+            u8::from(clock["skewed"].as_bool().unwrap_or(false))
         ));
         out.push_str("# HELP spoc_peer_refusals_total Peers refused and disconnected, by reason.\n# TYPE spoc_peer_refusals_total counter\n");
         for (reason, n) in network["refused_peers"].as_object().into_iter().flatten() {

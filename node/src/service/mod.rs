@@ -45,6 +45,17 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock moved by a fixed offset: a node whose clock is wrong, for tests of
+/// time (`SPOC_CLOCK_OFFSET_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock(pub i64);
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.0)
+    }
+}
+
 /// A clock that stands still until it is advanced: tests move a node through days in an
 /// instant.
 #[derive(Debug)]

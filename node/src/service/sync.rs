@@ -23,6 +23,7 @@ use crate::network::{self, Acceptance, Event, PeerId, SyncRequest, SyncResponse}
 use crate::reconcile::{self, Ask, Session};
 
 use super::{Clock, Handle};
+use crate::replica::MAX_AHEAD_MS;
 
 /// Entries per sync batch.
 pub const BATCH_ENTRIES: usize = 500;
@@ -62,6 +63,23 @@ pub struct PeerState {
     pub entries_behind: u64,
     /// The size of its last sync request to us, in bytes (an upper bound of its encoding).
     pub last_request_bytes: u64,
+    /// How far the peer's clock is ahead of ours (negative: behind), as last measured in a
+    /// sync exchange.
+    pub clock_offset_ms: Option<i64>,
+}
+
+impl PeerState {
+    fn new(state: String, now_ms: u64) -> PeerState {
+        PeerState {
+            state,
+            address: None,
+            connected_since_ms: now_ms,
+            last_sync_ms: None,
+            entries_behind: 0,
+            last_request_bytes: 0,
+            clock_offset_ms: None,
+        }
+    }
 }
 
 /// The peers and the refusals, shared with the status and metrics.
@@ -72,9 +90,86 @@ pub struct Peers {
     /// Incoming connections refused before admission, by reason (`network::slots`).
     pub denied_incoming: Vec<(&'static str, u64)>,
     pub invalid_from_peers: u64,
+    /// Whether this node's clock was off its peers' by more than the tolerance at the
+    /// last measure.
+    pub clock_skewed: bool,
+}
+
+impl Peers {
+    /// How far this node's clock is ahead of its peers' (negative: behind), or nothing
+    /// before the first measure: the median of the peers' offsets, and of two middle ones
+    /// the nearer to agreement, so that one wrong clock among two peers does not make this
+    /// node's look wrong.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        let mut offsets: Vec<i64> = self
+            .admitted
+            .values()
+            .filter_map(|p| p.clock_offset_ms)
+            .collect();
+        offsets.sort_unstable();
+        let n = offsets.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => offsets[n / 2],
+            _ => {
+                let (low, high) = (offsets[n / 2 - 1], offsets[n / 2]);
+                if low.unsigned_abs() <= high.unsigned_abs() {
+                    low
+                } else {
+                    high
+                }
+            }
+        };
+        Some(-median)
+    }
+
+    /// Records a peer's clock offset; returns this node's offset when it has just crossed
+    /// the tolerance, one way or the other.
+    fn measured(&mut self, peer: &PeerId, offset_ms: i64) -> Option<(bool, i64)> {
+        let state = self.admitted.get_mut(peer)?;
+        if state.clock_offset_ms.is_none() {
+            tracing::debug!(%peer, offset_ms, "first measure of a peer's clock");
+        }
+        state.clock_offset_ms = Some(offset_ms);
+        let ours = self.clock_offset_ms()?;
+        let skewed = ours.unsigned_abs() > MAX_AHEAD_MS;
+        if skewed == self.clock_skewed {
+            return None;
+        }
+        self.clock_skewed = skewed;
+        Some((skewed, ours))
+    }
 }
 
 pub type PeerTable = Arc<Mutex<Peers>>;
+
+/// Records a peer's clock offset, and says in the log when this node's clock crosses the
+/// tolerance.
+fn record_offset(peers: &PeerTable, peer: &PeerId, offset_ms: i64) {
+    let Ok(mut p) = peers.lock() else {
+        return;
+    };
+    match p.measured(peer, offset_ms) {
+        Some((true, ours)) => tracing::warn!(
+            offset_s = ours / 1000,
+            tolerance_s = MAX_AHEAD_MS / 1000,
+            "this node's clock is off its peers' by more than the tolerance: entries it signs wait on their nodes, and theirs may wait here"
+        ),
+        Some((false, ours)) => tracing::info!(
+            offset_s = ours / 1000,
+            "this node's clock agrees with its peers' again"
+        ),
+        None => {}
+    }
+}
+
+/// The offset of a peer's clock from ours, measured by a request sent at `sent_ms` and
+/// answered at `peer_ms` by the peer, received at `received_ms`: the peer's time against
+/// the middle of the round trip.
+fn offset_of(sent_ms: u64, peer_ms: u64, received_ms: u64) -> i64 {
+    let middle = sent_ms / 2 + received_ms / 2;
+    i64::try_from(i128::from(peer_ms) - i128::from(middle)).unwrap_or(0)
+}
 
 /// The status and metrics facts of the peer table.
 pub fn status_of(table: &PeerTable, local: &PeerId) -> Value {
@@ -93,15 +188,22 @@ pub fn status_of(table: &PeerTable, local: &PeerId) -> Value {
                 "last_sync": s.last_sync_ms.map(rfc3339),
                 "entries_behind": s.entries_behind,
                 "last_request_bytes": s.last_request_bytes,
+                "clock_offset_ms": s.clock_offset_ms,
             })
         })
         .collect();
+    let offset = p.clock_offset_ms();
     json!({
         "peer_id": local.to_string(),
         "peers": peers,
         "refused_peers": p.refused,
         "denied_incoming": p.denied_incoming.iter().copied().collect::<BTreeMap<_, _>>(),
         "invalid_from_peers": p.invalid_from_peers,
+        "clock": {
+            "offset_ms": offset,
+            "tolerance_ms": MAX_AHEAD_MS,
+            "skewed": offset.is_some_and(|o| o.unsigned_abs() > MAX_AHEAD_MS),
+        },
     })
 }
 
@@ -129,6 +231,8 @@ enum Done {
         source: PeerId,
         gaps: bool,
     },
+    /// The node took in the entries whose time had come.
+    Ticked(Result<usize, String>),
 }
 
 /// The replication task: runs until `shutdown`, then stops its sub-tasks.
@@ -175,10 +279,12 @@ pub async fn run(
         wanted.remove(&peer);
         if pulling.insert(peer) {
             let (node, net, rounds) = (node.clone(), net.clone(), rounds.clone());
+            let (peers, clock) = (peers.clone(), clock.clone());
             let resume = streams.remove(&peer);
             tasks.spawn(async move {
                 let span = tracing::debug_span!("pull", %peer, ?resume);
-                let pulled = pull_from(&node, &net, peer, &rounds, resume);
+                let pulled =
+                    pull_from((&node, &net, &peers, clock.as_ref()), peer, &rounds, resume);
                 let result = tracing::Instrument::instrument(pulled, span).await;
                 Done::Pulled { peer, result }
             });
@@ -197,14 +303,7 @@ pub async fn run(
                 Event::PeerAdmitted { peer, state } => {
                     tracing::info!(%peer, %state, "peer admitted");
                     if let Ok(mut p) = peers.lock() {
-                        p.admitted.insert(peer, PeerState {
-                            state,
-                            address: None,
-                            connected_since_ms: clock.now_ms(),
-                            last_sync_ms: None,
-                            entries_behind: 0,
-                            last_request_bytes: 0,
-                        });
+                        p.admitted.insert(peer, PeerState::new(state, clock.now_ms()));
                     }
                     refresh_addresses(&net, &peers).await;
                     pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, peer, 1);
@@ -250,10 +349,16 @@ pub async fn run(
                     }
                     let node = node.clone();
                     let bytes = request.encoded_len() as u64;
+                    let now = clock.now_ms();
+                    // One way of the trip is left in the offset: on the networks the
+                    // nodes run on, milliseconds against a tolerance of minutes.
+                    if let Some(sent) = request.time_ms {
+                        record_offset(&peers, &peer, offset_of(now, sent, now));
+                    }
                     tasks.spawn(async move {
                         let span = tracing::debug_span!("serve", %peer, %state, bytes);
                         let (response, behind) =
-                            tracing::Instrument::instrument(serve(&node, request), span).await;
+                            tracing::Instrument::instrument(serve(&node, request, now), span).await;
                         reply.send(response).await;
                         Done::Served { peer, behind, bytes }
                     });
@@ -269,6 +374,10 @@ pub async fn run(
                 rounds_at_stall = now;
             }
             _ = tick.tick() => {
+                if tasks.len() < MAX_TASKS {
+                    let node = node.clone();
+                    tasks.spawn(async move { Done::Ticked(node.tick().await.map_err(|e| e.to_string())) });
+                }
                 refresh_addresses(&net, &peers).await;
                 let admitted: Vec<PeerId> = peers
                     .lock()
@@ -316,6 +425,11 @@ pub async fn run(
                         pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, source, 1);
                     }
                 }
+                Ok(Done::Ticked(Ok(n))) if n > 0 => {
+                    tracing::info!(entries = n, "took in entries whose time came");
+                }
+                Ok(Done::Ticked(Ok(_))) => {}
+                Ok(Done::Ticked(Err(e))) => tracing::warn!(error = %e, "tick failed"),
                 Err(e) => tracing::warn!(error = %e, "sync task failed"),
             },
         }
@@ -411,6 +525,7 @@ pub fn request_of(ask: Ask) -> SyncRequest {
         wanted: ask.wanted,
         max_entries: u32::try_from(BATCH_ENTRIES).unwrap_or(u32::MAX),
         stream: ask.stream,
+        time_ms: None,
     }
 }
 
@@ -444,8 +559,7 @@ struct Pulled {
 /// stream when it holds more logs than one request can name, until nothing is left to
 /// ask.
 async fn pull_from(
-    node: &Handle,
-    net: &network::Handle,
+    (node, net, peers, clock): (&Handle, &network::Handle, &PeerTable, &dyn Clock),
     peer: PeerId,
     rounds: &AtomicU64,
     resume: Option<u64>,
@@ -466,10 +580,13 @@ async fn pull_from(
                 resume: None,
             });
         };
-        let response = net
-            .sync(peer, request_of(ask))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut request = request_of(ask);
+        let sent = clock.now_ms();
+        request.time_ms = Some(sent);
+        let response = net.sync(peer, request).await.map_err(|e| e.to_string())?;
+        if let Some(peer_ms) = response.time_ms {
+            record_offset(peers, &peer, offset_of(sent, peer_ms, clock.now_ms()));
+        }
         if let Err(detail) = check_answer(&response, &session) {
             let _ = net
                 .disconnect(peer, "malformed sync answer", detail.clone())
@@ -562,7 +679,7 @@ async fn refuse(
 /// Answers a peer's pull: its ranges, and the entries of the logs it wants after its
 /// heights, bounded, in the order this node accepted them, with the proofs it lacks of
 /// those logs. Also returns how many entries of those logs the peer lacked.
-async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
+async fn serve(node: &Handle, request: SyncRequest, now_ms: u64) -> (SyncResponse, u64) {
     let max = usize::try_from(request.max_entries)
         .unwrap_or(BATCH_ENTRIES)
         .clamp(1, BATCH_ENTRIES);
@@ -581,6 +698,7 @@ async fn serve(node: &Handle, request: SyncRequest) -> (SyncResponse, u64) {
         more: served.more,
         packed,
         next: served.next,
+        time_ms: Some(now_ms),
     };
     (response, served.behind)
 }
@@ -593,6 +711,47 @@ mod tests {
     use crate::identity::SecretKey;
     use crate::log::{EntryHash, LogId};
     use crate::network::protocol::{SyncFrame, encode_sync_frame};
+
+    fn peers_with_offsets(offsets: &[i64]) -> Peers {
+        let mut peers = Peers::default();
+        for offset in offsets {
+            let mut state = PeerState::new("XX".into(), 0);
+            state.clock_offset_ms = Some(*offset);
+            peers.admitted.insert(PeerId::random(), state);
+        }
+        peers
+    }
+
+    #[test]
+    fn a_clock_is_judged_against_the_median_of_its_peers() {
+        const HOUR: i64 = 3_600_000;
+        assert_eq!(peers_with_offsets(&[]).clock_offset_ms(), None);
+        // This node's clock is an hour ahead of both its peers'.
+        assert_eq!(
+            peers_with_offsets(&[-HOUR, -HOUR - 40]).clock_offset_ms(),
+            Some(HOUR)
+        );
+        // One peer of two is an hour ahead: this node's clock is not the one to blame.
+        assert_eq!(peers_with_offsets(&[HOUR, 25]).clock_offset_ms(), Some(-25));
+        assert_eq!(
+            peers_with_offsets(&[HOUR, 3, -7]).clock_offset_ms(),
+            Some(-3)
+        );
+        // Crossing the tolerance is said once each way.
+        let mut peers = peers_with_offsets(&[]);
+        let peer = PeerId::random();
+        peers.admitted.insert(peer, PeerState::new("XX".into(), 0));
+        assert_eq!(peers.measured(&peer, -HOUR), Some((true, HOUR)));
+        assert_eq!(peers.measured(&peer, -HOUR + 5), None);
+        assert_eq!(peers.measured(&peer, 10), Some((false, -10)));
+        assert_eq!(peers.measured(&PeerId::random(), -HOUR), None);
+    }
+
+    #[test]
+    fn a_clock_offset_is_taken_against_the_middle_of_the_round_trip() {
+        assert_eq!(offset_of(1_000, 3_601_050, 1_100), 3_600_000);
+        assert_eq!(offset_of(5_000, 4_000, 5_000), -1_000);
+    }
 
     #[test]
     fn an_in_sync_pull_is_one_small_round_whatever_the_number_of_logs() {

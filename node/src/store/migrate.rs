@@ -26,14 +26,7 @@ pub(super) fn run(
 ) -> Result<(), Error> {
     tracing::info!("migrating the store to format 2");
     let (entries, proofs) = read(store, charter, progress)?;
-    let mut replica = Replica::new(
-        charter.clone(),
-        Limits {
-            max_pending_entries: usize::MAX,
-            max_pending_bytes: usize::MAX,
-            max_cached_docs: usize::MAX,
-        },
-    );
+    let mut replica = Replica::new(charter.clone(), Limits::unbounded());
     let mut report = replica.add_proofs(proofs.clone())?;
     let total = entries.len();
     let mut accepted = replica.ingest_verified(entries)?;

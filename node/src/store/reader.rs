@@ -751,11 +751,7 @@ impl Reader {
         let proofs: Vec<EquivocationProof> = loaded.proofs().cloned().collect();
         let mut fresh = Replica::with_backing(
             charter,
-            Limits {
-                max_pending_entries: usize::MAX,
-                max_pending_bytes: usize::MAX,
-                max_cached_docs: usize::MAX,
-            },
+            Limits::unbounded(),
             backing::Nothing,
             BTreeMap::new(),
             proofs,

@@ -123,13 +123,27 @@ pub fn craft_change(
     log: LogId,
     edit: impl FnOnce(&mut Transaction<'_>, &Automerge),
 ) -> Vec<u8> {
+    craft_change_at(base, log, NOW, edit)
+}
+
+/// A change that `edit` makes to `base` (or to an empty document), as `log`'s actor, for
+/// an entry dated `timestamp_ms`: what a faulty or hostile node could send.
+pub fn craft_change_at(
+    base: Option<&Automerge>,
+    log: LogId,
+    timestamp_ms: u64,
+    edit: impl FnOnce(&mut Transaction<'_>, &Automerge),
+) -> Vec<u8> {
     let empty = Automerge::new();
     let base = base.unwrap_or(&empty);
     let mut fork = base.fork();
     fork.set_actor(log.actor());
     let mut tx = fork.transaction();
     edit(&mut tx, base);
-    let (hash, _) = tx.commit();
+    // A change carries its entry's time.
+    let options = automerge::transaction::CommitOptions::default()
+        .with_time(spoc_node::log::change_time(timestamp_ms));
+    let (hash, _) = tx.commit_with(options);
     assert!(hash.is_some(), "the crafted edit changed nothing");
     fork.get_last_local_change()
         .expect("a local change")
@@ -158,10 +172,17 @@ pub fn next_entry(
         incarnation,
         seq: height + 1,
         prev: prev.as_ref().map(SignedEntry::hash),
-        timestamp_ms: prev.map_or(now_ms, |p| p.entry.timestamp_ms.max(now_ms)),
+        timestamp_ms: next_timestamp(replica, log, now_ms),
         doc: doc.clone(),
         change,
     }
+}
+
+/// The timestamp of the next entry of `log` made at `now_ms`: never before its log's last.
+pub fn next_timestamp(replica: &Replica, log: LogId, now_ms: u64) -> u64 {
+    let height = replica.heights().get(&log).copied().unwrap_or(0);
+    let prev = replica.entry(&log, height).expect("reading an entry");
+    prev.map_or(now_ms, |p| p.entry.timestamp_ms.max(now_ms))
 }
 
 /// Signs, as the next entry of the author's log, a change that `edit` makes to `doc`
@@ -178,7 +199,8 @@ pub fn craft(
         author: key.public(),
         incarnation,
     };
-    let change = craft_change(replica.doc(doc), log, edit);
+    let timestamp_ms = next_timestamp(replica, log, now_ms);
+    let change = craft_change_at(replica.doc(doc), log, timestamp_ms, edit);
     next_entry(replica, key, incarnation, doc, now_ms, change).sign(key, &replica.charter().scope())
 }
 

@@ -122,7 +122,10 @@ impl Network {
     /// The 31-state testnet of `seed` whose histories end at `end`, laid out under the
     /// cache the first time.
     pub fn open(seed: u64, end: Date) -> Result<Network> {
-        let dir = cache_root().join(format!("decade-v{CACHE_VERSION}-seed{seed}-{end}"));
+        // The rules version is part of what the testnet's genesis hash covers, so stores
+        // signed under another one are not reused.
+        let rules = spoc_node::charter::RULES_VERSION;
+        let dir = cache_root().join(format!("decade-v{CACHE_VERSION}-r{rules}-seed{seed}-{end}"));
         let net = dir.join("net");
         let states_file = net.join("states.json");
         if !states_file.exists() {
@@ -559,6 +562,7 @@ impl<'k> Signer<'k> {
                 max_pending_entries: 0,
                 max_pending_bytes: 0,
                 max_cached_docs: usize::MAX,
+                ..Limits::default()
             },
             Given(std::sync::Mutex::new(docs)),
             self.tips.clone(),
