@@ -70,6 +70,9 @@ pub enum Cmd {
     /// Training: expert nominations and opportunities.
     #[command(subcommand)]
     Training(TrainingCmd),
+    /// Where this state's nodes listen: the addresses its peers dial.
+    #[command(subcommand)]
+    Address(AddressCmd),
     /// Show the audit trail of signed changes.
     Log(LogArgs),
     /// The node's operators: who may read, write, or also manage operators (a head).
@@ -400,6 +403,26 @@ pub enum PracticeCmd {
         /// The practice's document id.
         id: String,
     },
+}
+
+/// `spoc address ...`.
+#[derive(Subcommand, Debug)]
+pub enum AddressCmd {
+    /// Publish the addresses of this state's nodes, in place of those published before
+    /// (or of the charter's); peers dial them from then on, with no charter change.
+    Set {
+        /// Up to 8 addresses: /ip4/A.B.C.D/tcp/PORT, /ip6/ADDR/tcp/PORT or
+        /// /dns/NAME/tcp/PORT.
+        #[arg(required = true, num_args = 1..)]
+        addresses: Vec<String>,
+    },
+    /// Show the addresses a state publishes.
+    Show {
+        /// The state code; the node's own state if absent.
+        state: Option<String>,
+    },
+    /// List every state's published addresses.
+    List(ListArgs),
 }
 
 /// `spoc factsheet ...`.

@@ -100,6 +100,15 @@ impl World {
         next_entry(&self.r, self.net.key(code), INC, doc, NOW, change)
     }
 
+    /// Checks that a change by `code` putting `value` at `key` of `doc`'s root, made and
+    /// signed without the rule check, is refused with `rule`.
+    fn assert_put_refused(&mut self, code: &str, doc: &DocId, key: &str, value: &str, rule: &str) {
+        let entry = craft(&self.r, self.net.key(code), INC, doc, NOW, |tx, _| {
+            tx.put(ROOT, key, value).expect("a put");
+        });
+        assert_refused(&mut self.r, entry, Invalid::Rule(rule.to_owned()));
+    }
+
     /// Checks that `prepare` refuses `command` by `code` with `rule`, and that the same
     /// change, made and signed without the check, is rejected by `ingest` with that rule.
     fn assert_rule(&mut self, code: &str, command: &Command, rule: &str) {
@@ -428,6 +437,54 @@ fn entries_dated_ahead_are_bounded_and_the_furthest_ahead_go_first() {
 }
 
 #[test]
+fn an_entry_whose_past_does_not_come_is_dropped_after_ten_minutes_and_taken_when_it_comes() {
+    let net = Net::new(11);
+    let mut r = net.replica();
+    r.advance(NOW).expect("advance");
+    let mut writer = net.replica();
+    let mut ulids = Ulids::new(5);
+    let (first, _) = write(
+        &mut writer,
+        net.key("LT"),
+        INC,
+        &set_factsheet("notes", "a"),
+        NOW,
+        ulids.next(NOW),
+    );
+    let (second, _) = write(
+        &mut writer,
+        net.key("LT"),
+        INC,
+        &set_factsheet("notes", "b"),
+        NOW,
+        ulids.next(NOW),
+    );
+    let report = r.ingest(vec![second.clone()]).expect("ingest");
+    assert!(
+        report.accepted.is_empty() && report.rejected.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(r.pending_count(), 1);
+    let limit = Limits::default().max_pending_age_ms;
+    assert_eq!(r.advance(NOW + limit).expect("advance").overflow, 0);
+    assert_eq!(r.pending_count(), 1);
+    // The set is scanned at most once per tenth of the age allowed.
+    assert_eq!(r.advance(NOW + limit + 1).expect("advance").overflow, 0);
+    assert_eq!(
+        r.advance(NOW + limit + limit / 10)
+            .expect("advance")
+            .overflow,
+        1
+    );
+    assert_eq!(r.pending_count(), 0);
+    // Sync brings both again once the first can be had.
+    let report = r
+        .ingest(vec![second.clone(), first.clone()])
+        .expect("ingest");
+    assert_eq!(report.accepted, vec![first, second]);
+}
+
+#[test]
 fn an_entry_dated_before_a_change_it_depends_on_is_refused() {
     let mut w = World::new();
     // Lithuania's first entry of a new log, so no entry of its own log dates it, endorses
@@ -677,32 +734,93 @@ fn only_the_presidency_may_convene_a_meeting() {
 }
 
 #[test]
+fn only_a_state_publishes_its_nodes_addresses_and_only_well_formed_ones() {
+    let mut w = World::new();
+    let publish = |addresses: &[&str]| Command::AddressSet {
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    };
+    let ulid = w.ulid();
+    let (_, id) = write(
+        &mut w.r,
+        w.net.key("IE"),
+        INC,
+        &publish(&["/ip4/10.0.0.7/tcp/4001"]),
+        NOW,
+        ulid,
+    );
+    assert_eq!(id, "addresses/IE");
+    assert_eq!(json(&w.r, &id)["addresses"], "/ip4/10.0.0.7/tcp/4001");
+    // A second publication replaces the first.
+    let ulid = w.ulid();
+    write(
+        &mut w.r,
+        w.net.key("IE"),
+        INC,
+        &publish(&["/dns/spoc.garda.ie/tcp/443", "/ip6/::1/tcp/4001"]),
+        NOW,
+        ulid,
+    );
+    assert_eq!(
+        json(&w.r, &id)["addresses"],
+        "/dns/spoc.garda.ie/tcp/443 /ip6/::1/tcp/4001"
+    );
+    // Lithuania cannot publish where Ireland's nodes are.
+    w.assert_put_refused(
+        "LT",
+        &DocId::addresses("IE"),
+        "addresses",
+        "/ip4/10.6.6.6/tcp/4001",
+        "only IE may publish its nodes' addresses",
+    );
+    // Nor can Ireland publish what no node could be dialled at, or anything else.
+    let ulid = w.ulid();
+    let refused =
+        w.r.prepare(
+            w.net.key("IE"),
+            INC,
+            &publish(&["/ip4/10.0.0.7/udp/4001"]),
+            NOW,
+            ulid,
+        )
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "address \"/ip4/10.0.0.7/udp/4001\" is not /ip4|ip6|dns/HOST/tcp/PORT"
+    );
+    w.assert_put_refused(
+        "IE",
+        &DocId::addresses("IE"),
+        "addresses",
+        "/ip4/10.0.0.7/tcp/99999",
+        "address \"/ip4/10.0.0.7/tcp/99999\" has a bad port",
+    );
+    w.assert_put_refused(
+        "IE",
+        &DocId::addresses("IE"),
+        "notes",
+        "a note",
+        "an address record holds only its state, its addresses and when they were updated, not notes",
+    );
+}
+
+#[test]
 fn a_state_may_not_write_another_states_fact_sheet() {
     let mut w = World::new();
     let theirs = DocId::factsheet("IE");
-    let entry = craft(&w.r, w.net.key("LT"), INC, &theirs, NOW, |tx, _| {
-        tx.put(ROOT, "notes", "written by LT").unwrap();
-    });
-    assert_refused(
-        &mut w.r,
-        entry,
-        Invalid::Rule("only IE may write its fact sheet".into()),
+    w.assert_put_refused(
+        "LT",
+        &theirs,
+        "notes",
+        "written by LT",
+        "only IE may write its fact sheet",
     );
     // Nor create one for a state that has none yet.
-    let entry = craft(
-        &w.r,
-        w.net.key("LT"),
-        INC,
+    w.assert_put_refused(
+        "LT",
         &DocId::factsheet("FI"),
-        NOW,
-        |tx, _| {
-            tx.put(ROOT, "notes", "written by LT").unwrap();
-        },
-    );
-    assert_refused(
-        &mut w.r,
-        entry,
-        Invalid::Rule("only FI may create factsheets/FI".into()),
+        "notes",
+        "written by LT",
+        "only FI may create factsheets/FI",
     );
     // `prepare` only ever writes the writer's own fact sheet.
     let ulid = w.ulid();

@@ -100,6 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Obstacle(cmd) => work::execute(&ctx, work::obstacle(cmd)),
         Cmd::Practice(cmd) => work::execute(&ctx, work::practice(cmd)),
         Cmd::Factsheet(cmd) => work::execute(&ctx, work::factsheet(cmd)?),
+        Cmd::Address(cmd) => work::execute(&ctx, work::address(cmd)),
         Cmd::Training(cmd) => work::execute(&ctx, work::training(cmd)),
         Cmd::Log(args) => node::log(&ctx, &args),
         Cmd::Operator(cmd) => node::operator(&ctx, cmd),

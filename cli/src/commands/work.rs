@@ -12,7 +12,9 @@ use spoc_node::docs::Collection;
 use spoc_node::docs::command::Command;
 
 use super::{Ctx, Usage};
-use crate::args::{FactsheetCmd, ListArgs, MeetingCmd, ObstacleCmd, PracticeCmd, TrainingCmd};
+use crate::args::{
+    AddressCmd, FactsheetCmd, ListArgs, MeetingCmd, ObstacleCmd, PracticeCmd, TrainingCmd,
+};
 use crate::client::{Client, TIMEOUT};
 use crate::output::{self, Table, field};
 
@@ -26,7 +28,9 @@ pub enum Action {
     /// Show one document.
     Show(String),
     /// Show a state's fact sheet, the node's own when none is named.
-    ShowFactsheet(Option<String>),
+    /// Shows a state's document of a collection that holds one per state; the node's own
+    /// state when none is given.
+    ShowOfState(Collection, Option<String>),
 }
 
 pub fn meeting(cmd: MeetingCmd) -> Action {
@@ -205,7 +209,10 @@ pub fn factsheet(cmd: FactsheetCmd) -> Result<Action> {
     let args = match cmd {
         FactsheetCmd::Set(args) => args,
         FactsheetCmd::Show { state } => {
-            return Ok(Action::ShowFactsheet(state.map(|s| s.to_uppercase())));
+            return Ok(Action::ShowOfState(
+                Collection::Factsheets,
+                state.map(|s| s.to_uppercase()),
+            ));
         }
     };
     let named = [
@@ -228,6 +235,16 @@ pub fn factsheet(cmd: FactsheetCmd) -> Result<Action> {
         }
     }
     Ok(Action::Write(Command::FactsheetSet { fields }))
+}
+
+pub fn address(cmd: AddressCmd) -> Action {
+    match cmd {
+        AddressCmd::Set { addresses } => Action::Write(Command::AddressSet { addresses }),
+        AddressCmd::Show { state } => {
+            Action::ShowOfState(Collection::Addresses, state.map(|s| s.to_uppercase()))
+        }
+        AddressCmd::List(args) => Action::List(Collection::Addresses, args),
+    }
 }
 
 pub fn training(cmd: TrainingCmd) -> Action {
@@ -336,12 +353,12 @@ pub fn execute(ctx: &Ctx, action: Action) -> Result<()> {
             }
         }
         Action::Show(id) => show(ctx, &client, &id)?,
-        Action::ShowFactsheet(state) => {
+        Action::ShowOfState(collection, state) => {
             let state = match state {
                 Some(s) => s,
                 None => own_state(&client)?,
             };
-            show(ctx, &client, &format!("factsheets/{state}"))?;
+            show(ctx, &client, &format!("{}/{state}", collection.as_str()))?;
         }
     }
     Ok(())
@@ -416,6 +433,7 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
         ]),
         Collection::Practices => Table::new(&["ID", "ENDORSEMENTS", "COMMENTS", "TAGS", "TITLE"]),
         Collection::Factsheets => Table::new(&["ID", "STATE", "LAST REVIEWED"]),
+        Collection::Addresses => Table::new(&["ID", "STATE", "UPDATED", "ADDRESSES"]),
         Collection::Training => {
             Table::new(&["ID", "KIND", "STATUS", "DATE", "ASSESSMENTS", "TITLE"])
         }
@@ -450,6 +468,12 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
             Collection::Factsheets => {
                 vec![field(v, "id"), field(v, "state"), field(v, "last_reviewed")]
             }
+            Collection::Addresses => vec![
+                field(v, "id"),
+                field(v, "state"),
+                field(v, "updated"),
+                field(v, "addresses"),
+            ],
             Collection::Training => vec![
                 field(v, "id"),
                 field(v, "kind"),
@@ -655,6 +679,7 @@ mod tests {
             Cmd::Meeting(c) => meeting(c),
             Cmd::Factsheet(c) => factsheet(c).unwrap(),
             Cmd::Training(c) => training(c),
+            Cmd::Address(c) => address(c),
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -667,9 +692,25 @@ mod tests {
         );
         assert_eq!(
             action("spoc factsheet show fi"),
-            Action::ShowFactsheet(Some("FI".into()))
+            Action::ShowOfState(Collection::Factsheets, Some("FI".into()))
         );
-        assert_eq!(action("spoc factsheet show"), Action::ShowFactsheet(None));
+        assert_eq!(
+            action("spoc factsheet show"),
+            Action::ShowOfState(Collection::Factsheets, None)
+        );
+        assert_eq!(
+            action("spoc address show lt"),
+            Action::ShowOfState(Collection::Addresses, Some("LT".into()))
+        );
+        assert_eq!(
+            action("spoc address set /ip4/10.0.0.7/tcp/4001 /dns/spoc.example.lt/tcp/443"),
+            Action::Write(Command::AddressSet {
+                addresses: vec![
+                    "/ip4/10.0.0.7/tcp/4001".into(),
+                    "/dns/spoc.example.lt/tcp/443".into()
+                ]
+            })
+        );
         assert_eq!(
             action("spoc training list --status open --limit 5"),
             Action::List(

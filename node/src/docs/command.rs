@@ -162,6 +162,10 @@ pub enum Command {
     FactsheetSet {
         fields: BTreeMap<String, String>,
     },
+    /// Publishes where this state's nodes listen, in place of what was published before.
+    AddressSet {
+        addresses: Vec<String>,
+    },
     TrainingNominate {
         title: String,
         expertise: String,
@@ -318,6 +322,7 @@ impl Command {
                 parse_doc(practice, Collection::Practices)?
             }
             FactsheetSet { .. } => DocId::factsheet(writer.code),
+            AddressSet { .. } => DocId::addresses(writer.code),
             TrainingNominate { .. } | TrainingOpportunity { .. } => {
                 DocId::new(Collection::Training, writer.code, ulid)
             }
@@ -349,7 +354,7 @@ impl Command {
     ) -> Result<String, Refused> {
         use Command::*;
         let exists = !doc.get_heads().is_empty();
-        if !self.creates() && !exists && !matches!(self, FactsheetSet { .. }) {
+        if !self.creates() && !exists && !matches!(self, FactsheetSet { .. } | AddressSet { .. }) {
             return Err(Refused::NotFound {
                 what: id.collection().item(),
                 id: id.to_string(),
@@ -662,6 +667,18 @@ impl Command {
                     tx.put(ROOT, k.as_str(), v.as_str()).map_err(am)?;
                 }
                 tx.put(ROOT, "last_reviewed", writer.today.to_string())
+                    .map_err(am)?;
+                Ok(id.to_string())
+            }
+            AddressSet { addresses } => {
+                let text = addresses.join(" ");
+                super::addresses::parse(&text).map_err(invalid)?;
+                if !exists {
+                    created(tx, "addresses")?;
+                    tx.put(ROOT, "state", writer.code).map_err(am)?;
+                }
+                tx.put(ROOT, super::addresses::FIELD, text).map_err(am)?;
+                tx.put(ROOT, "updated", writer.today.to_string())
                     .map_err(am)?;
                 Ok(id.to_string())
             }

@@ -6,6 +6,7 @@
 //! (`rules`), the typed writes that operators make (`command`) and the typed reads that
 //! the API and CLI show (`view`). It does no IO.
 
+pub mod addresses;
 pub mod command;
 pub mod rules;
 pub mod view;
@@ -13,7 +14,7 @@ pub mod view;
 use std::fmt;
 use std::str::FromStr;
 
-/// The five collections.
+/// The collections: the network's work, and the address records of its nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Collection {
     Meetings,
@@ -21,16 +22,24 @@ pub enum Collection {
     Practices,
     Factsheets,
     Training,
+    /// One record per state: where its nodes listen, written by that state alone.
+    Addresses,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 5] = [
+    pub const ALL: [Collection; 6] = [
         Collection::Meetings,
         Collection::Obstacles,
         Collection::Practices,
         Collection::Factsheets,
         Collection::Training,
+        Collection::Addresses,
     ];
+
+    /// Whether each state has one document of this collection, `collection/STATE`.
+    pub fn one_per_state(self) -> bool {
+        matches!(self, Collection::Factsheets | Collection::Addresses)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +48,7 @@ impl Collection {
             Collection::Practices => "practices",
             Collection::Factsheets => "factsheets",
             Collection::Training => "training",
+            Collection::Addresses => "addresses",
         }
     }
 
@@ -50,6 +60,7 @@ impl Collection {
             Collection::Practices => "practice",
             Collection::Factsheets => "fact sheet",
             Collection::Training => "training item",
+            Collection::Addresses => "address record",
         }
     }
 }
@@ -69,7 +80,7 @@ impl FromStr for Collection {
 #[error("bad document id: {0}")]
 pub struct DocIdError(String);
 
-/// A document id: `collection/STATE/ULID`, or `factsheets/STATE`.
+/// A document id: `collection/STATE/ULID`, or `factsheets/STATE` and `addresses/STATE`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocId {
     text: String,
@@ -88,9 +99,18 @@ impl DocId {
     }
 
     pub fn factsheet(owner: &str) -> DocId {
+        DocId::of_state(Collection::Factsheets, owner)
+    }
+
+    /// The address record of `owner`'s nodes.
+    pub fn addresses(owner: &str) -> DocId {
+        DocId::of_state(Collection::Addresses, owner)
+    }
+
+    fn of_state(collection: Collection, owner: &str) -> DocId {
         DocId {
-            text: format!("factsheets/{owner}"),
-            collection: Collection::Factsheets,
+            text: format!("{}/{owner}", collection.as_str()),
+            collection,
             owner_len: owner.len(),
         }
     }
@@ -141,9 +161,13 @@ impl FromStr for DocId {
             return Err(bad("too many parts"));
         }
         match (collection, item) {
-            (Collection::Factsheets, None) => {}
-            (Collection::Factsheets, Some(_)) => {
-                return Err(bad("a fact sheet id is factsheets/STATE"));
+            (c, None) if c.one_per_state() => {}
+            (c, Some(_)) if c.one_per_state() => {
+                return Err(DocIdError(format!(
+                    "{s:?}: a {} id is {}/STATE",
+                    c.item(),
+                    c.as_str()
+                )));
             }
             (_, None) => return Err(bad("no item id")),
             (_, Some(u)) => {

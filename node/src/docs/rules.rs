@@ -326,6 +326,26 @@ fn check_op(
                 Err(format!("only {owner} may write its fact sheet"))
             }
         }
+        Collection::Addresses => {
+            if !ctx.is_owner() {
+                return Err(format!("only {owner} may publish its nodes' addresses"));
+            }
+            match (segs, action) {
+                ([field], Action::Put(v)) if *field == super::addresses::FIELD => {
+                    let text = scalar_str(v).ok_or("addresses are one string")?;
+                    super::addresses::parse(text).map(|_| ())
+                }
+                ([field], Action::Put(_))
+                    if ["state", "updated", "kind", "created"].contains(field) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "an address record holds only its state, its addresses and when they were updated, not {}",
+                    segs.join("/")
+                )),
+            }
+        }
         Collection::Meetings => {
             match segs {
                 ["status"] => {

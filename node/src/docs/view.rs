@@ -138,6 +138,12 @@ pub fn summary(id: &DocId, doc: &Automerge) -> Value {
             "state": id.owner(),
             "last_reviewed": s(&d, "last_reviewed"),
         }),
+        Collection::Addresses => json!({
+            "id": id.as_str(),
+            "state": id.owner(),
+            "addresses": s(&d, super::addresses::FIELD),
+            "updated": s(&d, "updated"),
+        }),
         Collection::Training => json!({
             "id": id.as_str(),
             "kind": s(&d, "kind"),

@@ -109,6 +109,9 @@ pub(super) enum Command {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    SetDials {
+        addresses: Vec<Multiaddr>,
+    },
     Shutdown,
 }
 
@@ -642,6 +645,7 @@ impl Actor {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats);
             }
+            Command::SetDials { addresses } => self.set_dials(addresses),
             // The run loop stops on shutdown before dispatching commands here.
             Command::Shutdown => {}
         }
@@ -727,6 +731,45 @@ impl Actor {
         }
     }
 
+    /// Dials `addresses` from now on in place of the addresses dialled so far: those that
+    /// stay keep their state (their peer and backoff), new ones are dialled at once, and
+    /// the charter's pool of reserved connection slots follows them.
+    fn set_dials(&mut self, addresses: Vec<Multiaddr>) {
+        let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let now = Instant::now();
+        let mut dials: Vec<Dial> = Vec::with_capacity(addresses.len());
+        let mut added = 0;
+        for address in addresses {
+            if own.contains(&address) || dials.iter().any(|d| d.address == address) {
+                continue;
+            }
+            match self.dials.iter().position(|d| d.address == address) {
+                Some(i) => dials.push(self.dials.swap_remove(i)),
+                None => {
+                    added += 1;
+                    dials.push(Dial {
+                        address,
+                        peer: None,
+                        attempt: 0,
+                        next: Some(now),
+                        pending: None,
+                    });
+                }
+            }
+        }
+        let removed = self.dials.len();
+        self.dials = dials;
+        let reserved = self.dials.iter().filter_map(|d| slots::ip_of(&d.address));
+        self.swarm
+            .behaviour_mut()
+            .slots
+            .state
+            .set_reserved(reserved);
+        if added + removed > 0 {
+            info!(added, removed, "the addresses to dial changed");
+        }
+    }
+
     fn on_connected(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         let _span = peer_span(&peer).entered();
         if let Some(dial) = self
@@ -734,6 +777,9 @@ impl Actor {
             .iter_mut()
             .find(|dial| dial.pending == Some(connection))
         {
+            if dial.peer.is_none() {
+                debug!(address = %dial.address, "dialled address reached");
+            }
             dial.peer = Some(peer);
             dial.attempt = 0;
             dial.pending = None;

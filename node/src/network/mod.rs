@@ -410,6 +410,12 @@ impl Handle {
         self.tell(Command::Renew { certificate }).await
     }
 
+    /// Dials `addresses` from now on, in place of those given before (the charter's, at
+    /// start): the addresses the participants publish.
+    pub async fn set_dials(&self, addresses: Vec<Multiaddr>) -> Result<(), Error> {
+        self.tell(Command::SetDials { addresses }).await
+    }
+
     /// The connected peers, admitted or not yet.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.call(|reply| Command::Peers { reply }).await

@@ -152,6 +152,12 @@ impl State {
         }
     }
 
+    /// Reserves the pool for `reserved` in place of the addresses reserved before; the
+    /// connections open now stay in the pool they were counted in until they close.
+    pub fn set_reserved(&mut self, reserved: impl IntoIterator<Item = IpAddr>) {
+        self.reserved = reserved.into_iter().collect();
+    }
+
     /// A handshake begins from `ip`.
     pub fn handshake(&mut self, id: ConnectionId, ip: IpAddr, now: Instant) -> Result<(), Denial> {
         let reserved = self.reserved.contains(&ip);

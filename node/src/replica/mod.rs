@@ -48,6 +48,9 @@ pub struct Limits {
     pub max_ahead_ms: u64,
     /// Of the pending entries, how many may wait for their time.
     pub max_waiting_for_time: usize,
+    /// How long an entry may wait for its past before it is dropped; sync brings it again
+    /// once its past can be had.
+    pub max_pending_age_ms: u64,
 }
 
 /// The default tolerance of clocks: an entry dated up to five minutes ahead of the node's
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_cached_docs: 1024,
             max_ahead_ms: MAX_AHEAD_MS,
             max_waiting_for_time: 1024,
+            max_pending_age_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -121,6 +125,8 @@ struct Candidate {
     waits_for: Option<ChangeHash>,
     /// The time this entry waits for, if it is dated ahead of the clock.
     waits_until: Option<u64>,
+    /// The clock when it came, if the replica knew the time.
+    since_ms: Option<u64>,
 }
 
 impl Candidate {
@@ -130,6 +136,7 @@ impl Candidate {
             change,
             waits_for: None,
             waits_until: None,
+            since_ms: None,
         }
     }
 }
@@ -162,6 +169,8 @@ pub struct Replica<B: Backing = Nothing> {
     /// The clock as last told by [`Replica::advance`]; a replica never told the time
     /// (a data generator, a check of a whole store) holds nothing back for it.
     now_ms: Option<u64>,
+    /// When the pending set was last scanned for entries that waited too long.
+    pruned_at_ms: Option<u64>,
     proofs: BTreeMap<LogId, EquivocationProof>,
     rejected: BTreeMap<&'static str, u64>,
     /// Entries whose changes Automerge could not apply, oldest first, bounded.
@@ -253,6 +262,7 @@ impl<B: Backing> Replica<B> {
             waiting_dep: HashMap::new(),
             waiting_time: BTreeSet::new(),
             now_ms: None,
+            pruned_at_ms: None,
             proofs: BTreeMap::new(),
             rejected: BTreeMap::new(),
             poisoned: VecDeque::new(),
@@ -369,7 +379,13 @@ impl<B: Backing> Replica<B> {
             }
             let key = (log, c.entry.entry.seq, c.entry.hash());
             self.pending_bytes += size;
-            self.pending.insert(key, c);
+            self.pending.insert(
+                key,
+                Candidate {
+                    since_ms: self.now_ms,
+                    ..c
+                },
+            );
             queue.push_back(key);
         }
         self.settle(queue, &mut report)?;
@@ -454,12 +470,43 @@ impl<B: Backing> Replica<B> {
         dropped
     }
 
+    /// Drops the entries that have waited for their past longer than
+    /// `max_pending_age_ms`: a past that never comes (a dependency no one holds) must not
+    /// hold a place for good. Entries waiting for their time are not counted: they wait
+    /// for a known date. Returns how many were dropped.
+    fn prune_pending(&mut self, now_ms: u64) -> usize {
+        let max_age = self.limits.max_pending_age_ms;
+        // A scan of the set at most once per tenth of the age allowed.
+        if self
+            .pruned_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < max_age / 10)
+        {
+            return 0;
+        }
+        self.pruned_at_ms = Some(now_ms);
+        let old: Vec<PendingKey> = self
+            .pending
+            .iter()
+            .filter(|(_, c)| {
+                c.waits_until.is_none()
+                    && c.since_ms
+                        .is_some_and(|since| now_ms.saturating_sub(since) > max_age)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &old {
+            self.take_pending(key);
+        }
+        old.len()
+    }
+
     /// Tells the replica the time. From now on, an entry dated more than
     /// `max_ahead_ms` after it waits in the pending set; those whose time has come are
     /// judged now, and what they accept is returned like an ingest's.
     pub fn advance(&mut self, now_ms: u64) -> Result<Report, Error> {
         self.now_ms = Some(now_ms);
         let mut report = Report::default();
+        report.overflow += self.prune_pending(now_ms);
         let mut queue = VecDeque::new();
         while let Some(&(until, key)) = self.waiting_time.first() {
             if until > now_ms {
@@ -974,7 +1021,14 @@ impl<B: Backing> Replica<B> {
                     if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
                         let key = (e.entry.log(), e.entry.seq, hash);
                         self.pending_bytes += e.bytes().len();
-                        self.pending.insert(key, Candidate::new(e, change));
+                        let since_ms = self.now_ms;
+                        self.pending.insert(
+                            key,
+                            Candidate {
+                                since_ms,
+                                ..Candidate::new(e, change)
+                            },
+                        );
                         waiting.push_back(key);
                     }
                 }

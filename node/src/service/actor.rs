@@ -404,6 +404,9 @@ pub(crate) struct Actor {
     /// delivers them instead.
     pub publish: Option<mpsc::Sender<Vec<u8>>>,
     pub entries_watch: tokio::sync::watch::Sender<u64>,
+    /// The addresses of the other participants' nodes, as [`dial_addresses`] finds them
+    /// after each commit that changes an address record.
+    pub dials_watch: tokio::sync::watch::Sender<Vec<String>>,
     /// Documents touched since they were last considered for compaction, bounded.
     pub compact: std::collections::BTreeSet<DocId>,
     /// What the node holds of each log, for reconciliation with peers; see [`sync_set`].
@@ -504,6 +507,18 @@ impl Actor {
         self.entries_watch
             .send_replace(self.replica.entry_count() as u64);
         self.track(report);
+        if report
+            .touched
+            .iter()
+            .any(|id| id.collection() == crate::docs::Collection::Addresses)
+        {
+            let dials = dial_addresses(&self.charter, &mut self.replica, &self.code)?;
+            self.dials_watch.send_if_modified(|old| {
+                let changed = *old != dials;
+                *old = dials;
+                changed
+            });
+        }
         Ok(())
     }
 
@@ -988,6 +1003,28 @@ impl Actor {
         }
         out
     }
+}
+
+/// The addresses of every other participant's nodes: those its address record publishes,
+/// or the charter's while it has published none.
+pub(crate) fn dial_addresses<B: crate::replica::Backing>(
+    charter: &Charter,
+    replica: &mut Replica<B>,
+    own: &str,
+) -> Result<Vec<String>, crate::replica::Error> {
+    let mut out = Vec::new();
+    for p in charter.participants.iter().filter(|p| p.code != own) {
+        let published = replica
+            .load_doc(&DocId::addresses(&p.code))?
+            .map(crate::docs::addresses::of)
+            .unwrap_or_default();
+        if published.is_empty() {
+            out.extend(p.addresses.iter().cloned());
+        } else {
+            out.extend(published);
+        }
+    }
+    Ok(out)
 }
 
 /// The reconciliation items of every log the replica holds entries or a proof of.

@@ -135,6 +135,8 @@ pub struct Node {
     pub(crate) certifier: certificate::Certifier,
     /// When the certificate issued at start expires.
     pub(crate) certificate_until_ms: u64,
+    /// The addresses of the other participants' nodes, which the network dials.
+    pub(crate) dials: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -322,13 +324,15 @@ impl Node {
             .map(|a| crate::network::parse_addr(a))
             .collect::<Result<_, _>>()
             .map_err(|e| Error::Network(e.to_string()))?;
-        network.dial = charter
-            .participants
+        let mut replica = replica;
+        let dials = actor::dial_addresses(&charter, &mut replica, &code)
+            .map_err(|e| Error::Stopped(format!("reading the address records failed: {e}")))?;
+        network.dial = dials
             .iter()
-            .filter(|p| p.code != code)
-            .flat_map(|p| p.addresses.iter())
             .filter_map(|a| crate::network::parse_addr(a).ok())
             .collect();
+        let dials_watch = tokio::sync::watch::Sender::new(dials);
+        let dials = dials_watch.subscribe();
         network.mdns = settings.mdns;
         network.seed = u64::from(incarnation);
         let (publish, published) = tokio::sync::mpsc::channel(1024);
@@ -350,6 +354,7 @@ impl Node {
                 fatal: fatal.clone(),
                 publish: Some(publish),
                 entries_watch: tokio::sync::watch::Sender::new(0),
+                dials_watch,
                 compact: std::collections::BTreeSet::new(),
                 sync_set,
                 access: access.clone(),
@@ -371,6 +376,7 @@ impl Node {
             peers,
             certifier,
             certificate_until_ms: certificate.not_after_ms,
+            dials,
         })
     }
 
@@ -424,8 +430,11 @@ pub async fn run(
     let replication = tokio::spawn(sync::run(
         node.handle.clone(),
         net,
-        events,
-        node.published,
+        sync::Feeds {
+            events,
+            published: node.published,
+            dials: node.dials,
+        },
         node.peers,
         node.clock.clone(),
         shutdown.clone(),

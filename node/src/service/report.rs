@@ -62,7 +62,7 @@ impl Tally {
             Collection::Obstacles => &["status"],
             Collection::Practices => &["stance"],
             Collection::Training => &["kind", "verdict"],
-            Collection::Meetings | Collection::Factsheets => &[],
+            Collection::Meetings | Collection::Factsheets | Collection::Addresses => &[],
         };
         let puts: Vec<(String, String)> = if keys.iter().any(|k| may_put(&change, k)) {
             change

@@ -235,16 +235,31 @@ enum Done {
     Ticked(Result<usize, String>),
 }
 
+/// What the replication task listens to.
+#[derive(Debug)]
+pub struct Feeds {
+    /// The network's events.
+    pub events: mpsc::Receiver<Event>,
+    /// The node's own writes, to gossip.
+    pub published: mpsc::Receiver<Vec<u8>>,
+    /// The addresses of the other participants' nodes, for the network to dial.
+    pub dials: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
 /// The replication task: runs until `shutdown`, then stops its sub-tasks.
 pub async fn run(
     node: Handle,
     net: network::Handle,
-    mut events: mpsc::Receiver<Event>,
-    mut published: mpsc::Receiver<Vec<u8>>,
+    feeds: Feeds,
     peers: PeerTable,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
+    let Feeds {
+        mut events,
+        mut published,
+        mut dials,
+    } = feeds;
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut pulling: HashSet<PeerId> = HashSet::new();
     // Peers waiting for a free pull slot, at most one place per admitted peer.
@@ -293,6 +308,16 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            Ok(()) = dials.changed() => {
+                let addresses = dials
+                    .borrow_and_update()
+                    .iter()
+                    .filter_map(|a| network::parse_addr(a).ok())
+                    .collect();
+                if let Err(e) = net.set_dials(addresses).await {
+                    tracing::warn!(error = %e, "cannot change the addresses to dial");
+                }
+            }
             Some(bytes) = published.recv() => {
                 if let Err(e) = net.publish(bytes).await {
                     tracing::debug!(error = %e, "gossip publish failed; pull sync will deliver");

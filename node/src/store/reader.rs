@@ -143,7 +143,7 @@ fn kind_of(id: &DocId, summary: &Value) -> Option<String> {
         Collection::Obstacles => "type",
         Collection::Training => "kind",
         Collection::Meetings => "format",
-        Collection::Practices | Collection::Factsheets => return None,
+        Collection::Practices | Collection::Factsheets | Collection::Addresses => return None,
     };
     summary.get(field)?.as_str().map(str::to_owned)
 }
