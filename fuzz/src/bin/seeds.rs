@@ -65,6 +65,12 @@ fn commands(obstacle: &str) -> Vec<(&'static str, Command)> {
                 languages: vec!["en".into(), "lt".into()],
             },
         ),
+        (
+            "EL",
+            Command::AddressSet {
+                addresses: vec!["/ip4/10.0.0.3/tcp/4001".into(), "/dns/spoc.example.gr/tcp/443".into()],
+            },
+        ),
     ]
 }
 
@@ -74,7 +80,8 @@ fn seeds() -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut replica = Replica::new(charter.clone(), Limits::default());
     let mut entries: Vec<SignedEntry> = Vec::new();
     let mut obstacle = String::new();
-    for (i, step) in (0..5).enumerate() {
+    let steps = commands("").len();
+    for (i, step) in (0..steps).enumerate() {
         let (code, command) = commands(&obstacle).swap_remove(step);
         let ulid = ulid::Ulid::from_parts(spoc_fuzz::NOW_MS, i as u128 + 1);
         let (entry, id) = replica
