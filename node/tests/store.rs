@@ -693,3 +693,96 @@ fn a_store_of_the_first_format_is_migrated_once_and_keeps_everything() {
     assert!(steps.iter().all(|s| s != "reading entries"), "{steps:?}");
     assert_eq!(used_state(&store, &mut replica).expect("reads"), expected);
 }
+
+/// The summaries of every meeting dated from `from` to `to`, found by listing them all.
+fn meetings_listed(reader: &Reader, from: &str, to: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = reader
+            .list(
+                Collection::Meetings,
+                &ListFilter::default(),
+                cursor.as_deref(),
+                1000,
+            )
+            .expect("a page");
+        out.extend(
+            page.items
+                .into_iter()
+                .filter(|m| m["date"].as_str().is_some_and(|d| d >= from && d <= to)),
+        );
+        cursor = page.next;
+        if cursor.is_none() {
+            return out;
+        }
+    }
+}
+
+#[test]
+fn a_term_reads_its_meetings_from_the_date_index_and_a_second_format_store_gains_it() {
+    let net = Net::new(4);
+    let entries = generate(&net, 400, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    {
+        let store = Store::open(&path).expect("open");
+        let mut replica = net.replica();
+        ingest_and_commit(&store, &mut replica, &entries, 100, true);
+    }
+    let (from, to) = ("2026-12-01", "2027-06-30");
+    let expected = {
+        let store = Store::open(&path).expect("open");
+        let reader = store.reader();
+        let mut listed = meetings_listed(&reader, from, to);
+        let mut indexed = reader.meetings_dated(from, to).expect("indexed");
+        assert!(!listed.is_empty());
+        let by_id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_owned();
+        listed.sort_by_key(by_id);
+        indexed.sort_by_key(by_id);
+        assert_eq!(indexed, listed);
+        let none = reader
+            .meetings_dated("2020-01-01", "2020-06-30")
+            .expect("indexed");
+        assert!(none.is_empty());
+        indexed
+    };
+
+    // A store of the second format had no date index: its rows go, and its format says 2.
+    {
+        let db = redb::Database::create(&path).expect("open");
+        let tx = db.begin_write().expect("write");
+        {
+            let list: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("list");
+            let mut list = tx.open_table(list).expect("list");
+            let date_field = [&8u16.to_be_bytes()[..], b"meetings", b"d"].concat();
+            list.retain(|k, _| !k.starts_with(&date_field))
+                .expect("retain");
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            tx.open_table(meta)
+                .expect("meta")
+                .insert("format", b"2".as_slice())
+                .expect("format");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = Store::open(&path).expect("open");
+    assert!(
+        store
+            .reader()
+            .meetings_dated(from, to)
+            .expect("read")
+            .is_empty()
+    );
+    let replica = store
+        .load(net.charter.clone(), Limits::default(), &mut |_, _, _| {})
+        .expect("load");
+    let mut indexed = store.reader().meetings_dated(from, to).expect("read");
+    indexed.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(indexed, expected);
+    drop(replica);
+    let (checked, _) = store
+        .verify(net.charter.clone(), &mut |_, _, _| {})
+        .expect("verify");
+    assert_eq!(checked, entries.len());
+}

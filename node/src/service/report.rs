@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::charter::{Charter, parse_half_year};
 use crate::docs::{Collection, DocId};
 use crate::log::SignedEntry;
-use crate::store::{ListFilter, Reader};
+use crate::store::Reader;
 
 use super::actor::Failure;
 
@@ -135,26 +135,7 @@ fn may_put(change: &automerge::Change, key: &str) -> bool {
 
 /// The meetings dated in a term, whenever they were convened.
 fn meetings_in(store: &Reader, from: time::Date, to: time::Date) -> Result<Vec<Value>, Failure> {
-    let (from, to) = (from.to_string(), to.to_string());
-    let mut meetings = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store.list(
-            Collection::Meetings,
-            &ListFilter::default(),
-            cursor.as_deref(),
-            super::actor::MAX_PAGE,
-        )?;
-        meetings.extend(page.items.into_iter().filter(|m| {
-            m["date"]
-                .as_str()
-                .is_some_and(|d| d >= from.as_str() && d <= to.as_str())
-        }));
-        cursor = page.next;
-        if cursor.is_none() {
-            return Ok(meetings);
-        }
-    }
+    Ok(store.meetings_dated(&from.to_string(), &to.to_string())?)
 }
 
 /// Drafts the note for `term` (`YYYY-H1` or `YYYY-H2`). It reads the term's entries one

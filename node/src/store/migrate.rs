@@ -1,4 +1,7 @@
-//! Moves a store of the first format to the current one, in one transaction.
+//! Moves a store of an older format to the current one, in one transaction.
+//!
+//! The second format lacked the index of meeting dates, which `meeting_dates` adds from
+//! the meetings' summaries.
 //!
 //! The first format kept each entry unsealed and checked every chain and signature at
 //! every start. Its entries get that full check once more here, are replayed through a
@@ -19,12 +22,56 @@ use crate::replica::{Limits, Replica};
 const OLD_ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 
+/// Adds the index rows of meeting dates to a store of the second format.
+pub(super) fn meeting_dates(store: &Store) -> Result<(), Error> {
+    let tx = store.db.begin_write().map_err(dberr)?;
+    let mut added = 0;
+    {
+        let summaries = tx.open_table(tables::SUMMARIES).map_err(dberr)?;
+        let mut list = tx.open_table(tables::LIST).map_err(dberr)?;
+        let first = format!("{}/", crate::docs::Collection::Meetings.as_str());
+        for row in summaries.range(first.as_str()..).map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let key = k.value();
+            if !key.starts_with(first.as_str()) {
+                break;
+            }
+            let id: crate::docs::DocId = key
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("a summary key {key:?} is not an id")))?;
+            let (_, summary) = store
+                .sealer
+                .open_row("summaries", id.as_str().as_bytes(), v.value())
+                .and_then(super::reader::decode_summary)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("the summary of {id} does not match its seal"))
+                })?;
+            if let Some(key) = super::reader::date_keys(&id, &summary) {
+                let sealed = store.sealer.seal("list", &key, &[]);
+                list.insert(key.as_slice(), sealed.as_slice())
+                    .map_err(dberr)?;
+                added += 1;
+            }
+        }
+        tx.open_table(tables::META)
+            .map_err(dberr)?
+            .insert("format", super::FORMAT_VERSION)
+            .map_err(dberr)?;
+    }
+    tx.commit().map_err(dberr)?;
+    tracing::info!(
+        meetings = added,
+        "store moved to format 3: meetings indexed by date"
+    );
+    Ok(())
+}
+
 pub(super) fn run(
     store: &Store,
     charter: &Arc<Charter>,
     progress: Progress<'_>,
 ) -> Result<(), Error> {
-    tracing::info!("migrating the store to format 2");
+    tracing::info!("migrating the store from format 1");
     let (entries, proofs) = read(store, charter, progress)?;
     let mut replica = Replica::new(charter.clone(), Limits::unbounded());
     let mut report = replica.add_proofs(proofs.clone())?;
@@ -87,7 +134,7 @@ pub(super) fn run(
             .map_err(dberr)?;
     }
     tx.commit().map_err(dberr)?;
-    tracing::info!(entries = total, "store migrated to format 2");
+    tracing::info!(entries = total, "store migrated from format 1");
     Ok(())
 }
 

@@ -40,7 +40,7 @@ use seal::Sealer;
 /// A document's appended changes past which a compaction saves it whole.
 pub const COMPACT_AFTER: u64 = 64;
 
-const FORMAT_VERSION: &[u8] = b"2";
+const FORMAT_VERSION: &[u8] = b"3";
 
 /// Store failures. `Corrupt` means the data on disk is not what was written.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +253,7 @@ impl Store {
         let fresh = format.is_none();
         let legacy = format.as_deref() == Some(b"1");
         match format.as_deref() {
-            None | Some(b"1") => {}
+            None | Some(b"1" | b"2") => {}
             Some(v) if v == FORMAT_VERSION => {}
             Some(v) => {
                 return Err(Error::Corrupt(format!(
@@ -305,8 +305,10 @@ impl Store {
         progress: Progress<'_>,
     ) -> Result<Replica<Reader>, Error> {
         guarded(|| {
-            if self.format()?.as_deref() == Some(b"1") {
-                migrate::run(self, &charter, progress)?;
+            match self.format()?.as_deref() {
+                Some(b"1") => migrate::run(self, &charter, progress)?,
+                Some(b"2") => migrate::meeting_dates(self)?,
+                _ => {}
             }
             self.load_inner(charter, limits)
         })

@@ -122,6 +122,8 @@ const FIELD_STATUS: u8 = b's';
 const FIELD_STATE: u8 = b'o';
 const FIELD_KIND: u8 = b'k';
 const FIELD_UPDATED: u8 = b'u';
+/// A meeting's date (`YYYY-MM-DD`), so that a term's meetings are one range of the index.
+const FIELD_DATE: u8 = b'd';
 
 fn index_key(collection: Collection, field: u8, value: &[u8], id: Option<&DocId>) -> Vec<u8> {
     let c = collection.as_str();
@@ -165,7 +167,23 @@ pub(super) fn index_keys(id: &DocId, summary: &Value, updated_ms: u64) -> Vec<Ve
     if let Some(kind) = kind_of(id, summary) {
         keys.push(index_key(c, FIELD_KIND, kind.as_bytes(), Some(id)));
     }
+    if let Some(date) = date_of(id, summary) {
+        keys.push(index_key(c, FIELD_DATE, date.as_bytes(), Some(id)));
+    }
     keys
+}
+
+/// The date a meeting's summary gives, when it is one.
+fn date_of<'a>(id: &DocId, summary: &'a Value) -> Option<&'a str> {
+    (id.collection() == Collection::Meetings)
+        .then(|| summary.get("date")?.as_str())
+        .flatten()
+}
+
+/// The index rows of meeting dates, for a store of format 2, which had none.
+pub(super) fn date_keys(id: &DocId, summary: &Value) -> Option<Vec<u8>> {
+    date_of(id, summary)
+        .map(|date| index_key(id.collection(), FIELD_DATE, date.as_bytes(), Some(id)))
 }
 
 /// The document id at the end of an index key that starts with `prefix_len` bytes of
@@ -571,6 +589,58 @@ impl Reader {
             page.next = None;
         }
         Ok(page)
+    }
+
+    /// The summaries of the meetings dated from `from` to `to` (`YYYY-MM-DD`, both
+    /// included), read from one range of the date index: a term's report reads its own
+    /// meetings, however many the network held before.
+    pub fn meetings_dated(&self, from: &str, to: &str) -> Result<Vec<Value>, Error> {
+        caught(|| {
+            let tx = self.db.begin_read().map_err(dberr)?;
+            let list = tx.open_table(tables::LIST).map_err(dberr)?;
+            let summaries = tx.open_table(tables::SUMMARIES).map_err(dberr)?;
+            let field = index_key(Collection::Meetings, FIELD_DATE, &[], None);
+            let prefix = &field[..field.len() - 2];
+            let lower = index_key(Collection::Meetings, FIELD_DATE, from.as_bytes(), None);
+            let mut out = Vec::new();
+            for row in list.range(lower.as_slice()..).map_err(dberr)? {
+                let (k, v) = row.map_err(dberr)?;
+                let key = k.value();
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                let malformed = || Error::Corrupt("a meeting date index row is malformed".into());
+                let len = key
+                    .get(prefix.len()..prefix.len() + 2)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u16::from_be_bytes)
+                    .ok_or_else(malformed)?;
+                let date = key
+                    .get(prefix.len() + 2..prefix.len() + 2 + usize::from(len))
+                    .ok_or_else(malformed)?;
+                if date > to.as_bytes() {
+                    break;
+                }
+                if self.sealer.open_row("list", key, v.value()).is_none() {
+                    return Err(Error::Corrupt(corrupt("list", key).0));
+                }
+                let id = id_of_index_key(key)
+                    .ok_or_else(|| Error::Corrupt("a list index row is malformed".into()))?;
+                let row = summaries
+                    .get(id.as_str())
+                    .map_err(dberr)?
+                    .ok_or_else(|| Error::Corrupt(format!("the summary of {id} is missing")))?;
+                let (_, summary) = self
+                    .sealer
+                    .open_row("summaries", id.as_str().as_bytes(), row.value())
+                    .and_then(decode_summary)
+                    .ok_or_else(|| {
+                        Error::Corrupt(corrupt("summaries", id.as_str().as_bytes()).0)
+                    })?;
+                out.push(summary);
+            }
+            Ok(out)
+        })
     }
 
     /// One page of the audit trail: up to `limit` entries accepted before position
