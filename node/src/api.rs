@@ -222,6 +222,10 @@ async fn command(
 ) -> Answer {
     allow(&caller, Role::Contributor, "write")?;
     let command: Command = json_body(body, "command")?;
+    // Where the state's nodes are dialled is the head's to say, as the charter was.
+    if matches!(command, Command::AddressSet { .. }) {
+        allow(&caller, Role::Head, "publish the nodes' addresses")?;
+    }
     let ack = app.node.write(command, &caller.name).await?;
     Ok(Json(ack).into_response())
 }

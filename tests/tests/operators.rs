@@ -132,6 +132,17 @@ fn operators_act_by_their_role_and_a_revoked_token_is_refused() -> Result<()> {
         line.contains("carl is a contributor and may not add operators"),
         "{line}"
     );
+    // Nor say where the state's nodes are dialled: that is the head's, as the charter was.
+    let out = spoc_with(
+        Some(dir),
+        &env,
+        &["address", "set", "/ip4/127.0.0.1/tcp/4999"],
+    )?;
+    let line = refused(&out)?;
+    ensure!(
+        line == "spoc: operator carl is a contributor and may not publish the nodes' addresses (it takes a head)",
+        "{line}"
+    );
     // The head writes too.
     let by_head = spoc(Some(dir), &args(&report("By the head")))?
         .ok()?
