@@ -428,6 +428,12 @@ impl Charter {
         }
     }
 
+    /// The hash of this charter without the nodes' addresses: the network's identity,
+    /// which admission compares, and (from rules version 2) what signatures are made for.
+    pub fn genesis(&self) -> [u8; 32] {
+        self.genesis
+    }
+
     /// Whether entries are held to their causal past in time: from rules version 3, a
     /// change carries its entry's timestamp (in whole seconds), and an entry may not be
     /// dated before any change its change depends on. With the log's own order (checked in

@@ -215,6 +215,7 @@ pub(super) struct Actor {
     admission: Arc<dyn Admit>,
     certificate: Vec<u8>,
     charter_hash: [u8; 32],
+    genesis: Option<[u8; 32]>,
     rate: u32,
     max_frame_bytes: usize,
     max_gossip_bytes: usize,
@@ -374,6 +375,7 @@ impl Actor {
             admission: config.admission,
             certificate: config.certificate,
             charter_hash: config.charter_hash,
+            genesis: config.genesis,
             rate: config.max_requests_per_second.max(1),
             max_frame_bytes: config.max_frame_bytes,
             max_gossip_bytes: config.max_gossip_bytes,
@@ -810,6 +812,7 @@ impl Actor {
         let request = AdmitRequest {
             charter_hash: self.charter_hash,
             certificate: self.certificate.clone(),
+            genesis: self.genesis.map(serde_bytes::ByteArray::new),
         };
         behaviour.admit.send_request(&peer, request);
     }
@@ -968,6 +971,7 @@ impl Actor {
                     let response = AdmitResponse {
                         charter_hash: self.charter_hash,
                         certificate: self.certificate.clone(),
+                        genesis: self.genesis.map(serde_bytes::ByteArray::new),
                     };
                     if self
                         .swarm
@@ -978,10 +982,16 @@ impl Actor {
                     {
                         debug!(%peer, "admission request gone before its response");
                     }
-                    self.verify(peer, &request.charter_hash, &request.certificate);
+                    let genesis = request.genesis.map(serde_bytes::ByteArray::into_array);
+                    self.verify(peer, (&request.charter_hash, genesis), &request.certificate);
                 }
                 request_response::Message::Response { response, .. } => {
-                    self.verify(peer, &response.charter_hash, &response.certificate);
+                    let genesis = response.genesis.map(serde_bytes::ByteArray::into_array);
+                    self.verify(
+                        peer,
+                        (&response.charter_hash, genesis),
+                        &response.certificate,
+                    );
                 }
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
@@ -999,7 +1009,12 @@ impl Actor {
     /// renewal): a valid one for the same participant extends its admission, on the same
     /// connection. One refused only for its time is a stale or skewed copy, and changes
     /// nothing: the peer keeps the certificate it holds until that one expires.
-    fn verify(&mut self, peer: PeerId, charter_hash: &[u8; 32], certificate: &[u8]) {
+    fn verify(
+        &mut self,
+        peer: PeerId,
+        (charter_hash, genesis): (&[u8; 32], Option<[u8; 32]>),
+        certificate: &[u8],
+    ) {
         let _span = peer_span(&peer).entered();
         let Some(p) = self.peers.get(&peer) else {
             return;
@@ -1008,7 +1023,11 @@ impl Actor {
             return;
         }
         let held = p.admitted.clone();
-        let verdict = if *charter_hash != self.charter_hash {
+        let same_network = match (genesis, self.genesis) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => *charter_hash == self.charter_hash,
+        };
+        let verdict = if !same_network {
             Err(OTHER_CHARTER)
         } else {
             self.admission.admit(&peer, certificate, charter_hash)
@@ -1052,6 +1071,7 @@ impl Actor {
         let request = AdmitRequest {
             charter_hash: self.charter_hash,
             certificate: self.certificate.clone(),
+            genesis: self.genesis.map(serde_bytes::ByteArray::new),
         };
         let peers: Vec<PeerId> = self
             .peers

@@ -100,6 +100,9 @@ pub struct Config {
     pub admission: Arc<dyn Admit>,
     /// Hash of the charter; peers with another charter are refused.
     pub charter_hash: [u8; 32],
+    /// Hash of the genesis charter: compared in place of `charter_hash` with a peer that
+    /// gives one too, so that charters differing only in their addresses admit each other.
+    pub genesis: Option<[u8; 32]>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
     /// Total number of established connections, incoming and outgoing.
@@ -147,6 +150,7 @@ impl Config {
             certificate,
             admission,
             charter_hash,
+            genesis: None,
             mdns: false,
             max_connections: 128,
             max_incoming: 96,

@@ -32,6 +32,12 @@ pub struct AdmitRequest {
     pub charter_hash: [u8; 32],
     #[serde(with = "serde_bytes")]
     pub certificate: Vec<u8>,
+    /// The hash of the network's genesis charter (`Charter::genesis`). Two nodes that both
+    /// give it compare it in place of the charter hash, so charters that differ only in
+    /// their addresses admit each other; an older node that gives none is compared by its
+    /// charter hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<serde_bytes::ByteArray<32>>,
 }
 
 /// The answer to an [`AdmitRequest`]: the responder presents itself in turn.
@@ -41,6 +47,9 @@ pub struct AdmitResponse {
     pub charter_hash: [u8; 32],
     #[serde(with = "serde_bytes")]
     pub certificate: Vec<u8>,
+    /// As in [`AdmitRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<serde_bytes::ByteArray<32>>,
 }
 
 /// A pull request: "how do these ranges of logs compare with yours, and send me what

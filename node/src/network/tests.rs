@@ -258,6 +258,26 @@ async fn admitted_peers_sync_and_gossip() {
 }
 
 #[tokio::test]
+async fn charters_that_differ_only_in_addresses_admit_each_other() {
+    let of = |state: &str, genesis: u8, hash: u8, dial: Option<&Node>| {
+        let mut config = config(state, None, dial);
+        config.genesis = Some([genesis; 32]);
+        config.charter_hash = [hash; 32];
+        config
+    };
+    let mut a = start(of("AA", 7, 1, None)).await;
+    // Another charter hash, the same genesis: a node whose charter moved an address.
+    let moved = start(of("BB", 7, 2, Some(&a))).await;
+    assert_eq!(admitted(&mut a, moved.id).await, "BB");
+    // A node that gives no genesis is compared by its charter hash.
+    let older = start(config("CC", None, Some(&a))).await;
+    assert_eq!(admitted(&mut a, older.id).await, "CC");
+    // Another genesis is another network, whatever its charter hash.
+    let other = start(of("DD", 8, 1, Some(&a))).await;
+    assert_eq!(refused(&mut a, other.id).await, "different charter hash");
+}
+
+#[tokio::test]
 async fn refused_peers_get_nothing() {
     let mut a = start(config("AA", None, None)).await;
     let mut b = start(config("BB", Some("certificate revoked"), Some(&a))).await;

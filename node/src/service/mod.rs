@@ -333,6 +333,7 @@ impl Node {
             .collect();
         let dials_watch = tokio::sync::watch::Sender::new(dials);
         let dials = dials_watch.subscribe();
+        network.genesis = Some(charter.genesis());
         network.mdns = settings.mdns;
         network.seed = u64::from(incarnation);
         let (publish, published) = tokio::sync::mpsc::channel(1024);
