@@ -786,3 +786,28 @@ fn a_term_reads_its_meetings_from_the_date_index_and_a_second_format_store_gains
         .expect("verify");
     assert_eq!(checked, entries.len());
 }
+
+#[test]
+fn the_places_in_peers_streams_outlive_a_reopen_and_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    {
+        let store = Store::open(&path).expect("open");
+        for i in 0..70u64 {
+            store
+                .put_stream(&format!("peer-{i:03}"), Some(i * 500))
+                .expect("put");
+        }
+        store.put_stream("peer-069", Some(40_000)).expect("put");
+        store.put_stream("peer-068", None).expect("forget");
+        // A durable commit of something else carries the places to the disk.
+        let net = Net::new(4);
+        let mut replica = net.replica();
+        ingest_and_commit(&store, &mut replica, &generate(&net, 5, 4), 5, true);
+    }
+    let store = Store::open(&path).expect("open");
+    let places = store.streams().expect("places");
+    assert_eq!(places.len() as u64, spoc_node::store::MAX_STREAMS - 1);
+    assert!(places.contains(&("peer-069".to_owned(), 40_000)));
+    assert!(places.iter().all(|(peer, _)| peer != "peer-068"));
+}

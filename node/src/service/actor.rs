@@ -171,6 +171,10 @@ pub(crate) enum Request {
     ),
     /// Tells the replica the time, so that entries whose time has come are taken in.
     Tick(Reply<usize>),
+    /// Where each peer's stream goes on, as the store keeps it.
+    Streams(Reply<Vec<(String, u64)>>),
+    /// Keeps or forgets where a peer's stream goes on.
+    Stream(String, Option<u64>, Reply<()>),
 }
 
 /// What a page of the audit trail asks for.
@@ -245,6 +249,21 @@ impl Handle {
     pub async fn write(&self, command: Command, operator: &str) -> Result<WriteAck, Failure> {
         ask!(self, Write, command, operator.to_owned())
     }
+    /// The places in peers' streams that catch-ups left in the middle, by peer id.
+    pub async fn streams(&self) -> Result<Vec<(String, u64)>, Failure> {
+        ask!(self, Streams)
+    }
+
+    /// Keeps where `peer`'s stream goes on (`None`: the stream was taken to its end), so
+    /// that a catch-up goes on from there after a restart.
+    pub async fn remember_stream(
+        &self,
+        peer: String,
+        position: Option<u64>,
+    ) -> Result<(), Failure> {
+        ask!(self, Stream, peer, position)
+    }
+
     /// Every operator, revoked ones included.
     pub async fn operators(&self) -> Result<Vec<Operator>, Failure> {
         ask!(self, Operators)
@@ -549,6 +568,13 @@ impl Actor {
             }
             Request::Operators(reply) => {
                 answer(reply, self.store.operators().map_err(Failure::from))?;
+            }
+            Request::Streams(reply) => {
+                answer(reply, self.store.streams().map_err(Failure::from))?;
+            }
+            Request::Stream(peer, position, reply) => {
+                let result = self.store.put_stream(&peer, position);
+                answer(reply, result.map_err(Failure::from))?;
             }
             Request::AddOperator { name, role, reply } => {
                 let result = self.add_operator(&name, role);

@@ -39,6 +39,8 @@ pub const BATCH_PROOF_BYTES: usize = 2 * 1024 * 1024;
 const MAX_ROUNDS: usize = 400;
 /// Sync sub-tasks in flight at once; requests beyond it are refused.
 const MAX_TASKS: usize = 64;
+/// Places in peers' streams kept at once, as in the store.
+const MAX_STREAMS: usize = crate::store::MAX_STREAMS as usize;
 /// Pulls in flight at once. Any peer can bring a node up to date, so pulling the same
 /// entries from every peer at once would only multiply the bytes; the other peers wait
 /// their turn and then answer with what the first ones lacked, usually nothing. A pull
@@ -275,9 +277,20 @@ pub async fn run(
     let mut stall = tokio::time::interval(STALL);
     stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds_at_stall = 0;
-    // Where each peer's stream goes on, for a pull that ended in the middle of one: at most
+    // Where each peer's stream goes on, for a pull that ended in the middle of one, or a
+    // catch-up that a restart cut short (the store keeps the places): at most
     // one place per admitted peer.
-    let mut streams: HashMap<PeerId, u64> = HashMap::new();
+    let mut streams: HashMap<PeerId, u64> = match node.streams().await {
+        Ok(saved) => saved
+            .into_iter()
+            .filter_map(|(peer, position)| Some((peer.parse().ok()?, position)))
+            .take(MAX_STREAMS)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the places in peers' streams cannot be read");
+            HashMap::new()
+        }
+    };
     let pull = |tasks: &mut JoinSet<Done>,
                 pulling: &mut HashSet<PeerId>,
                 wanted: &mut BTreeSet<PeerId>,
@@ -334,16 +347,18 @@ pub async fn run(
                     pull(&mut tasks, &mut pulling, &mut wanted, &mut streams, peer, 1);
                 }
                 Event::PeerGone { peer } => {
+                    // Its place in a stream stays, for when it comes back.
                     tracing::info!(%peer, "peer gone");
                     wanted.remove(&peer);
-                    streams.remove(&peer);
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
                     }
                 }
                 Event::PeerRefused { peer, reason } => {
                     wanted.remove(&peer);
-                    streams.remove(&peer);
+                    if streams.remove(&peer).is_some() {
+                        let _ = node.remember_stream(peer.to_string(), None).await;
+                    }
                     if let Ok(mut p) = peers.lock() {
                         p.admitted.remove(&peer);
                         *p.refused.entry(reason.to_owned()).or_default() += 1;
@@ -420,7 +435,9 @@ pub async fn run(
                     pulling.remove(&peer);
                     match result {
                         Ok(Pulled { accepted: n, streamed, resume }) => {
-                            if let Some(position) = resume {
+                            if let Some(position) = resume
+                                && (streams.len() < MAX_STREAMS || streams.contains_key(&peer))
+                            {
                                 streams.insert(peer, position);
                             }
                             if n > 0 {
@@ -589,7 +606,9 @@ async fn pull_from(
     rounds: &AtomicU64,
     resume: Option<u64>,
 ) -> Result<Pulled, String> {
+    tracing::debug!("pull started");
     let (mut accepted, mut streamed) = (0, 0);
+    let mut saved = resume;
     let mut session = Box::new(resume.map_or_else(Session::new, Session::resume));
     let (mut answers, mut served) = (Vec::new(), false);
     for _ in 0..MAX_ROUNDS {
@@ -623,6 +642,14 @@ async fn pull_from(
             streamed += received;
         }
         session.streamed(response.next);
+        // The place is kept at every step, so that a restart goes on from here.
+        let place = session.stream_position();
+        if place != saved {
+            node.remember_stream(peer.to_string(), place)
+                .await
+                .map_err(|e| e.to_string())?;
+            saved = place;
+        }
         accepted += entries;
         if entries > 0 {
             rounds.fetch_add(1, Ordering::Relaxed);

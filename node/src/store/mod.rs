@@ -41,6 +41,8 @@ use seal::Sealer;
 pub const COMPACT_AFTER: u64 = 64;
 
 const FORMAT_VERSION: &[u8] = b"3";
+/// The most stream places a store keeps: more than the nodes of a network's participants.
+pub const MAX_STREAMS: u64 = 64;
 
 /// Store failures. `Corrupt` means the data on disk is not what was written.
 #[derive(Debug, thiserror::Error)]
@@ -527,6 +529,63 @@ impl Store {
             table
                 .insert(op.name.as_str(), sealed.as_slice())
                 .map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// Where each peer's stream goes on, for the catch-ups left in the middle.
+    pub fn streams(&self) -> Result<Vec<(String, u64)>, Error> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = match tx.open_table(tables::STREAMS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(dberr(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let peer = k.value();
+            let position = self
+                .sealer
+                .open_row("streams", peer.as_bytes(), v.value())
+                .and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)))
+                .ok_or_else(|| Writer::corrupt("streams", peer.as_bytes()))?;
+            out.push((peer.to_owned(), position));
+        }
+        Ok(out)
+    }
+
+    /// Keeps where `peer`'s stream goes on, or forgets it (`None`). The write is not made
+    /// durable by itself: the next commit of entries carries it, and a place lost in a
+    /// crash only makes the next catch-up start earlier. At most [`MAX_STREAMS`] places
+    /// are kept; a new one beyond them replaces the first in key order.
+    pub fn put_stream(&self, peer: &str, position: Option<u64>) -> Result<(), Error> {
+        let mut tx = self.db.begin_write().map_err(dberr)?;
+        tx.set_durability(redb::Durability::None).map_err(dberr)?;
+        {
+            let mut table = tx.open_table(tables::STREAMS).map_err(dberr)?;
+            match position {
+                None => {
+                    table.remove(peer).map_err(dberr)?;
+                }
+                Some(position) => {
+                    if table.get(peer).map_err(dberr)?.is_none()
+                        && table.len().map_err(dberr)? >= MAX_STREAMS
+                    {
+                        let first = table
+                            .first()
+                            .map_err(dberr)?
+                            .map(|(k, _)| k.value().to_owned());
+                        if let Some(first) = first {
+                            table.remove(first.as_str()).map_err(dberr)?;
+                        }
+                    }
+                    let sealed =
+                        self.sealer
+                            .seal("streams", peer.as_bytes(), &position.to_be_bytes());
+                    table.insert(peer, sealed.as_slice()).map_err(dberr)?;
+                }
+            }
         }
         tx.commit().map_err(dberr)
     }

@@ -32,5 +32,9 @@ pub const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operat
 /// Entry hash -> the name of the operator whose write made it: the local audit, which is
 /// never replicated. Made by the first commit that needs it.
 pub const WRITTEN_BY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("written_by");
+/// Peer id (text) -> where that peer's stream goes on (u64 BE): the place of a catch-up
+/// left in the middle, kept across restarts. At most [`super::MAX_STREAMS`] rows. Made by
+/// the first write that needs it.
+pub const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// Log key -> encoded equivocation proof (re-checked when read).
 pub const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");
