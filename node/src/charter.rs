@@ -467,19 +467,21 @@ impl Charter {
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "network = {:?}\nrules_version = {}\ntraining_core_group = [{}]\n\n",
-            self.network,
+            "network = {}\nrules_version = {}\ntraining_core_group = [{}]\n\n",
+            toml_str(&self.network),
             self.rules_version,
             self.training_core_group
                 .iter()
-                .map(|c| format!("{c:?}"))
+                .map(|c| toml_str(c))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
         for p in &self.participants {
             out.push_str(&format!(
-                "[[participants]]\ncode = {:?}\nname = {:?}\nkind = \"{}\"\n",
-                p.code, p.name, p.kind
+                "[[participants]]\ncode = {}\nname = {}\nkind = \"{}\"\n",
+                toml_str(&p.code),
+                toml_str(&p.name),
+                p.kind
             ));
             if let Some(k) = &p.key {
                 out.push_str(&format!("key = \"{k}\"\n"));
@@ -489,7 +491,7 @@ impl Charter {
                     "addresses = [{}]\n",
                     p.addresses
                         .iter()
-                        .map(|a| format!("{a:?}"))
+                        .map(|a| toml_str(a))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
@@ -498,8 +500,10 @@ impl Charter {
         }
         for t in &self.presidency {
             out.push_str(&format!(
-                "[[presidency]]\nstate = {:?}\nfrom = {}\nto = {}\n\n",
-                t.state, t.from, t.to
+                "[[presidency]]\nstate = {}\nfrom = {}\nto = {}\n\n",
+                toml_str(&t.state),
+                t.from,
+                t.to
             ));
         }
         out
@@ -541,7 +545,7 @@ impl Charter {
             "network = {network:?}\nrules_version = {RULES_VERSION}\ntraining_core_group = [{}]\n\n",
             training_core_group
                 .iter()
-                .map(|c| format!("{c:?}"))
+                .map(|c| toml_str(c))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -577,7 +581,7 @@ impl Charter {
                 "[[participants]]\ncode = {code:?}\nname = {name:?}\nkind = {kind:?}\nkey = \"{key}\"\naddresses = [{}]\n\n",
                 addresses
                     .iter()
-                    .map(|a| format!("{a:?}"))
+                    .map(|a| toml_str(a))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
@@ -593,8 +597,8 @@ impl Charter {
             let (_, to) = parse_half_year(&half_year_label(from))
                 .ok_or_else(|| Error::Whole("date out of range".into()))?;
             text.push_str(&format!(
-                "[[presidency]]\nstate = {:?}\nfrom = {from}\nto = {to}\n\n",
-                members[i % members.len()]
+                "[[presidency]]\nstate = {}\nfrom = {from}\nto = {to}\n\n",
+                toml_str(&members[i % members.len()])
             ));
             from = to
                 .next_day()
@@ -602,6 +606,12 @@ impl Charter {
         }
         Charter::parse(&text)
     }
+}
+
+/// A string as TOML writes it, quoted and escaped as TOML reads it back (Rust's own
+/// escapes, such as `\u{38b}`, are not TOML's).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 #[cfg(test)]
@@ -654,6 +664,23 @@ mod tests {
         assert_eq!(round.hash(), a.hash());
         let c = Charter::parse(&small(CALENDAR).replace("Lithuania", "Lietuva")).unwrap();
         assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn a_charter_with_any_text_in_its_strings_renders_to_toml_that_reads_back_the_same() {
+        let text = small(CALENDAR);
+        let mut odd = Charter::parse(&text).unwrap();
+        // Fuzzing found an address with an unassigned character, which Rust's escapes
+        // wrote as `\u{38b}`, a form TOML does not read.
+        odd.participants[0].name = "\tIreland \"Éire\" \\ \u{38b} \u{7f}".into();
+        odd.participants[0].addresses = vec!["/ip4/127.0.0.1\u{38b}cp/40003".into()];
+        let again = Charter::parse(&odd.to_toml()).unwrap();
+        assert_eq!(again.participants[0].name, odd.participants[0].name);
+        assert_eq!(
+            again.participants[0].addresses,
+            odd.participants[0].addresses
+        );
+        assert_eq!(again.to_toml(), odd.to_toml());
     }
 
     #[test]
