@@ -1,5 +1,4 @@
-//! Writes the seed corpus of the `entry` target (and the saved address record that the
-//! `address_record` target starts from), or with `--check` checks it: entries of
+//! Writes the seed corpus of the `entry` target, or with `--check` checks it: entries of
 //! the fuzz fixture's network, made through `Replica::prepare` as a node makes them, so
 //! that the fuzzer starts from entries that pass every check. The seeds are signed for the
 //! fixture's genesis charter, so a change of what that hash covers (the charter's format
@@ -97,10 +96,6 @@ fn seeds() -> Result<Vec<(String, Vec<u8>)>, String> {
         }
         entries.push(entry);
     }
-    let record = replica
-        .doc(&spoc_node::docs::DocId::addresses("EL"))
-        .ok_or("no address record")?
-        .save();
     let mut out: Vec<(String, Vec<u8>)> = entries
         .iter()
         .enumerate()
@@ -112,8 +107,6 @@ fn seeds() -> Result<Vec<(String, Vec<u8>)>, String> {
         .collect::<Vec<_>>()
         .join(&SEPARATOR);
     out.push(("seed-batch".into(), batch));
-    // The address record as a saved document, for the `address_record` target.
-    out.push(("../address_record/record".into(), record));
     Ok(out)
 }
 
