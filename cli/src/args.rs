@@ -110,16 +110,36 @@ pub enum CharterCmd {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Show a charter's participants, Presidency calendar and hash.
+    /// Print the charter in force on the node as TOML (which `propose --file` takes once
+    /// edited), or show a charter file's participants, calendar and hash.
+    #[command(disable_version_flag = true)]
     Show {
-        /// The charter file; the data directory's charter if absent.
+        /// A charter file to show in place of the node's charter.
         file: Option<PathBuf>,
+        /// The version to print, of those the node holds; the one in force if absent.
+        #[arg(long, value_name = "V", conflicts_with = "file")]
+        version: Option<u32>,
     },
     /// Check a charter and print its hash.
     Verify {
         /// The charter file.
         file: PathBuf,
     },
+    /// Propose a charter as the next version: prints what it changes, and signs it for
+    /// this state (a head operator's act).
+    Propose {
+        /// The whole charter proposed: `spoc charter show`'s output, edited.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Sign a proposed amendment for this state, by its id or by the version it would
+    /// make (a head operator's act).
+    Sign {
+        /// An amendment id (`amendments/STATE/ULID`), or the version it would make.
+        amendment: String,
+    },
+    /// The version in force, and each proposal with its signatures so far.
+    Status,
 }
 
 /// `spoc wait`.

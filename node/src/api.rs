@@ -148,6 +148,8 @@ pub fn router(
         .route("/v1/report", get(report))
         .route("/v1/export", get(export))
         .route("/v1/peers", get(peers))
+        .route("/v1/charter", get(charter))
+        .route("/v1/charter/amendments", get(amendments))
         .route("/v1/wait", get(wait))
         .route("/metrics", get(metrics))
         .route("/v1/operators", get(operators).post(add_operator))
@@ -225,6 +227,17 @@ async fn command(
     // Where the state's nodes are dialled is the head's to say, as the charter was.
     if matches!(command, Command::AddressSet { .. }) {
         allow(&caller, Role::Head, "publish the nodes' addresses")?;
+    }
+    // Amending the charter speaks for the state, as signing the charter did.
+    if matches!(
+        command,
+        Command::AmendmentPropose { .. } | Command::AmendmentSign { .. }
+    ) {
+        allow(
+            &caller,
+            Role::Head,
+            "propose or sign an amendment of the charter",
+        )?;
     }
     let ack = app.node.write(command, &caller.name).await?;
     Ok(Json(ack).into_response())
@@ -388,6 +401,20 @@ struct TermQuery {
 async fn report(State(app): State<App>, q: Result<Query<TermQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     Ok(Json(app.node.report(q.term).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+async fn charter(State(app): State<App>, q: Result<Query<VersionQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    Ok(Json(app.node.charter(q.version).await?).into_response())
+}
+
+async fn amendments(State(app): State<App>) -> Answer {
+    Ok(Json(app.node.amendments().await?).into_response())
 }
 
 async fn peers(State(app): State<App>) -> Answer {

@@ -115,7 +115,51 @@ pub fn parse_half_year(label: &str) -> Option<(Date, Date)> {
     ))
 }
 
-/// A validated charter.
+/// The share of the member states whose signatures an amendment needs when a charter
+/// sets none: two thirds.
+pub const DEFAULT_THRESHOLD: Threshold = Threshold { num: 2, den: 3 };
+
+/// The share of the member states that must sign an amendment, as a fraction above one
+/// half: two amendments of one version can then never both reach it unless some state
+/// signs both, which an honest node never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold {
+    pub num: u32,
+    pub den: u32,
+}
+
+impl Threshold {
+    /// Of `members` member states, how many signatures reach the threshold (rounded up).
+    pub fn of(self, members: usize) -> usize {
+        let members = members as u64;
+        usize::try_from((members * u64::from(self.num)).div_ceil(u64::from(self.den)))
+            .unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.num, self.den)
+    }
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("amendment_threshold {s:?} must be a fraction N/D above 1/2 and at most 1");
+        let (n, d) = s.split_once('/').ok_or_else(bad)?;
+        let num: u32 = n.trim().parse().map_err(|_| bad())?;
+        let den: u32 = d.trim().parse().map_err(|_| bad())?;
+        if den == 0 || den > 1000 || num > den || 2 * u64::from(num) <= u64::from(den) {
+            return Err(bad());
+        }
+        Ok(Threshold { num, den })
+    }
+}
+
+/// A validated charter: the genesis charter (version 0), read from `charter.toml`, or an
+/// amendment of it that the member states signed (`Charter::amend`).
 #[derive(Clone, Debug)]
 pub struct Charter {
     pub network: String,
@@ -123,6 +167,11 @@ pub struct Charter {
     pub participants: Vec<Participant>,
     pub presidency: Vec<Term>,
     pub training_core_group: Vec<String>,
+    /// The share of member states an amendment of this version needs; `None` is
+    /// [`DEFAULT_THRESHOLD`], and leaves the hash as charters without the field had it.
+    pub amendment_threshold: Option<Threshold>,
+    /// 0 for the genesis charter, and one more for each amendment in force after it.
+    pub version: u32,
     hash: [u8; 32],
     genesis: [u8; 32],
     by_code: HashMap<String, usize>,
@@ -136,6 +185,7 @@ struct RawCharter {
     rules_version: Option<u32>,
     #[serde(default)]
     training_core_group: Vec<String>,
+    amendment_threshold: Option<String>,
     #[serde(default)]
     participants: Vec<toml::Spanned<RawParticipant>>,
     #[serde(default)]
@@ -351,12 +401,20 @@ impl Charter {
             }
         }
 
+        let amendment_threshold = raw
+            .amendment_threshold
+            .as_deref()
+            .map(str::parse::<Threshold>)
+            .transpose()
+            .map_err(Error::Whole)?;
         let mut charter = Charter {
             network,
             rules_version,
             participants,
             presidency,
             training_core_group: raw.training_core_group,
+            amendment_threshold,
+            version: 0,
             hash: [0; 32],
             genesis: [0; 32],
             by_code,
@@ -377,6 +435,8 @@ impl Charter {
             participants: &'a [Participant],
             presidency: Vec<(String, String, String)>,
             training_core_group: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            amendment_threshold: Option<String>,
         }
         let without_addresses: Vec<Participant>;
         let participants = if addresses {
@@ -402,6 +462,7 @@ impl Charter {
                 .map(|t| (t.state.clone(), t.from.to_string(), t.to.to_string()))
                 .collect(),
             training_core_group: &self.training_core_group,
+            amendment_threshold: self.amendment_threshold.map(|t| t.to_string()),
         };
         let mut hasher = blake3::Hasher::new();
         hasher.update(domain.as_bytes());
@@ -410,7 +471,50 @@ impl Charter {
         *hasher.finalize().as_bytes()
     }
 
-    /// The charter hash: peers whose hash differs do not sync.
+    /// The charter that an amendment's `text` makes of this one: the next version, of the
+    /// same network, signed for the same genesis. An amendment may change anything but
+    /// the network's name, and may not lower the rules version.
+    pub fn amend(&self, text: &str) -> Result<Charter, Error> {
+        let mut next = Charter::parse(text)?;
+        if next.network != self.network {
+            return Err(Error::Whole(format!(
+                "an amendment of network {} cannot rename it {}",
+                self.network, next.network
+            )));
+        }
+        if next.rules_version < self.rules_version {
+            return Err(Error::Whole(format!(
+                "an amendment cannot lower the rules version from {} to {}",
+                self.rules_version, next.rules_version
+            )));
+        }
+        next.version = self
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::Whole("no version after this one".into()))?;
+        next.genesis = self.genesis;
+        Ok(next)
+    }
+
+    /// The share of member states that an amendment of this version needs.
+    pub fn threshold(&self) -> Threshold {
+        self.amendment_threshold.unwrap_or(DEFAULT_THRESHOLD)
+    }
+
+    /// The member states, whose signatures count for an amendment of this version.
+    pub fn member_states(&self) -> impl Iterator<Item = &Participant> {
+        self.participants
+            .iter()
+            .filter(|p| p.kind == Kind::MemberState)
+    }
+
+    /// How many member states' signatures an amendment of this version needs.
+    pub fn required_signatures(&self) -> usize {
+        self.threshold().of(self.member_states().count())
+    }
+
+    /// The hash of this version's content: peers whose hash differs do not sync unless
+    /// they compare genesis hashes (every build since rules version 2 does).
     pub fn hash(&self) -> [u8; 32] {
         self.hash
     }
@@ -476,6 +580,9 @@ impl Charter {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        if let Some(t) = self.amendment_threshold {
+            out.push_str(&format!("amendment_threshold = \"{t}\"\n\n"));
+        }
         for p in &self.participants {
             out.push_str(&format!(
                 "[[participants]]\ncode = {}\nname = {}\nkind = \"{}\"\n",

@@ -16,7 +16,13 @@ use crate::identity::{PublicKey, Scope, SecretKey, Signature};
 
 /// The largest encoded entry: well under gossipsub's 64 KiB default.
 pub const MAX_ENTRY_BYTES: usize = 60 * 1024;
+/// The encoding of an entry under the genesis charter.
 const ENTRY_VERSION: u8 = 1;
+/// The encoding of an entry that names a later version of the charter: the same fields,
+/// then the version. An entry under the genesis charter is always encoded in version 1,
+/// so that each entry has one encoding and the entries signed before amendments existed
+/// keep their bytes and hashes.
+const ENTRY_VERSION_CHARTER: u8 = 2;
 const PROOF_VERSION: u8 = 1;
 
 /// The hash that names an entry: BLAKE3 over its encoded bytes, signature included.
@@ -79,6 +85,10 @@ pub struct Entry {
     pub timestamp_ms: u64,
     pub doc: DocId,
     pub change: Vec<u8>,
+    /// The version of the charter the entry is judged under: its author's charter in
+    /// force when it wrote it. Every node judges the entry under that version once it
+    /// holds it, so the verdict does not depend on which amendments a node has seen.
+    pub charter: u32,
 }
 
 impl Entry {
@@ -105,6 +115,9 @@ impl Entry {
         w.u64(self.timestamp_ms);
         w.str16(self.doc.as_str());
         w.bytes32(&self.change);
+        if self.charter != 0 {
+            w.u32(self.charter);
+        }
         w.into_inner()
     }
 
@@ -138,7 +151,11 @@ pub enum DecodeError {
 impl SignedEntry {
     fn assemble(entry: Entry, body: Vec<u8>, signature: Signature) -> SignedEntry {
         let mut bytes = Vec::with_capacity(1 + body.len() + 64);
-        bytes.push(ENTRY_VERSION);
+        bytes.push(if entry.charter == 0 {
+            ENTRY_VERSION
+        } else {
+            ENTRY_VERSION_CHARTER
+        });
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&signature.0);
         let hash = EntryHash(*blake3::hash(&bytes).as_bytes());
@@ -173,7 +190,8 @@ impl SignedEntry {
         }
         let m = |what: &str| DecodeError::Malformed(what.to_owned());
         let mut r = Reader::new(bytes);
-        if r.u8().map_err(|_| m("empty"))? != ENTRY_VERSION {
+        let version = r.u8().map_err(|_| m("empty"))?;
+        if version != ENTRY_VERSION && version != ENTRY_VERSION_CHARTER {
             return Err(m("unknown version"));
         }
         let network = r.str16().map_err(|_| m("network"))?;
@@ -193,6 +211,14 @@ impl SignedEntry {
             .parse()
             .map_err(|e: crate::docs::DocIdError| m(&e.to_string()))?;
         let change = r.bytes32().map_err(|_| m("change"))?.to_vec();
+        let charter = if version == ENTRY_VERSION_CHARTER {
+            match r.u32().map_err(|_| m("charter version"))? {
+                0 => return Err(m("charter version 0 in the encoding of a later version")),
+                v => v,
+            }
+        } else {
+            0
+        };
         let body_len = bytes.len() - 1 - r.remaining();
         let signature = Signature(r.array64().map_err(|_| m("signature"))?);
         r.finish().map_err(|_| m("trailing bytes"))?;
@@ -205,6 +231,7 @@ impl SignedEntry {
             timestamp_ms,
             doc,
             change,
+            charter,
         };
         Ok(SignedEntry {
             entry,
@@ -233,6 +260,8 @@ pub enum Invalid {
     WrongNetwork { expected: String, found: String },
     #[error("author {0} is not a participant of the charter")]
     UnknownAuthor(String),
+    #[error("the entry names charter version {found}, which is not in force")]
+    UnknownCharter { found: u32 },
     #[error("seq gap: expected seq {expected}, got {found}")]
     SeqGap { expected: u64, found: u64 },
     #[error("prev hash does not match the log's entry {seq}")]
@@ -262,6 +291,7 @@ impl Invalid {
             Invalid::BadSignature => "bad_signature",
             Invalid::WrongNetwork { .. } => "wrong_network",
             Invalid::UnknownAuthor(_) => "unknown_author",
+            Invalid::UnknownCharter { .. } => "unknown_charter",
             Invalid::SeqGap { .. } => "seq_gap",
             Invalid::WrongPrev { .. } => "wrong_prev",
             Invalid::TimestampBeforePrev { .. } => "timestamp_before_prev",
@@ -294,22 +324,17 @@ impl From<&SignedEntry> for Tip {
     }
 }
 
-/// Checks what the entry alone and the charter decide, except the signature (checked in
-/// batches by the caller), and returns the author and the decoded change.
-pub fn check_intrinsic<'c>(
-    entry: &SignedEntry,
-    charter: &'c Charter,
-) -> Result<(&'c Participant, Change), Invalid> {
+/// Checks what the entry alone decides, except the signature (checked in batches by the
+/// caller), and returns the decoded change. What depends on the charter is checked by
+/// [`check_author`], under the version the entry names.
+pub fn check_intrinsic(entry: &SignedEntry, network: &str) -> Result<Change, Invalid> {
     let e = &entry.entry;
-    if e.network != charter.network {
+    if e.network != network {
         return Err(Invalid::WrongNetwork {
-            expected: charter.network.clone(),
+            expected: network.to_owned(),
             found: e.network.clone(),
         });
     }
-    let author = charter
-        .participant_by_key(&e.author)
-        .ok_or_else(|| Invalid::UnknownAuthor(e.author.to_string()))?;
     if e.seq == 0 {
         return Err(Invalid::SeqGap {
             expected: 1,
@@ -324,6 +349,21 @@ pub fn check_intrinsic<'c>(
     if *change.actor_id() != e.log().actor() {
         return Err(Invalid::ActorMismatch);
     }
+    Ok(change)
+}
+
+/// Checks what the charter version the entry names decides of it alone: that its author
+/// is a participant of that version, and, under honest time, that its change carries its
+/// timestamp. Returns the author.
+pub fn check_author<'c>(
+    entry: &SignedEntry,
+    change: &Change,
+    charter: &'c Charter,
+) -> Result<&'c Participant, Invalid> {
+    let e = &entry.entry;
+    let author = charter
+        .participant_by_key(&e.author)
+        .ok_or_else(|| Invalid::UnknownAuthor(e.author.to_string()))?;
     // Under honest time, a change carries its entry's timestamp, so that the changes that
     // depend on it can be held to it from the document alone.
     if charter.honest_time() && change.timestamp() != change_time(e.timestamp_ms) {
@@ -332,7 +372,7 @@ pub fn check_intrinsic<'c>(
             entry: e.timestamp_ms,
         });
     }
-    Ok((author, change))
+    Ok(author)
 }
 
 /// The time, in Automerge's whole seconds, that a change of an entry made at
@@ -407,6 +447,15 @@ impl EquivocationProof {
     /// Re-checks the proof: same log and seq, different entries, both signed by the author,
     /// who is a participant of this charter.
     pub fn verify(&self, charter: &Charter) -> Result<(), String> {
+        if charter.participant_by_key(&self.a.entry.author).is_none() {
+            return Err("the author is not a participant".into());
+        }
+        self.verify_signatures(&charter.network, &charter.scope())
+    }
+
+    /// Re-checks the proof but for its author's place in the charter: same log and seq,
+    /// different entries of `network`, both signed by the author.
+    pub fn verify_signatures(&self, network: &str, scope: &Scope) -> Result<(), String> {
         let (a, b) = (&self.a.entry, &self.b.entry);
         if a.log() != b.log() || a.seq != b.seq {
             return Err("the two entries are not of the same log and seq".into());
@@ -414,16 +463,12 @@ impl EquivocationProof {
         if self.a.hash() >= self.b.hash() {
             return Err("the two entries are the same, or out of order".into());
         }
-        if a.network != charter.network || b.network != charter.network {
+        if a.network != network || b.network != network {
             return Err("an entry is for another network".into());
         }
-        if charter.participant_by_key(&a.author).is_none() {
-            return Err("the author is not a participant".into());
-        }
-        let scope = charter.scope();
         self.a
-            .verify_signature(&scope)
-            .and_then(|_| self.b.verify_signature(&scope))
+            .verify_signature(scope)
+            .and_then(|_| self.b.verify_signature(scope))
             .map_err(|_| "a signature does not verify".to_owned())
     }
 

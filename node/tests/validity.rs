@@ -244,7 +244,9 @@ fn an_unknown_author_is_refused() {
             .expect_err("an outsider cannot write");
     assert_eq!(
         refused,
-        Refused::Invalid("this node's key is not a participant's key in the charter".into())
+        Refused::Invalid(
+            "this node's key is not a participant's key in the charter in force (version 0)".into()
+        )
     );
 }
 

@@ -141,7 +141,8 @@ impl Testnet {
 pub struct Proc {
     pub data_dir: PathBuf,
     child: Option<Child>,
-    log: mpsc::Receiver<String>,
+    /// The log's lines; in a mutex only so that threads may share a `&Proc` to write.
+    log: std::sync::Mutex<mpsc::Receiver<String>>,
     pub api: String,
     token: String,
 }
@@ -178,7 +179,7 @@ impl Proc {
         let mut proc = Proc {
             data_dir: info.data_dir.clone(),
             child: Some(child),
-            log: rx,
+            log: std::sync::Mutex::new(rx),
             api: info.api.clone(),
             token: String::new(),
         };
@@ -191,7 +192,11 @@ impl Proc {
 
     /// Forgets the log lines read so far, so that the next wait sees only newer ones.
     pub fn skip_log(&mut self) {
-        while self.log.try_recv().is_ok() {}
+        let log = self
+            .log
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while log.try_recv().is_ok() {}
     }
 
     /// Waits for a log line containing `needle`; fails if the process exits first.
@@ -200,7 +205,11 @@ impl Proc {
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.log.recv_timeout(left) {
+            let log = self
+                .log
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match log.recv_timeout(left) {
                 Ok(line) => {
                     if line.contains(needle) {
                         return Ok(line);

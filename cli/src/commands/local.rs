@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::CommandFactory;
@@ -52,11 +52,16 @@ fn read_passphrase(path: &Path) -> Result<String> {
 pub fn charter(ctx: &Ctx, cmd: CharterCmd) -> Result<()> {
     match cmd {
         CharterCmd::New { out } => charter_new(ctx, out.as_deref()),
-        CharterCmd::Show { file } => {
-            let path = match file {
-                Some(f) => f,
-                None => default_charter(ctx)?,
-            };
+        CharterCmd::Show {
+            file: None,
+            version,
+        } => super::charter::show(ctx, version),
+        CharterCmd::Propose { file } => super::charter::propose(ctx, &file),
+        CharterCmd::Sign { amendment } => super::charter::sign(ctx, &amendment),
+        CharterCmd::Status => super::charter::status(ctx),
+        CharterCmd::Show {
+            file: Some(path), ..
+        } => {
             let charter = load_charter(&path)?;
             if ctx.json {
                 ctx.print_json(&charter_json(&charter))?;
@@ -107,21 +112,8 @@ fn charter_new(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The charter of the data directory's node.
-fn default_charter(ctx: &Ctx) -> Result<PathBuf> {
-    let dir = ctx.data_dir().map_err(|_| {
-        super::Usage("give a charter file, or --data-dir DIR to show the node's".into())
-    })?;
-    if dir.join(spoc_node::config::FILE).exists() {
-        let settings = spoc_node::config::Settings::load(dir, &|k| std::env::var(k).ok())?;
-        Ok(settings.charter)
-    } else {
-        Ok(dir.join("charter.toml"))
-    }
-}
-
 /// Reads and validates a charter; errors name the file.
-fn load_charter(path: &Path) -> Result<Charter> {
+pub fn load_charter(path: &Path) -> Result<Charter> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Charter::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))

@@ -1,6 +1,7 @@
 //! What each command does: local commands work on files, the others go through the node's
 //! API. `run` dispatches a parsed command line.
 
+pub mod charter;
 pub mod demo;
 pub mod local;
 pub mod node;

@@ -59,7 +59,14 @@ pub fn status_text(s: &Value) -> String {
         ("state", field(s, "state")),
         ("network", field(s, "network")),
         ("presidency", presidency),
-        ("charter", output::short(&field(s, "charter_hash"), 12)),
+        (
+            "charter",
+            format!(
+                "version {} ({})",
+                field(s, "charter_version"),
+                output::short(&field(s, "charter_hash"), 12)
+            ),
+        ),
         ("peer id", field(s, "peer_id")),
         ("incarnation", field(s, "incarnation")),
         (

@@ -434,6 +434,7 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
         Collection::Practices => Table::new(&["ID", "ENDORSEMENTS", "COMMENTS", "TAGS", "TITLE"]),
         Collection::Factsheets => Table::new(&["ID", "STATE", "LAST REVIEWED"]),
         Collection::Addresses => Table::new(&["ID", "STATE", "UPDATED", "ADDRESSES"]),
+        Collection::Amendments => Table::new(&["ID", "BY", "AMENDS", "SIGNATURES"]),
         Collection::Training => {
             Table::new(&["ID", "KIND", "STATUS", "DATE", "ASSESSMENTS", "TITLE"])
         }
@@ -468,6 +469,12 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
             Collection::Factsheets => {
                 vec![field(v, "id"), field(v, "state"), field(v, "last_reviewed")]
             }
+            Collection::Amendments => vec![
+                field(v, "id"),
+                field(v, "by"),
+                field(v, "amends"),
+                count(v, "signatures"),
+            ],
             Collection::Addresses => vec![
                 field(v, "id"),
                 field(v, "state"),

@@ -166,6 +166,14 @@ pub enum Command {
     AddressSet {
         addresses: Vec<String>,
     },
+    /// Proposes the charter `text` as the next version of the charter in force.
+    AmendmentPropose {
+        text: String,
+    },
+    /// Signs a proposed amendment, as read now (its digest).
+    AmendmentSign {
+        amendment: String,
+    },
     TrainingNominate {
         title: String,
         expertise: String,
@@ -185,12 +193,14 @@ pub enum Command {
     },
 }
 
-/// Who writes, and when.
+/// Who writes, when, and under which charter.
 #[derive(Clone, Copy, Debug)]
 pub struct Writer<'a> {
     pub code: &'a str,
     pub now_ms: u64,
     pub today: Date,
+    /// The charter in force, which an amendment amends.
+    pub charter: &'a crate::charter::Charter,
 }
 
 /// The fields a fact sheet holds.
@@ -323,6 +333,8 @@ impl Command {
             }
             FactsheetSet { .. } => DocId::factsheet(writer.code),
             AddressSet { .. } => DocId::addresses(writer.code),
+            AmendmentPropose { .. } => DocId::new(Collection::Amendments, writer.code, ulid),
+            AmendmentSign { amendment } => parse_doc(amendment, Collection::Amendments)?,
             TrainingNominate { .. } | TrainingOpportunity { .. } => {
                 DocId::new(Collection::Training, writer.code, ulid)
             }
@@ -339,6 +351,7 @@ impl Command {
                 | Command::PracticeShare { .. }
                 | Command::TrainingNominate { .. }
                 | Command::TrainingOpportunity { .. }
+                | Command::AmendmentPropose { .. }
         )
     }
 
@@ -679,6 +692,57 @@ impl Command {
                 }
                 tx.put(ROOT, super::addresses::FIELD, text).map_err(am)?;
                 tx.put(ROOT, "updated", writer.today.to_string())
+                    .map_err(am)?;
+                Ok(id.to_string())
+            }
+            AmendmentPropose { text } => {
+                use super::amendments::{AMENDS, SIGNATURES, TEXT, check_text, digest};
+                check_text(text, &writer.charter.network).map_err(invalid)?;
+                let proposed = writer.charter.amend(text).map_err(|e| {
+                    invalid(format!(
+                        "the proposed charter is no amendment of version {}: {e}",
+                        writer.charter.version
+                    ))
+                })?;
+                if proposed.hash() == writer.charter.hash() {
+                    return Err(invalid("the proposed charter is the charter in force"));
+                }
+                created(tx, "amendment")?;
+                tx.put(ROOT, AMENDS, u64::from(writer.charter.version))
+                    .map_err(am)?;
+                tx.put(ROOT, TEXT, text.as_str()).map_err(am)?;
+                let signatures = tx.put_object(ROOT, SIGNATURES, ObjType::Map).map_err(am)?;
+                // A member state that proposes signs what it proposes.
+                if writer
+                    .charter
+                    .participant(writer.code)
+                    .is_some_and(|p| p.kind == crate::charter::Kind::MemberState)
+                {
+                    tx.put(
+                        &signatures,
+                        writer.code,
+                        digest(writer.charter.version, text),
+                    )
+                    .map_err(am)?;
+                }
+                Ok(id.to_string())
+            }
+            AmendmentSign { .. } => {
+                use super::amendments::{SIGNATURES, read};
+                let proposal = read(id, doc)
+                    .ok_or_else(|| invalid(format!("{id} is not a well-formed amendment")))?;
+                if proposal.amends != writer.charter.version {
+                    return Err(invalid(format!(
+                        "{id} amends version {}, and version {} is in force: it must be proposed again",
+                        proposal.amends, writer.charter.version
+                    )));
+                }
+                if proposal.signatures.contains(writer.code) {
+                    return Err(invalid(format!("{} signed {id} already", writer.code)));
+                }
+                let signatures = get_map(doc, &ROOT, SIGNATURES)
+                    .ok_or_else(|| invalid(format!("{id} has no signatures")))?;
+                tx.put(&signatures, writer.code, proposal.digest.as_str())
                     .map_err(am)?;
                 Ok(id.to_string())
             }

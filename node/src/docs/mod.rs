@@ -7,6 +7,7 @@
 //! the API and CLI show (`view`). It does no IO.
 
 pub mod addresses;
+pub mod amendments;
 pub mod command;
 pub mod rules;
 pub mod view;
@@ -24,16 +25,19 @@ pub enum Collection {
     Training,
     /// One record per state: where its nodes listen, written by that state alone.
     Addresses,
+    /// Proposed amendments of the charter, with the member states' signatures.
+    Amendments,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 6] = [
+    pub const ALL: [Collection; 7] = [
         Collection::Meetings,
         Collection::Obstacles,
         Collection::Practices,
         Collection::Factsheets,
         Collection::Training,
         Collection::Addresses,
+        Collection::Amendments,
     ];
 
     /// Whether each state has one document of this collection, `collection/STATE`.
@@ -49,6 +53,7 @@ impl Collection {
             Collection::Factsheets => "factsheets",
             Collection::Training => "training",
             Collection::Addresses => "addresses",
+            Collection::Amendments => "amendments",
         }
     }
 
@@ -61,6 +66,7 @@ impl Collection {
             Collection::Factsheets => "fact sheet",
             Collection::Training => "training item",
             Collection::Addresses => "address record",
+            Collection::Amendments => "amendment",
         }
     }
 }

@@ -326,6 +326,48 @@ fn check_op(
                 Err(format!("only {owner} may write its fact sheet"))
             }
         }
+        Collection::Amendments => {
+            use super::amendments::{AMENDS, FIELDS, SIGNATURES, TEXT};
+            match (segs, action) {
+                ([field], Action::Put(v)) if FIELDS.contains(field) => {
+                    if !(creating && ctx.is_owner()) {
+                        return Err(format!(
+                            "the {field} of an amendment is written once, when it is proposed"
+                        ));
+                    }
+                    match *field {
+                        AMENDS if scalar_int(v).is_none_or(|n| u32::try_from(n).is_err()) => {
+                            Err("an amendment names the version it amends as a number".into())
+                        }
+                        TEXT => {
+                            let text = scalar_str(v).ok_or("an amendment's text is a string")?;
+                            super::amendments::check_text(text, &ctx.charter.network)
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                ([field], Action::Make) if *field == SIGNATURES => container(),
+                ([field, code], Action::Put(v)) if *field == SIGNATURES => {
+                    if *code != me {
+                        return Err(format!("only {code} may sign for {code}"));
+                    }
+                    if ctx.author.kind != Kind::MemberState {
+                        return Err(format!(
+                            "only member states sign amendments, and {me} is {}",
+                            ctx.author.kind
+                        ));
+                    }
+                    if scalar_str(v).is_none_or(|d| d.len() != 32) {
+                        return Err("a signature names the digest of what it signs".into());
+                    }
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "an amendment holds what it amends, its text and its signatures, and none is removed or changed: not {}",
+                    segs.join("/")
+                )),
+            }
+        }
         Collection::Addresses => {
             if !ctx.is_owner() {
                 return Err(format!("only {owner} may publish its nodes' addresses"));
@@ -598,6 +640,12 @@ pub fn is_minutes_ref(s: &str) -> bool {
 fn check_creation(ctx: &Context<'_>, puts: &HashMap<String, ScalarValue>) -> Result<(), String> {
     if ctx.doc.collection() == Collection::Meetings && !puts.contains_key("date") {
         return Err("a meeting is convened with a date".into());
+    }
+    if ctx.doc.collection() == Collection::Amendments
+        && !(puts.contains_key(super::amendments::AMENDS)
+            && puts.contains_key(super::amendments::TEXT))
+    {
+        return Err("an amendment is proposed with the version it amends and its text".into());
     }
     if ctx.doc.collection() == Collection::Training
         && puts.get("kind").and_then(scalar_str) == Some("expert")

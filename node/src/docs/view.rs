@@ -144,6 +144,12 @@ pub fn summary(id: &DocId, doc: &Automerge) -> Value {
             "addresses": s(&d, super::addresses::FIELD),
             "updated": s(&d, "updated"),
         }),
+        Collection::Amendments => json!({
+            "id": id.as_str(),
+            "by": id.owner(),
+            "amends": d.get(super::amendments::AMENDS).cloned().unwrap_or(Value::Null),
+            "signatures": keyed(&d, super::amendments::SIGNATURES).keys().cloned().collect::<Vec<_>>(),
+        }),
         Collection::Training => json!({
             "id": id.as_str(),
             "kind": s(&d, "kind"),

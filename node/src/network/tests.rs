@@ -538,7 +538,7 @@ impl Certified {
         config.admission = Arc::new(Watched {
             by,
             admission: Admission {
-                charter: self.charter.clone(),
+                charter: tokio::sync::watch::channel(self.charter.clone()).1,
                 clock: self.clock.clone(),
             },
             reports: self.reports.clone(),

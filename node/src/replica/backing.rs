@@ -56,6 +56,9 @@ pub trait Backing {
         max_bytes: usize,
     ) -> Result<(Vec<SignedEntry>, Option<u64>), Error>;
 
+    /// The ids of the documents of `collection` that the backing holds.
+    fn doc_ids(&self, collection: crate::docs::Collection) -> Result<Vec<DocId>, Error>;
+
     /// How many entries the backing holds.
     fn entry_count(&self) -> u64;
 
@@ -104,6 +107,9 @@ impl Backing for Nothing {
         _: usize,
     ) -> Result<(Vec<SignedEntry>, Option<u64>), Error> {
         Ok((Vec::new(), None))
+    }
+    fn doc_ids(&self, _: crate::docs::Collection) -> Result<Vec<DocId>, Error> {
+        Ok(Vec::new())
     }
     fn entry_count(&self) -> u64 {
         0

@@ -17,6 +17,7 @@
 
 pub mod backing;
 mod cache;
+mod charters;
 mod overlay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -26,12 +27,13 @@ use automerge::{Automerge, Change, ChangeHash};
 
 pub use backing::{Backing, Nothing};
 use cache::{Cache, DocState};
+use charters::Charters;
 use overlay::Overlay;
 
 use crate::charter::Charter;
-use crate::docs::DocId;
 use crate::docs::command::{Command, Refused, Writer};
 use crate::docs::rules::{self, Staged};
+use crate::docs::{Collection, DocId};
 use crate::identity::SecretKey;
 use crate::log::{self, Entry, EntryHash, EquivocationProof, Invalid, LogId, SignedEntry, Tip};
 
@@ -127,6 +129,8 @@ struct Candidate {
     waits_until: Option<u64>,
     /// The clock when it came, if the replica knew the time.
     since_ms: Option<u64>,
+    /// The version of the charter this entry waits for, if it names one not yet in force.
+    waits_charter: Option<u32>,
 }
 
 impl Candidate {
@@ -137,6 +141,7 @@ impl Candidate {
             waits_for: None,
             waits_until: None,
             since_ms: None,
+            waits_charter: None,
         }
     }
 }
@@ -145,7 +150,7 @@ type PendingKey = (LogId, u64, EntryHash);
 
 /// The state of one node's view of the network.
 pub struct Replica<B: Backing = Nothing> {
-    charter: Arc<Charter>,
+    charters: Charters,
     limits: Limits,
     backing: B,
     tips: BTreeMap<LogId, Tip>,
@@ -166,6 +171,8 @@ pub struct Replica<B: Backing = Nothing> {
     waiting_dep: HashMap<ChangeHash, Vec<PendingKey>>,
     /// Pending entries dated ahead of the clock, by the time they wait for.
     waiting_time: BTreeSet<(u64, PendingKey)>,
+    /// Pending entries that name a version of the charter not yet in force.
+    waiting_charter: BTreeSet<(u32, PendingKey)>,
     /// The clock as last told by [`Replica::advance`]; a replica never told the time
     /// (a data generator, a check of a whole store) holds nothing back for it.
     now_ms: Option<u64>,
@@ -219,6 +226,8 @@ enum Verdict {
     WaitDep(ChangeHash),
     /// Dated ahead of the clock: waits until the clock reaches this time.
     WaitTime(u64),
+    /// Names a version of the charter not yet in force here.
+    WaitCharter(u32),
     Duplicate,
     Reject(Invalid),
     Equivocation(Box<SignedEntry>),
@@ -246,7 +255,7 @@ impl<B: Backing> Replica<B> {
     ) -> Replica<B> {
         let entry_count = backing.entry_count();
         let mut replica = Replica {
-            charter,
+            charters: Charters::new(charter),
             limits,
             backing,
             tips: BTreeMap::new(),
@@ -261,6 +270,7 @@ impl<B: Backing> Replica<B> {
             pending_bytes: 0,
             waiting_dep: HashMap::new(),
             waiting_time: BTreeSet::new(),
+            waiting_charter: BTreeSet::new(),
             now_ms: None,
             pruned_at_ms: None,
             proofs: BTreeMap::new(),
@@ -275,6 +285,37 @@ impl<B: Backing> Replica<B> {
             replica.set_tip(log, Some(tip));
         }
         replica
+    }
+
+    /// Reads the amendments the backing holds and puts in force those that were carried:
+    /// what a replica over a store does once, when it opens.
+    pub fn load_charters(&mut self) -> Result<(), Error> {
+        let ids = self.backing.doc_ids(Collection::Amendments)?;
+        self.charters.proposals.extend(ids);
+        self.carry()?;
+        Ok(())
+    }
+
+    /// Puts in force every amendment carried by the proposals held, one version after
+    /// the other. Returns whether a version came into force.
+    fn carry(&mut self) -> Result<bool, Error> {
+        let mut changed = false;
+        loop {
+            let ids: Vec<DocId> = self.charters.proposals.iter().cloned().collect();
+            let mut proposals = Vec::new();
+            for id in ids {
+                if let Some(doc) = self.load_doc(&id)? {
+                    proposals.extend(crate::docs::amendments::read_all(&id, doc));
+                }
+            }
+            match self.charters.next(&proposals) {
+                Some(next) => {
+                    self.charters.push(next);
+                    changed = true;
+                }
+                None => return Ok(changed),
+            }
+        }
     }
 
     /// Moves a log's tip, keeping the per-author totals and the digest.
@@ -309,8 +350,26 @@ impl<B: Backing> Replica<B> {
         self.digest
     }
 
+    /// The charter in force: the latest version this replica holds.
     pub fn charter(&self) -> &Arc<Charter> {
-        &self.charter
+        self.charters.in_force()
+    }
+
+    /// Every version of the charter this replica holds, the genesis charter first.
+    pub fn charters(&self) -> &[Arc<Charter>] {
+        self.charters.all()
+    }
+
+    /// The proposed amendments this replica holds, in every reading.
+    pub fn proposals(&mut self) -> Result<Vec<crate::docs::amendments::Proposal>, Error> {
+        let ids: Vec<DocId> = self.charters.proposals.iter().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(doc) = self.load_doc(&id)? {
+                out.extend(crate::docs::amendments::read_all(&id, doc));
+            }
+        }
+        Ok(out)
     }
 
     pub fn backing(&self) -> &B {
@@ -358,8 +417,19 @@ impl<B: Backing> Replica<B> {
                 );
                 continue;
             }
-            match log::check_intrinsic(&entry, &self.charter) {
-                Ok((_, change)) => fresh.push(Candidate::new(entry, change)),
+            // An author that the version its entry names does not know is refused before
+            // its signature costs anything; an entry naming a version not yet in force
+            // here waits for it, within the pending set's bounds.
+            let checked =
+                log::check_intrinsic(&entry, &self.charter().network).and_then(|change| match self
+                    .charters
+                    .get(entry.entry.charter)
+                {
+                    Some(charter) => log::check_author(&entry, &change, charter).map(|_| change),
+                    None => Ok(change),
+                });
+            match checked {
+                Ok(change) => fresh.push(Candidate::new(entry, change)),
                 Err(invalid) => self.reject(&mut report, hash, invalid),
             }
         }
@@ -401,7 +471,34 @@ impl<B: Backing> Replica<B> {
         report: &mut Report,
     ) -> Result<(), Error> {
         queue.make_contiguous().sort();
-        let poisoned = self.drain(queue, report)?;
+        let mut poisoned = self.drain(queue, report)?;
+        // An amendment carried by what was just accepted wakes the entries that wait for
+        // its version, and they may carry the next.
+        if report
+            .touched
+            .iter()
+            .any(|d| d.collection() == Collection::Amendments)
+        {
+            while self.carry()? {
+                let version = self.charter().version;
+                let woken: Vec<(u32, PendingKey)> = self
+                    .waiting_charter
+                    .iter()
+                    .take_while(|(v, _)| *v <= version)
+                    .copied()
+                    .collect();
+                let mut queue = VecDeque::with_capacity(woken.len());
+                for (v, key) in woken {
+                    self.waiting_charter.remove(&(v, key));
+                    if let Some(c) = self.pending.get_mut(&key) {
+                        c.waits_charter = None;
+                    }
+                    queue.push_back(key);
+                }
+                queue.make_contiguous().sort();
+                poisoned.extend(self.drain(queue, report)?);
+            }
+        }
         report.overflow += self.trim_pending();
         if !report.new_proofs.is_empty() || !poisoned.is_empty() {
             self.rebuild(report, &poisoned)?;
@@ -530,7 +627,7 @@ impl<B: Backing> Replica<B> {
     }
 
     fn verify_signatures(&mut self, fresh: Vec<Candidate>, report: &mut Report) -> Vec<Candidate> {
-        let domain = self.charter.scope().entry_domain();
+        let domain = self.charter().scope().entry_domain();
         let verdicts = {
             let items: Vec<_> = fresh
                 .iter()
@@ -639,6 +736,12 @@ impl<B: Backing> Replica<B> {
                     self.waiting_time.insert((until, key));
                     report.overflow += self.trim_waiting_for_time();
                 }
+                Verdict::WaitCharter(version) => {
+                    if let Some(c) = self.pending.get_mut(&key) {
+                        c.waits_charter = Some(version);
+                    }
+                    self.waiting_charter.insert((version, key));
+                }
                 Verdict::Duplicate => {
                     self.take_pending(&key);
                     report.duplicates += 1;
@@ -682,6 +785,9 @@ impl<B: Backing> Replica<B> {
                     stage.past.insert(change_hash, past);
                     stage.changes.push((c.change, hash));
                     self.set_tip(log, Some(Tip::from(&c.entry)));
+                    if doc_id.collection() == Collection::Amendments {
+                        self.charters.proposals.insert(doc_id.clone());
+                    }
                     self.overlay.push(c.entry.clone());
                     self.entry_count += 1;
                     report.touched.insert(doc_id);
@@ -793,6 +899,9 @@ impl<B: Backing> Replica<B> {
         if let Some(until) = c.waits_until {
             self.waiting_time.remove(&(until, *key));
         }
+        if let Some(version) = c.waits_charter {
+            self.waiting_charter.remove(&(version, *key));
+        }
         Some(c)
     }
 
@@ -836,6 +945,15 @@ impl<B: Backing> Replica<B> {
         if let Err(invalid) = log::check_chain(&c.entry.entry, tip.as_ref()) {
             return Ok(Verdict::Reject(invalid));
         }
+        // The entry is judged under the version of the charter it names, once that
+        // version is in force here: every node judges it under the same one.
+        let Some(charter) = self.charters.get(c.entry.entry.charter) else {
+            return Ok(Verdict::WaitCharter(c.entry.entry.charter));
+        };
+        let author = match log::check_author(&c.entry, &c.change, charter) {
+            Ok(author) => author,
+            Err(invalid) => return Ok(Verdict::Reject(invalid)),
+        };
         let doc_id = &c.entry.entry.doc;
         let empty = DocState::default();
         let state = self.cache.get(doc_id).unwrap_or(&empty);
@@ -858,7 +976,7 @@ impl<B: Backing> Replica<B> {
             }
         }
         let timestamp_ms = c.entry.entry.timestamp_ms;
-        if self.charter.honest_time() && log::change_time(timestamp_ms) < deps_time {
+        if charter.honest_time() && log::change_time(timestamp_ms) < deps_time {
             return Ok(Verdict::Reject(Invalid::TimestampBeforePast {
                 past: deps_time,
                 found: timestamp_ms,
@@ -888,13 +1006,8 @@ impl<B: Backing> Replica<B> {
                 last + 1
             ))));
         }
-        let Some(author) = self.charter.participant_by_key(&c.entry.entry.author) else {
-            return Ok(Verdict::Reject(Invalid::UnknownAuthor(
-                c.entry.entry.author.to_string(),
-            )));
-        };
         let ctx = rules::Context {
-            charter: &self.charter,
+            charter,
             doc: doc_id,
             author,
             timestamp_ms: c.entry.entry.timestamp_ms,
@@ -922,7 +1035,13 @@ impl<B: Backing> Replica<B> {
     pub fn add_proofs(&mut self, proofs: Vec<EquivocationProof>) -> Result<Report, Error> {
         let mut report = Report::default();
         for p in proofs {
-            if p.verify(&self.charter).is_ok() && self.add_proof(p.clone()) {
+            // A proof is checked under the version its first entry names; a proof of a
+            // version not yet in force here comes again with a later sync.
+            let known = self
+                .charters
+                .get(p.a.entry.charter)
+                .is_some_and(|charter| p.verify(charter).is_ok());
+            if known && self.add_proof(p.clone()) {
                 report.new_proofs.push(p);
             }
         }
@@ -1079,9 +1198,12 @@ impl<B: Backing> Replica<B> {
         now_ms: u64,
         ulid: ulid::Ulid,
     ) -> Result<(SignedEntry, String), Refused> {
-        let charter = self.charter.clone();
+        let charter = self.charter().clone();
         let author = charter.participant_by_key(&key.public()).ok_or_else(|| {
-            Refused::Invalid("this node's key is not a participant's key in the charter".into())
+            Refused::Invalid(format!(
+                "this node's key is not a participant's key in the charter in force (version {})",
+                charter.version
+            ))
         })?;
         let log = LogId {
             author: key.public(),
@@ -1116,9 +1238,13 @@ impl<B: Backing> Replica<B> {
                 code: &author.code,
                 now_ms,
                 today,
+                charter: &charter,
             },
             ulid,
         )?;
+        if let Command::AmendmentSign { .. } = command {
+            self.check_one_signature(&author.code, charter.version, &doc_id)?;
+        }
         self.load(&doc_id)
             .map_err(|e| Refused::Invalid(format!("the document cannot be read: {e}")))?;
         let empty = DocState::default();
@@ -1149,6 +1275,7 @@ impl<B: Backing> Replica<B> {
             code: &author.code,
             now_ms,
             today,
+            charter: &charter,
         };
         let mut fork = state.doc.fork();
         fork.set_actor(log.actor());
@@ -1179,6 +1306,7 @@ impl<B: Backing> Replica<B> {
             timestamp_ms: now_ms,
             doc: doc_id,
             change: change.bytes().into_owned(),
+            charter: charter.version,
         };
         if entry.change.len() + 512 > log::MAX_ENTRY_BYTES {
             return Err(Refused::Invalid(format!(
@@ -1187,6 +1315,29 @@ impl<B: Backing> Replica<B> {
             )));
         }
         Ok((entry.sign(key, &charter.scope()), item))
+    }
+
+    /// A state signs one amendment of each version: two carried amendments of one version
+    /// would otherwise be possible, and only the order of their ids would choose.
+    fn check_one_signature(
+        &mut self,
+        code: &str,
+        version: u32,
+        doc_id: &DocId,
+    ) -> Result<(), Refused> {
+        let proposals = self
+            .proposals()
+            .map_err(|e| Refused::Invalid(format!("the amendments cannot be read: {e}")))?;
+        match proposals
+            .iter()
+            .find(|p| p.amends == version && p.id != doc_id.as_str() && p.signatures.contains(code))
+        {
+            Some(signed) => Err(Refused::Invalid(format!(
+                "{code} signed {} for version {version} already: a state signs one amendment of each version",
+                signed.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// An incarnation this author has not used in any log known here.

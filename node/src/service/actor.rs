@@ -175,6 +175,10 @@ pub(crate) enum Request {
     Streams(Reply<Vec<(String, u64)>>),
     /// Keeps or forgets where a peer's stream goes on.
     Stream(String, Option<u64>, Reply<()>),
+    /// A version of the charter (the one in force when none is named).
+    Charter(Option<u32>, Reply<crate::docs::amendments::Version>),
+    /// Where amending the charter stands.
+    Amendments(Reply<crate::docs::amendments::Status>),
 }
 
 /// What a page of the audit trail asks for.
@@ -252,6 +256,19 @@ impl Handle {
     /// The places in peers' streams that catch-ups left in the middle, by peer id.
     pub async fn streams(&self) -> Result<Vec<(String, u64)>, Failure> {
         ask!(self, Streams)
+    }
+
+    /// A version of the charter, the one in force when `version` is `None`.
+    pub async fn charter(
+        &self,
+        version: Option<u32>,
+    ) -> Result<crate::docs::amendments::Version, Failure> {
+        ask!(self, Charter, version)
+    }
+
+    /// Where amending the charter stands.
+    pub async fn amendments(&self) -> Result<crate::docs::amendments::Status, Failure> {
+        ask!(self, Amendments)
     }
 
     /// Keeps where `peer`'s stream goes on (`None`: the stream was taken to its end), so
@@ -409,7 +426,10 @@ pub(crate) type StatusExtra = Arc<dyn Fn() -> Value + Send + Sync>;
 
 /// The state the actor owns.
 pub(crate) struct Actor {
+    /// The charter in force, as the replica holds it after the last commit.
     pub charter: Arc<Charter>,
+    /// Tells admission the charter in force.
+    pub charter_watch: tokio::sync::watch::Sender<Arc<Charter>>,
     pub replica: Replica<Reader>,
     pub store: Store,
     pub key: Arc<SecretKey>,
@@ -460,9 +480,13 @@ pub(crate) fn spawn(
     }
 }
 
-fn code_of(charter: &Charter, log: &LogId) -> String {
-    charter
-        .participant_by_key(&log.author)
+/// The state whose key signs `log`, in the latest version of the charter that names it
+/// (a state an amendment removed keeps its code for its past).
+fn code_of(charters: &[Arc<Charter>], log: &LogId) -> String {
+    charters
+        .iter()
+        .rev()
+        .find_map(|c| c.participant_by_key(&log.author))
         .map_or_else(|| log.author.short(), |p| p.code.clone())
 }
 
@@ -526,10 +550,21 @@ impl Actor {
         self.entries_watch
             .send_replace(self.replica.entry_count() as u64);
         self.track(report);
-        if report
-            .touched
-            .iter()
-            .any(|id| id.collection() == crate::docs::Collection::Addresses)
+        let amended = self.replica.charter().version != self.charter.version;
+        if amended {
+            self.charter = self.replica.charter().clone();
+            self.charter_watch.send_replace(self.charter.clone());
+            tracing::info!(
+                version = self.charter.version,
+                hash = %self.charter.hash_hex(),
+                "the charter in force changed"
+            );
+        }
+        if amended
+            || report
+                .touched
+                .iter()
+                .any(|id| id.collection() == crate::docs::Collection::Addresses)
         {
             let dials = dial_addresses(&self.charter, &mut self.replica, &self.code)?;
             self.dials_watch.send_if_modified(|old| {
@@ -571,6 +606,25 @@ impl Actor {
             }
             Request::Streams(reply) => {
                 answer(reply, self.store.streams().map_err(Failure::from))?;
+            }
+            Request::Charter(version, reply) => {
+                let charters = self.replica.charters();
+                let found = match version {
+                    None => Ok(self.replica.charter()),
+                    Some(v) => charters.get(v as usize).ok_or_else(|| {
+                        Failure::NotFound(format!(
+                            "no version {v} of the charter: version {} is in force",
+                            charters.len() - 1
+                        ))
+                    }),
+                };
+                let _ = reply.send(found.map(|c| crate::docs::amendments::Version::of(c)));
+            }
+            Request::Amendments(reply) => {
+                let status = self.replica.proposals().map(|proposals| {
+                    crate::docs::amendments::Status::of(self.replica.charters(), &proposals)
+                });
+                answer(reply, status.map_err(Failure::from))?;
             }
             Request::Stream(peer, position, reply) => {
                 let result = self.store.put_stream(&peer, position);
@@ -765,7 +819,7 @@ impl Actor {
             self.commit(&report)?;
             for p in &report.new_proofs {
                 tracing::warn!(
-                    author = %code_of(&self.charter, &p.log()),
+                    author = %code_of(self.replica.charters(), &p.log()),
                     seq = p.seq(),
                     "equivocation proof received from a peer"
                 );
@@ -791,7 +845,7 @@ impl Actor {
             }
             for p in &report.new_proofs {
                 tracing::warn!(
-                    author = %code_of(&self.charter, &p.log()),
+                    author = %code_of(self.replica.charters(), &p.log()),
                     seq = p.seq(),
                     "equivocation: two entries for one log and seq"
                 );
@@ -835,10 +889,13 @@ impl Actor {
             .authors()
             .iter()
             .map(|(author, (logs, entries))| {
-                let code = self
-                    .charter
-                    .participant_by_key(author)
-                    .map_or_else(|| author.short(), |p| p.code.clone());
+                let code = code_of(
+                    self.replica.charters(),
+                    &LogId {
+                        author: *author,
+                        incarnation: 0,
+                    },
+                );
                 (code, json!({"logs": logs, "entries": entries}))
             })
             .collect();
@@ -847,7 +904,7 @@ impl Actor {
             .proofs()
             .map(|p| {
                 json!({
-                    "state": code_of(&self.charter, &p.log()),
+                    "state": code_of(self.replica.charters(), &p.log()),
                     "incarnation": p.log().incarnation,
                     "seq": p.seq(),
                 })
@@ -857,6 +914,7 @@ impl Actor {
             "state": self.code,
             "network": self.charter.network,
             "charter_hash": self.charter.hash_hex(),
+            "charter_version": self.charter.version,
             "presidency": presidency,
             "incarnation": self.incarnation,
             "states": states,
@@ -920,7 +978,7 @@ impl Actor {
                 json!({
                     "position": position,
                     "hash": e.hash().to_string(),
-                    "author": code_of(&self.charter, &e.entry.log()),
+                    "author": code_of(self.replica.charters(), &e.entry.log()),
                     "incarnation": e.entry.incarnation,
                     "seq": e.entry.seq,
                     "doc": e.entry.doc.as_str(),

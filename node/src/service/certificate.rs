@@ -104,14 +104,17 @@ pub(crate) async fn renew(
     }
 }
 
-/// Admits peers whose node certificate is signed by a participant of our charter.
+/// Admits peers whose node certificate is signed by a participant of the charter in
+/// force, as the actor last told it.
 pub(crate) struct Admission {
-    pub(crate) charter: Arc<Charter>,
+    pub(crate) charter: tokio::sync::watch::Receiver<Arc<Charter>>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
 const MALFORMED: Refusal = Refusal::deny("malformed node certificate");
-const STRANGER: Refusal = Refusal::deny("certificate issuer is not a participant of the charter");
+/// Not deny-listed: a state that an amendment adds dials nodes that may not hold the
+/// amendment yet, and must get in once they do. The refusal costs a lookup.
+const STRANGER: Refusal = Refusal::retry("certificate issuer is not a participant of the charter");
 
 impl Admit for Admission {
     fn admit(
@@ -121,15 +124,13 @@ impl Admit for Admission {
         _charter_hash: &[u8; 32],
     ) -> Result<Admitted, Refusal> {
         let cert = NodeCertificate::decode(certificate).map_err(|_| MALFORMED)?;
+        let charter = self.charter.borrow().clone();
         // An issuer outside the charter is refused before any signature is checked: the
         // lookup costs nothing, and its key is compared with the charter's, not echoed.
-        let participant = self
-            .charter
-            .participant_by_key(&cert.issuer)
-            .ok_or(STRANGER)?;
+        let participant = charter.participant_by_key(&cert.issuer).ok_or(STRANGER)?;
         cert.verify(
-            &self.charter.network,
-            &self.charter.scope(),
+            &charter.network,
+            &charter.scope(),
             &peer.to_bytes(),
             self.now_ms(),
         )
@@ -171,7 +172,7 @@ mod tests {
         let scope = charter.scope();
         let now_ms = 1_796_256_000_000;
         let admission = Admission {
-            charter: Arc::new(charter),
+            charter: tokio::sync::watch::channel(Arc::new(charter)).1,
             clock: Arc::new(ManualClock::new(now_ms)),
         };
         let peer = PeerId::random();

@@ -137,6 +137,8 @@ pub struct Node {
     pub(crate) certificate_until_ms: u64,
     /// The addresses of the other participants' nodes, which the network dials.
     pub(crate) dials: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The charter in force, after each amendment.
+    pub(crate) charters: tokio::sync::watch::Receiver<Arc<Charter>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -253,18 +255,6 @@ impl Node {
                 source,
             })?,
         );
-        let code = charter
-            .participant_by_key(&key.public())
-            .map(|p| p.code.clone())
-            .ok_or_else(|| Error::NotParticipant(key.public().to_string()))?;
-        if let Some(state) = &settings.state
-            && *state != code
-        {
-            return Err(Error::WrongKey {
-                state: state.clone(),
-                owner: code,
-            });
-        }
         let node_key = match SecretKey::load(&settings.node_key, None) {
             Ok(k) => k,
             Err(crate::identity::Error::Io { source, .. })
@@ -291,6 +281,28 @@ impl Node {
             clock.now_ms(),
         )?));
         let replica = actor::load(&store, charter.clone(), settings.cached_documents)?;
+        // The node's state is the one whose key it holds in the charter in force. A state
+        // that an amendment adds starts from the genesis charter like every node, with
+        // its code in `node.toml`, and writes once it holds the amendment.
+        let in_force = replica.charter().clone();
+        let code = match (in_force.participant_by_key(&key.public()), &settings.state) {
+            (Some(p), Some(state)) if p.code != *state => {
+                return Err(Error::WrongKey {
+                    state: state.clone(),
+                    owner: p.code.clone(),
+                });
+            }
+            (Some(p), _) => p.code.clone(),
+            (None, Some(state)) if in_force.participant(state).is_none() => {
+                tracing::warn!(
+                    state = %state,
+                    version = in_force.version,
+                    "this state is not in the charter in force: the node syncs, and writes once an amendment adds it"
+                );
+                state.clone()
+            }
+            (None, _) => return Err(Error::NotParticipant(key.public().to_string())),
+        };
         // Every start is a new incarnation: a log never continues after a restart, so a
         // node restored from an old backup cannot sign a second entry for a seq it already
         // used.
@@ -307,6 +319,8 @@ impl Node {
             .map_err(|e| Error::Network(e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
         let certifier = certificate::Certifier::new(key.clone(), &charter, &peer_id);
+        let charter_watch = tokio::sync::watch::Sender::new(in_force.clone());
+        let charters = charter_watch.subscribe();
         let certificate = certifier.issue(clock.now_ms());
         let mut network = crate::network::Config::new(
             keypair,
@@ -314,7 +328,7 @@ impl Node {
             certificate.encode(),
             charter.hash(),
             Arc::new(certificate::Admission {
-                charter: charter.clone(),
+                charter: charter_watch.subscribe(),
                 clock: clock.clone(),
             }),
         );
@@ -325,7 +339,7 @@ impl Node {
             .collect::<Result<_, _>>()
             .map_err(|e| Error::Network(e.to_string()))?;
         let mut replica = replica;
-        let dials = actor::dial_addresses(&charter, &mut replica, &code)
+        let dials = actor::dial_addresses(&in_force, &mut replica, &code)
             .map_err(|e| Error::Stopped(format!("reading the address records failed: {e}")))?;
         network.dial = dials
             .iter()
@@ -343,7 +357,8 @@ impl Node {
         let sync_set = actor::sync_set(&replica);
         let (handle, actor) = actor::spawn(
             actor::Actor {
-                charter: charter.clone(),
+                charter: in_force,
+                charter_watch,
                 replica,
                 store,
                 key,
@@ -378,6 +393,7 @@ impl Node {
             certifier,
             certificate_until_ms: certificate.not_after_ms,
             dials,
+            charters,
         })
     }
 
@@ -435,6 +451,7 @@ pub async fn run(
             events,
             published: node.published,
             dials: node.dials,
+            charters: node.charters,
         },
         node.peers,
         node.clock.clone(),

@@ -62,7 +62,10 @@ impl Tally {
             Collection::Obstacles => &["status"],
             Collection::Practices => &["stance"],
             Collection::Training => &["kind", "verdict"],
-            Collection::Meetings | Collection::Factsheets | Collection::Addresses => &[],
+            Collection::Meetings
+            | Collection::Factsheets
+            | Collection::Addresses
+            | Collection::Amendments => &[],
         };
         let puts: Vec<(String, String)> = if keys.iter().any(|k| may_put(&change, k)) {
             change

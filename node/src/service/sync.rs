@@ -246,6 +246,8 @@ pub struct Feeds {
     pub published: mpsc::Receiver<Vec<u8>>,
     /// The addresses of the other participants' nodes, for the network to dial.
     pub dials: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The charter in force: a peer whose state an amendment removes is let go.
+    pub charters: tokio::sync::watch::Receiver<Arc<crate::charter::Charter>>,
 }
 
 /// The replication task: runs until `shutdown`, then stops its sub-tasks.
@@ -261,6 +263,7 @@ pub async fn run(
         mut events,
         mut published,
         mut dials,
+        mut charters,
     } = feeds;
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut pulling: HashSet<PeerId> = HashSet::new();
@@ -329,6 +332,23 @@ pub async fn run(
                     .collect();
                 if let Err(e) = net.set_dials(addresses).await {
                     tracing::warn!(error = %e, "cannot change the addresses to dial");
+                }
+            }
+            Ok(()) = charters.changed() => {
+                let charter = charters.borrow_and_update().clone();
+                let peers = net.peers().await.unwrap_or_default();
+                for p in peers {
+                    let Some(state) = p.state else { continue };
+                    if charter.participant(&state).is_none() {
+                        let detail = format!(
+                            "{state} is not a participant of version {} of the charter",
+                            charter.version
+                        );
+                        tracing::info!(peer = %p.peer, %state, "a peer's state left the charter; disconnecting");
+                        if let Err(e) = net.disconnect(p.peer, "not a participant", detail).await {
+                            tracing::warn!(error = %e, "cannot disconnect a peer");
+                        }
+                    }
                 }
             }
             Some(bytes) = published.recv() => {

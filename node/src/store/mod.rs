@@ -341,7 +341,11 @@ impl Store {
         // chain up to the tip) or by `verify`.
         let tips = reader.tips()?;
         let proofs = reader.proofs(&charter)?;
-        Ok(Replica::with_backing(charter, limits, reader, tips, proofs))
+        let mut replica = Replica::with_backing(charter, limits, reader, tips, proofs);
+        replica
+            .load_charters()
+            .map_err(|e| Error::Corrupt(format!("reading the amendments failed: {e}")))?;
+        Ok(replica)
     }
 
     /// Arms a failpoint: the commit it names holds its thread for good, so that a crash

@@ -145,7 +145,10 @@ fn kind_of(id: &DocId, summary: &Value) -> Option<String> {
         Collection::Obstacles => "type",
         Collection::Training => "kind",
         Collection::Meetings => "format",
-        Collection::Practices | Collection::Factsheets | Collection::Addresses => return None,
+        Collection::Practices
+        | Collection::Factsheets
+        | Collection::Addresses
+        | Collection::Amendments => return None,
     };
     summary.get(field)?.as_str().map(str::to_owned)
 }
@@ -343,8 +346,10 @@ impl Reader {
             let (_, v) = row.map_err(dberr)?;
             let proof = EquivocationProof::decode(v.value())
                 .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
+            // The proof was checked under its version of the charter when it was stored;
+            // its signatures are checked again, as the versions are read after it.
             proof
-                .verify(charter)
+                .verify_signatures(&charter.network, &charter.scope())
                 .map_err(|e| Error::Corrupt(format!("equivocation proof: {e}")))?;
             proofs.push(proof);
         }
@@ -1172,6 +1177,28 @@ impl Backing for Reader {
                 out.push(entry);
             }
             Ok((out, None))
+        })
+    }
+
+    fn doc_ids(&self, collection: crate::docs::Collection) -> Result<Vec<DocId>, backing::Error> {
+        guarded(|| {
+            let tx = self.tx()?;
+            let docs = tx.open_table(tables::DOCS).map_err(read_err)?;
+            let lower = format!("{}/", collection.as_str());
+            let upper = format!("{}0", collection.as_str());
+            let mut out = Vec::new();
+            for row in docs
+                .range(lower.as_str()..upper.as_str())
+                .map_err(read_err)?
+            {
+                let (k, _) = row.map_err(read_err)?;
+                let id: DocId = k
+                    .value()
+                    .parse()
+                    .map_err(|_| corrupt("docs", k.value().as_bytes()))?;
+                out.push(id);
+            }
+            Ok(out)
         })
     }
 

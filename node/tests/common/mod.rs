@@ -175,6 +175,7 @@ pub fn next_entry(
         timestamp_ms: next_timestamp(replica, log, now_ms),
         doc: doc.clone(),
         change,
+        charter: replica.charter().version,
     }
 }
 
@@ -213,16 +214,20 @@ pub fn craft_command(
     now_ms: u64,
     ulid: ulid::Ulid,
 ) -> SignedEntry {
+    // A key the charter in force no longer names still writes as its state in a crafted
+    // entry, as a removed state's node could.
     let code = replica
-        .charter()
-        .participant_by_key(&key.public())
-        .expect("a participant's key")
-        .code
-        .clone();
+        .charters()
+        .iter()
+        .rev()
+        .find_map(|c| c.participant_by_key(&key.public()))
+        .map_or_else(|| "ZZ".to_owned(), |p| p.code.clone());
+    let charter = replica.charter().clone();
     let writer = Writer {
         code: &code,
         now_ms,
         today: rules::date_of_ms(now_ms).expect("a date"),
+        charter: &charter,
     };
     let id = command.target(&writer, ulid).expect("a target");
     craft(replica, key, incarnation, &id, now_ms, |tx, doc| {

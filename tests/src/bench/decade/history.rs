@@ -28,8 +28,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use spoc_node::charter::{Charter, Kind, Term};
-use spoc_node::docs::DocId;
 use spoc_node::docs::command::{Command, Refused, Writer};
+use spoc_node::docs::{Collection, DocId};
 use spoc_node::identity::SecretKey;
 use spoc_node::log::{Entry, EntryHash, LogId, SignedEntry, Tip};
 use spoc_node::replica::backing::{self, Backing, Nothing};
@@ -241,7 +241,7 @@ impl Network {
             .checked_sub(n as u64 * STEP_MS)
             .ok_or_else(|| anyhow!("the history would start before 1970"))?;
         let store = Store::open(store_path)?;
-        let mut maker = Maker::new(store.reader());
+        let mut maker = Maker::new(store.reader(), self.charter.clone());
         let (jobs, received) = std::sync::mpsc::sync_channel::<Job>(4_096);
         let (acks, acked) = std::sync::mpsc::sync_channel::<()>(1);
         let signer = Signer::new(self.charter.clone(), &keys, store);
@@ -373,11 +373,14 @@ struct Maker {
     docs: HashMap<DocId, (Arc<Automerge>, usize)>,
     /// Every document made so far.
     known: HashSet<DocId>,
+    /// The charter the history is written under.
+    charter: Arc<Charter>,
 }
 
 impl Maker {
-    fn new(reader: Reader) -> Maker {
+    fn new(reader: Reader, charter: Arc<Charter>) -> Maker {
         Maker {
+            charter,
             reader,
             docs: HashMap::new(),
             known: HashSet::new(),
@@ -405,6 +408,7 @@ impl Maker {
             code,
             now_ms: now,
             today,
+            charter: &self.charter,
         };
         let id = command.target(&writer, ulid)?;
         let doc = match self.docs.get(&id) {
@@ -525,6 +529,7 @@ impl<'k> Signer<'k> {
             timestamp_ms: tip.map_or(now, |t| t.timestamp_ms.max(now)),
             doc: doc_id.clone(),
             change: change.bytes().into_owned(),
+            charter: 0,
         };
         if entry.change.len() + 512 > spoc_node::log::MAX_ENTRY_BYTES {
             bail!("a made change of {doc_id} is over the entry limit");
@@ -618,6 +623,9 @@ impl Backing for Given {
         max_bytes: usize,
     ) -> Result<(Vec<SignedEntry>, Option<u64>), backing::Error> {
         Nothing.arrived_from(from, max, max_bytes)
+    }
+    fn doc_ids(&self, collection: Collection) -> Result<Vec<DocId>, backing::Error> {
+        Nothing.doc_ids(collection)
     }
     fn entry_count(&self) -> u64 {
         Nothing.entry_count()
