@@ -228,6 +228,12 @@ async fn command(
     if matches!(command, Command::AddressSet { .. }) {
         allow(&caller, Role::Head, "publish the nodes' addresses")?;
     }
+    // The node makes its own rotation: its points are its logs, and it holds the new key.
+    if matches!(command, Command::KeyRotate { .. }) {
+        return Err(bad(
+            "a key is rotated with POST /v1/key/rotate (spoc key rotate)",
+        ));
+    }
     // Amending the charter speaks for the state, as signing the charter did.
     if matches!(
         command,

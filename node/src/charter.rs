@@ -75,6 +75,22 @@ pub struct Participant {
     pub addresses: Vec<String>,
 }
 
+/// A national key that an amendment revoked after a compromise: its entries past `keep`
+/// are refused on every node and cut where they were taken in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Revoked {
+    pub key: PublicKey,
+    #[serde(serialize_with = "keep_text")]
+    pub keep: crate::docs::keys::Keep,
+}
+
+fn keep_text<S: serde::Serializer>(
+    keep: &crate::docs::keys::Keep,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&keep.to_string())
+}
+
 /// One Presidency term, both dates included.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Term {
@@ -170,6 +186,8 @@ pub struct Charter {
     /// The share of member states an amendment of this version needs; `None` is
     /// [`DEFAULT_THRESHOLD`], and leaves the hash as charters without the field had it.
     pub amendment_threshold: Option<Threshold>,
+    /// Keys revoked by amendments, with how far each of their logs stays valid.
+    pub revoked: Vec<Revoked>,
     /// 0 for the genesis charter, and one more for each amendment in force after it.
     pub version: u32,
     hash: [u8; 32],
@@ -190,6 +208,15 @@ struct RawCharter {
     participants: Vec<toml::Spanned<RawParticipant>>,
     #[serde(default)]
     presidency: Vec<toml::Spanned<RawTerm>>,
+    #[serde(default)]
+    revoked: Vec<toml::Spanned<RawRevoked>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevoked {
+    key: String,
+    keep: String,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +428,27 @@ impl Charter {
             }
         }
 
+        let mut revoked = Vec::with_capacity(raw.revoked.len());
+        for spanned in &raw.revoked {
+            let line = line_of(text, spanned.span().start);
+            let at = |message: String| Error::At { line, message };
+            let r = spanned.get_ref();
+            let key: PublicKey = r
+                .key
+                .parse()
+                .map_err(|_| at(format!("revoked key {:?} is malformed", r.key)))?;
+            if let Some(i) = by_key.get(&key) {
+                return Err(at(format!(
+                    "revoked key {key} is {}'s key in this charter",
+                    participants[*i].code
+                )));
+            }
+            let keep = r
+                .keep
+                .parse()
+                .map_err(|e| at(format!("revoked key {key}: {e}")))?;
+            revoked.push(Revoked { key, keep });
+        }
         let amendment_threshold = raw
             .amendment_threshold
             .as_deref()
@@ -414,6 +462,7 @@ impl Charter {
             presidency,
             training_core_group: raw.training_core_group,
             amendment_threshold,
+            revoked,
             version: 0,
             hash: [0; 32],
             genesis: [0; 32],
@@ -437,6 +486,8 @@ impl Charter {
             training_core_group: &'a [String],
             #[serde(skip_serializing_if = "Option::is_none")]
             amendment_threshold: Option<String>,
+            #[serde(skip_serializing_if = "<[Revoked]>::is_empty")]
+            revoked: &'a [Revoked],
         }
         let without_addresses: Vec<Participant>;
         let participants = if addresses {
@@ -463,6 +514,7 @@ impl Charter {
                 .collect(),
             training_core_group: &self.training_core_group,
             amendment_threshold: self.amendment_threshold.map(|t| t.to_string()),
+            revoked: &self.revoked,
         };
         let mut hasher = blake3::Hasher::new();
         hasher.update(domain.as_bytes());
@@ -611,6 +663,13 @@ impl Charter {
                 toml_str(&t.state),
                 t.from,
                 t.to
+            ));
+        }
+        for r in &self.revoked {
+            out.push_str(&format!(
+                "[[revoked]]\nkey = \"{}\"\nkeep = {}\n\n",
+                r.key,
+                toml_str(&r.keep.to_string())
             ));
         }
         out

@@ -9,7 +9,7 @@ use std::fmt;
 
 use automerge::{ActorId, Change};
 
-use crate::charter::{Charter, Participant};
+use crate::charter::Charter;
 use crate::codec::{Reader, Writer};
 use crate::docs::DocId;
 use crate::identity::{PublicKey, Scope, SecretKey, Signature};
@@ -18,11 +18,13 @@ use crate::identity::{PublicKey, Scope, SecretKey, Signature};
 pub const MAX_ENTRY_BYTES: usize = 60 * 1024;
 /// The encoding of an entry under the genesis charter.
 const ENTRY_VERSION: u8 = 1;
-/// The encoding of an entry that names a later version of the charter: the same fields,
-/// then the version. An entry under the genesis charter is always encoded in version 1,
-/// so that each entry has one encoding and the entries signed before amendments existed
-/// keep their bytes and hashes.
+/// The encoding of an entry that names a later version of the charter or a rotated key:
+/// the same fields, then the version and the flags. An entry under the genesis charter
+/// with no flag is always encoded in version 1, so that each entry has one encoding and
+/// the entries signed before amendments existed keep their bytes and hashes.
 const ENTRY_VERSION_CHARTER: u8 = 2;
+/// The flag of an entry signed with a key that a rotation introduced.
+pub const FLAG_ROTATED_KEY: u8 = 1;
 const PROOF_VERSION: u8 = 1;
 
 /// The hash that names an entry: BLAKE3 over its encoded bytes, signature included.
@@ -89,6 +91,9 @@ pub struct Entry {
     /// force when it wrote it. Every node judges the entry under that version once it
     /// holds it, so the verdict does not depend on which amendments a node has seen.
     pub charter: u32,
+    /// [`FLAG_ROTATED_KEY`]: the author's key came by a rotation, which a node that has
+    /// not seen it yet waits for, instead of refusing an unknown author.
+    pub flags: u8,
 }
 
 impl Entry {
@@ -115,8 +120,9 @@ impl Entry {
         w.u64(self.timestamp_ms);
         w.str16(self.doc.as_str());
         w.bytes32(&self.change);
-        if self.charter != 0 {
+        if self.charter != 0 || self.flags != 0 {
             w.u32(self.charter);
+            w.u8(self.flags);
         }
         w.into_inner()
     }
@@ -151,7 +157,7 @@ pub enum DecodeError {
 impl SignedEntry {
     fn assemble(entry: Entry, body: Vec<u8>, signature: Signature) -> SignedEntry {
         let mut bytes = Vec::with_capacity(1 + body.len() + 64);
-        bytes.push(if entry.charter == 0 {
+        bytes.push(if entry.charter == 0 && entry.flags == 0 {
             ENTRY_VERSION
         } else {
             ENTRY_VERSION_CHARTER
@@ -211,13 +217,20 @@ impl SignedEntry {
             .parse()
             .map_err(|e: crate::docs::DocIdError| m(&e.to_string()))?;
         let change = r.bytes32().map_err(|_| m("change"))?.to_vec();
-        let charter = if version == ENTRY_VERSION_CHARTER {
-            match r.u32().map_err(|_| m("charter version"))? {
-                0 => return Err(m("charter version 0 in the encoding of a later version")),
-                v => v,
+        let (charter, flags) = if version == ENTRY_VERSION_CHARTER {
+            let charter = r.u32().map_err(|_| m("charter version"))?;
+            let flags = r.u8().map_err(|_| m("flags"))?;
+            if flags & !FLAG_ROTATED_KEY != 0 {
+                return Err(m("unknown flags"));
             }
+            if charter == 0 && flags == 0 {
+                return Err(m(
+                    "an entry of the genesis charter with no flag in version 2",
+                ));
+            }
+            (charter, flags)
         } else {
-            0
+            (0, 0)
         };
         let body_len = bytes.len() - 1 - r.remaining();
         let signature = Signature(r.array64().map_err(|_| m("signature"))?);
@@ -232,6 +245,7 @@ impl SignedEntry {
             doc,
             change,
             charter,
+            flags,
         };
         Ok(SignedEntry {
             entry,
@@ -260,8 +274,14 @@ pub enum Invalid {
     WrongNetwork { expected: String, found: String },
     #[error("author {0} is not a participant of the charter")]
     UnknownAuthor(String),
-    #[error("the entry names charter version {found}, which is not in force")]
-    UnknownCharter { found: u32 },
+    #[error(
+        "the key {key} was rotated or revoked before this entry (log {incarnation}, seq {seq})"
+    )]
+    KeyRetired {
+        key: String,
+        incarnation: u32,
+        seq: u64,
+    },
     #[error("seq gap: expected seq {expected}, got {found}")]
     SeqGap { expected: u64, found: u64 },
     #[error("prev hash does not match the log's entry {seq}")]
@@ -285,13 +305,23 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    /// Whether a peer that sends such an entry is at fault. An entry of a log cut by an
+    /// equivocation proof, or of a key retired after it, was valid when an honest peer
+    /// took it in and relayed it.
+    pub fn blames_sender(&self) -> bool {
+        !matches!(
+            self,
+            Invalid::Equivocated { .. } | Invalid::KeyRetired { .. }
+        )
+    }
+
     /// A short, stable reason for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             Invalid::BadSignature => "bad_signature",
             Invalid::WrongNetwork { .. } => "wrong_network",
             Invalid::UnknownAuthor(_) => "unknown_author",
-            Invalid::UnknownCharter { .. } => "unknown_charter",
+            Invalid::KeyRetired { .. } => "key_retired",
             Invalid::SeqGap { .. } => "seq_gap",
             Invalid::WrongPrev { .. } => "wrong_prev",
             Invalid::TimestampBeforePrev { .. } => "timestamp_before_prev",
@@ -352,27 +382,22 @@ pub fn check_intrinsic(entry: &SignedEntry, network: &str) -> Result<Change, Inv
     Ok(change)
 }
 
-/// Checks what the charter version the entry names decides of it alone: that its author
-/// is a participant of that version, and, under honest time, that its change carries its
-/// timestamp. Returns the author.
-pub fn check_author<'c>(
+/// Under honest time (from the rules version of the charter the entry names), checks that
+/// its change carries its timestamp, so that the changes that depend on it can be held to
+/// it from the document alone.
+pub fn check_change_time(
     entry: &SignedEntry,
     change: &Change,
-    charter: &'c Charter,
-) -> Result<&'c Participant, Invalid> {
+    charter: &Charter,
+) -> Result<(), Invalid> {
     let e = &entry.entry;
-    let author = charter
-        .participant_by_key(&e.author)
-        .ok_or_else(|| Invalid::UnknownAuthor(e.author.to_string()))?;
-    // Under honest time, a change carries its entry's timestamp, so that the changes that
-    // depend on it can be held to it from the document alone.
     if charter.honest_time() && change.timestamp() != change_time(e.timestamp_ms) {
         return Err(Invalid::ChangeTime {
             change: change.timestamp(),
             entry: e.timestamp_ms,
         });
     }
-    Ok(author)
+    Ok(())
 }
 
 /// The time, in Automerge's whole seconds, that a change of an entry made at

@@ -9,7 +9,9 @@ use common::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
-use spoc_node::charter::{Charter, Kind, Participant, Term, half_year_label, parse_half_year};
+use spoc_node::charter::{
+    Charter, Kind, Participant, Revoked, Term, half_year_label, parse_half_year,
+};
 use spoc_node::docs::command::Command;
 use spoc_node::docs::rules;
 use spoc_node::identity::SecretKey;
@@ -377,4 +379,213 @@ fn a_reopened_store_holds_the_version_in_force_and_verifies() {
         .verify(c.net.charter.clone(), &mut |_, _, _| {})
         .unwrap();
     assert_eq!(entries, 4);
+}
+
+fn key(seed: u64) -> SecretKey {
+    SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(seed))
+}
+
+#[test]
+fn a_state_rotates_its_key_writes_on_and_a_node_that_starts_empty_verifies_it_all() {
+    let mut c = Council::new(60);
+    let old = c.net.key("IE").public();
+    let new = key(61);
+    let (before, _) = c.write("IE", &report_obstacle("Before the rotation"));
+    let rotation = c.r.rotation(&old, INC, &new.public());
+    let (rotated, _) = c.write("IE", &rotation);
+    // The new key writes in a log of its own, as the state it was rotated for.
+    let ulid = c.ulids.next(NOW);
+    let (after, obstacle) = write(
+        &mut c.r,
+        &new,
+        INC + 1,
+        &report_obstacle("After the rotation"),
+        NOW + MINUTE,
+        ulid,
+    );
+    assert_eq!(after.entry.flags, spoc_node::log::FLAG_ROTATED_KEY);
+    assert_eq!(json(&c.r, &obstacle)["title"], "After the rotation");
+    assert_eq!(obstacle.split('/').nth(1), Some("IE"));
+
+    // The old key signs nothing more: its node refuses, and every node refuses what it
+    // signs after the rotation, in its log or in a new one.
+    let refused = c.refused("IE", &report_obstacle("Old key"));
+    assert!(refused.contains("rotated or revoked"), "{refused}");
+    for incarnation in [INC, INC + 5] {
+        let ulid = c.ulids.next(NOW);
+        let late = craft_command(
+            &c.r,
+            c.net.key("IE"),
+            incarnation,
+            &report_obstacle("Late"),
+            NOW,
+            ulid,
+        );
+        let report = c.r.ingest(vec![late]).unwrap();
+        assert!(
+            matches!(
+                report.rejected.as_slice(),
+                [(_, Invalid::KeyRetired { .. })]
+            ),
+            "{:?}",
+            report.rejected
+        );
+        assert!(!report.rejected[0].1.blames_sender());
+    }
+
+    // A node that starts empty takes in the whole history, whatever the order; one that
+    // gets the new key's entry first holds it back until the rotation comes.
+    let mut all = history(&c.r);
+    let mut rng = ChaCha20Rng::seed_from_u64(62);
+    for _ in 0..4 {
+        all.shuffle(&mut rng);
+        let mut fresh = Council::new(60);
+        let report = fresh.r.ingest(all.clone()).unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        assert_eq!(state(&fresh.r), state(&c.r));
+    }
+    let mut fresh = Council::new(60);
+    let report = fresh.r.ingest(vec![after.clone()]).unwrap();
+    assert!(report.rejected.is_empty() && report.accepted.is_empty());
+    assert_eq!(fresh.r.pending_count(), 1);
+    let report = fresh
+        .r
+        .ingest(vec![before.clone(), rotated.clone()])
+        .unwrap();
+    assert_eq!(report.accepted.len(), 3, "{:?}", report.rejected);
+    // An unknown key that claims no rotation is refused at once, as before.
+    let stranger = key(63);
+    let ulid = c.ulids.next(NOW);
+    let mut forged = craft_command(
+        &c.r,
+        &stranger,
+        INC,
+        &report_obstacle("Stranger"),
+        NOW,
+        ulid,
+    )
+    .entry;
+    forged.flags = 0;
+    let report = fresh
+        .r
+        .ingest(vec![forged.sign(&stranger, &c.net.scope())])
+        .unwrap();
+    assert!(
+        matches!(report.rejected.as_slice(), [(_, Invalid::UnknownAuthor(_))]),
+        "{:?}",
+        report.rejected
+    );
+}
+
+#[test]
+fn a_rotation_keeps_the_entry_that_makes_it() {
+    let mut c = Council::new(64);
+    let old = c.net.key("LT").public();
+    let new = key(65);
+    // A rotation whose points leave out its own entry would undo itself when cut.
+    let bad = Command::KeyRotate {
+        key: new.public().to_string(),
+        from: old.to_string(),
+        keep: String::new(),
+    };
+    let refused = c.refused("LT", &bad);
+    assert!(
+        refused.contains("keep the entry that makes it"),
+        "{refused}"
+    );
+    // Nor may it be signed with a key other than the one it retires.
+    let other = Command::KeyRotate {
+        key: new.public().to_string(),
+        from: c.net.key("IE").public().to_string(),
+        keep: format!("{INC}:1"),
+    };
+    let refused = c.refused("LT", &other);
+    assert!(
+        refused.contains("signed with the key it retires"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_key_revoked_from_a_point_is_cut_on_every_node_whatever_the_order() {
+    let mut c = Council::new(66);
+    let compromised = c.net.key("LT").public();
+    let replacement = key(67);
+    // LT writes three entries; the last two are the attacker's. Europol comments on the
+    // attacker's obstacle, which builds on it. (A cut takes the rest of a log with it, as
+    // after an equivocation: a signer whose log built on the cut entries would lose its
+    // signature with them.)
+    let (_, honest) = c.write("LT", &report_obstacle("Honest"));
+    let (_, forged) = c.write("LT", &report_obstacle("Forged"));
+    c.write("LT", &set_factsheet("notes", "Forged too"));
+    c.write(
+        "EUROPOL",
+        &Command::ObstacleComment {
+            obstacle: forged.clone(),
+            text: "We see this too".into(),
+        },
+    );
+    let before_revocation = history(&c.r);
+
+    let text = amended(&c.r, |ch| {
+        for p in &mut ch.participants {
+            if p.code == "LT" {
+                p.key = Some(replacement.public());
+            }
+        }
+        ch.revoked.push(Revoked {
+            key: compromised,
+            keep: format!("{INC}:1").parse().unwrap(),
+        });
+    });
+    let id = c.amend("IE", text, &["EL"]);
+    // The last signature carries the revocation: the node that made it cuts LT's two
+    // later entries, and Europol's comment that builds on them, as it takes it in.
+    let ulid = c.ulids.next(NOW);
+    let (last, _) =
+        c.r.prepare(c.net.key("FI"), INC, &sign(&id), NOW, ulid)
+            .unwrap();
+    let report = c.r.ingest(vec![last]).unwrap();
+    assert_eq!(report.accepted.len(), 1);
+    assert_eq!(report.removed.len(), 3, "{:?}", report.removed);
+    assert!(report.rejected.iter().all(|(_, i)| !i.blames_sender()));
+    assert_eq!(c.r.charter().version, 1);
+    // Node A held the entries before the revocation came: it cuts them, and what built
+    // on them.
+    assert_eq!(json(&c.r, &honest)["title"], "Honest");
+    assert!(c.r.doc(&forged.parse().unwrap()).is_none());
+    let a = state(&c.r);
+    // Node B gets the revocation first, then the entries: the same documents.
+    let all = history(&c.r);
+    let revocation: Vec<SignedEntry> = all
+        .iter()
+        .filter(|e| !before_revocation.contains(e))
+        .cloned()
+        .collect();
+    let mut b = Council::new(66);
+    // B holds LT's first entry, which the revocation keeps.
+    b.r.ingest(before_revocation[..1].to_vec()).unwrap();
+    b.r.ingest(revocation).unwrap();
+    assert_eq!(b.r.charter().version, 1);
+    let report = b.r.ingest(before_revocation.clone()).unwrap();
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|(_, i)| matches!(i, Invalid::KeyRetired { .. }) && !i.blames_sender()),
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(b.r.pending_count(), 1, "the comment waits for what was cut");
+    assert_eq!(state(&b.r), a);
+    // The state writes on with its replacement key.
+    let ulid = c.ulids.next(NOW);
+    write(
+        &mut c.r,
+        &replacement,
+        INC,
+        &report_obstacle("After"),
+        NOW,
+        ulid,
+    );
 }

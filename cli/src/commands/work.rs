@@ -435,6 +435,7 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
         Collection::Factsheets => Table::new(&["ID", "STATE", "LAST REVIEWED"]),
         Collection::Addresses => Table::new(&["ID", "STATE", "UPDATED", "ADDRESSES"]),
         Collection::Amendments => Table::new(&["ID", "BY", "AMENDS", "SIGNATURES"]),
+        Collection::Keys => Table::new(&["ID", "STATE", "ROTATIONS"]),
         Collection::Training => {
             Table::new(&["ID", "KIND", "STATUS", "DATE", "ASSESSMENTS", "TITLE"])
         }
@@ -469,6 +470,7 @@ pub fn list_table(collection: Collection, items: &[Value]) -> Table {
             Collection::Factsheets => {
                 vec![field(v, "id"), field(v, "state"), field(v, "last_reviewed")]
             }
+            Collection::Keys => vec![field(v, "id"), field(v, "state"), count(v, "rotations")],
             Collection::Amendments => vec![
                 field(v, "id"),
                 field(v, "by"),

@@ -174,6 +174,14 @@ pub enum Command {
     AmendmentSign {
         amendment: String,
     },
+    /// Rotates this state's national key: signed with the key `from` (the node's own),
+    /// names the new `key`, and keeps each log of `from` up to its point (`keep`, as
+    /// `docs::keys::Keep` writes it). The node makes it (`Replica::rotation`).
+    KeyRotate {
+        key: String,
+        from: String,
+        keep: String,
+    },
     TrainingNominate {
         title: String,
         expertise: String,
@@ -335,6 +343,7 @@ impl Command {
             AddressSet { .. } => DocId::addresses(writer.code),
             AmendmentPropose { .. } => DocId::new(Collection::Amendments, writer.code, ulid),
             AmendmentSign { amendment } => parse_doc(amendment, Collection::Amendments)?,
+            KeyRotate { .. } => DocId::keys(writer.code),
             TrainingNominate { .. } | TrainingOpportunity { .. } => {
                 DocId::new(Collection::Training, writer.code, ulid)
             }
@@ -367,7 +376,13 @@ impl Command {
     ) -> Result<String, Refused> {
         use Command::*;
         let exists = !doc.get_heads().is_empty();
-        if !self.creates() && !exists && !matches!(self, FactsheetSet { .. } | AddressSet { .. }) {
+        if !self.creates()
+            && !exists
+            && !matches!(
+                self,
+                FactsheetSet { .. } | AddressSet { .. } | KeyRotate { .. }
+            )
+        {
             return Err(Refused::NotFound {
                 what: id.collection().item(),
                 id: id.to_string(),
@@ -745,6 +760,31 @@ impl Command {
                 tx.put(&signatures, writer.code, proposal.digest.as_str())
                     .map_err(am)?;
                 Ok(id.to_string())
+            }
+            KeyRotate { key, from, keep } => {
+                use super::keys::{FROM, KEEP, Keep, ROTATIONS};
+                let to: crate::identity::PublicKey = key
+                    .parse()
+                    .map_err(|_| invalid(format!("{key:?} is not a public key")))?;
+                keep.parse::<Keep>()
+                    .map_err(|e| invalid(format!("a rotation's points: {e}")))?;
+                let rotations = if exists {
+                    get_map(doc, &ROOT, ROTATIONS)
+                        .ok_or_else(|| invalid(format!("{id} holds no rotations")))?
+                } else {
+                    created(tx, "keys")?;
+                    tx.put(ROOT, "state", writer.code).map_err(am)?;
+                    tx.put_object(ROOT, ROTATIONS, ObjType::Map).map_err(am)?
+                };
+                if get_map(doc, &rotations, &to.to_string()).is_some() {
+                    return Err(invalid(format!("{to} was rotated to already")));
+                }
+                let rotation = tx
+                    .put_object(&rotations, to.to_string(), ObjType::Map)
+                    .map_err(am)?;
+                tx.put(&rotation, FROM, from.as_str()).map_err(am)?;
+                tx.put(&rotation, KEEP, keep.as_str()).map_err(am)?;
+                Ok(to.to_string())
             }
             TrainingNominate {
                 title,

@@ -9,6 +9,7 @@
 pub mod addresses;
 pub mod amendments;
 pub mod command;
+pub mod keys;
 pub mod rules;
 pub mod view;
 
@@ -27,10 +28,12 @@ pub enum Collection {
     Addresses,
     /// Proposed amendments of the charter, with the member states' signatures.
     Amendments,
+    /// One record per state: the rotations of its national key, written by that state.
+    Keys,
 }
 
 impl Collection {
-    pub const ALL: [Collection; 7] = [
+    pub const ALL: [Collection; 8] = [
         Collection::Meetings,
         Collection::Obstacles,
         Collection::Practices,
@@ -38,11 +41,15 @@ impl Collection {
         Collection::Training,
         Collection::Addresses,
         Collection::Amendments,
+        Collection::Keys,
     ];
 
     /// Whether each state has one document of this collection, `collection/STATE`.
     pub fn one_per_state(self) -> bool {
-        matches!(self, Collection::Factsheets | Collection::Addresses)
+        matches!(
+            self,
+            Collection::Factsheets | Collection::Addresses | Collection::Keys
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +61,7 @@ impl Collection {
             Collection::Training => "training",
             Collection::Addresses => "addresses",
             Collection::Amendments => "amendments",
+            Collection::Keys => "keys",
         }
     }
 
@@ -67,6 +75,7 @@ impl Collection {
             Collection::Training => "training item",
             Collection::Addresses => "address record",
             Collection::Amendments => "amendment",
+            Collection::Keys => "key record",
         }
     }
 }
@@ -111,6 +120,11 @@ impl DocId {
     /// The address record of `owner`'s nodes.
     pub fn addresses(owner: &str) -> DocId {
         DocId::of_state(Collection::Addresses, owner)
+    }
+
+    /// The record of `owner`'s key rotations.
+    pub fn keys(owner: &str) -> DocId {
+        DocId::of_state(Collection::Keys, owner)
     }
 
     fn of_state(collection: Collection, owner: &str) -> DocId {

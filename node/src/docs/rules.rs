@@ -21,6 +21,9 @@ pub struct Context<'a> {
     pub charter: &'a Charter,
     pub doc: &'a DocId,
     pub author: &'a Participant,
+    /// The log of the entry, whose author's key signed it, and its place in that log.
+    pub log: crate::log::LogId,
+    pub seq: u64,
     pub timestamp_ms: u64,
 }
 
@@ -324,6 +327,54 @@ fn check_op(
                 Ok(())
             } else {
                 Err(format!("only {owner} may write its fact sheet"))
+            }
+        }
+        Collection::Keys => {
+            use super::keys::{FROM, KEEP, Keep, ROTATIONS};
+            if !ctx.is_owner() {
+                return Err(format!("only {owner} rotates its keys"));
+            }
+            match (segs, action) {
+                ([field], Action::Put(_)) if ["kind", "created", "state"].contains(field) => {
+                    if creating {
+                        Ok(())
+                    } else {
+                        Err(format!("the {field} of a key record is written once"))
+                    }
+                }
+                ([field], Action::Make) if *field == ROTATIONS => container(),
+                ([field, to], Action::Make) if *field == ROTATIONS => {
+                    let to: crate::identity::PublicKey = to
+                        .parse()
+                        .map_err(|_| format!("a rotation names a key, not {to:?}"))?;
+                    if to == ctx.log.author {
+                        return Err("a rotation names a new key".into());
+                    }
+                    Ok(())
+                }
+                ([field, _, FROM], Action::Put(v)) if *field == ROTATIONS => {
+                    if scalar_str(v) == Some(ctx.log.author.to_string().as_str()) {
+                        Ok(())
+                    } else {
+                        Err("a rotation is signed with the key it retires".into())
+                    }
+                }
+                ([field, _, KEEP], Action::Put(v)) if *field == ROTATIONS => {
+                    let keep: Keep = scalar_str(v)
+                        .ok_or("a rotation's points are a string")?
+                        .parse()
+                        .map_err(|e| format!("a rotation's points: {e}"))?;
+                    // A rotation that retired itself would undo itself when cut.
+                    if keep.keeps(ctx.log.incarnation, ctx.seq) {
+                        Ok(())
+                    } else {
+                        Err("a rotation's points keep the entry that makes it".into())
+                    }
+                }
+                _ => Err(format!(
+                    "a key record holds rotations, which are never removed or changed: not {}",
+                    segs.join("/")
+                )),
             }
         }
         Collection::Amendments => {

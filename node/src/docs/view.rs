@@ -150,6 +150,11 @@ pub fn summary(id: &DocId, doc: &Automerge) -> Value {
             "amends": d.get(super::amendments::AMENDS).cloned().unwrap_or(Value::Null),
             "signatures": keyed(&d, super::amendments::SIGNATURES).keys().cloned().collect::<Vec<_>>(),
         }),
+        Collection::Keys => json!({
+            "id": id.as_str(),
+            "state": id.owner(),
+            "rotations": keyed(&d, super::keys::ROTATIONS).keys().cloned().collect::<Vec<_>>(),
+        }),
         Collection::Training => json!({
             "id": id.as_str(),
             "kind": s(&d, "kind"),

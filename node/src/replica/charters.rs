@@ -8,13 +8,19 @@
 //! Should it happen all the same, the proposal whose document id sorts first wins on
 //! every node. A proposal whose text is no valid amendment of its version (it renames the
 //! network, or lowers the rules version) never takes effect.
+//!
+//! Beside the versions, the keys: the keys that rotations introduced (each of one state,
+//! whatever the version), and the keys retired by a rotation or revoked by an amendment,
+//! with how far each of their logs stays valid.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::charter::Charter;
+use crate::charter::{Charter, Participant};
 use crate::docs::DocId;
 use crate::docs::amendments::Proposal;
+use crate::docs::keys::{Keep, Rotation};
+use crate::identity::PublicKey;
 
 /// The chain of versions, and the documents that propose the next ones.
 #[derive(Debug)]
@@ -22,6 +28,12 @@ pub(super) struct Charters {
     versions: Vec<Arc<Charter>>,
     /// Every amendment document accepted: tens over a decade, one per proposal.
     pub(super) proposals: BTreeSet<DocId>,
+    /// Every key record accepted: one per state.
+    pub(super) key_records: BTreeSet<DocId>,
+    /// Keys that rotations introduced, with their state.
+    rotated: BTreeMap<PublicKey, String>,
+    /// Keys retired by a rotation or revoked by an amendment.
+    retired: BTreeMap<PublicKey, Keep>,
 }
 
 impl Charters {
@@ -29,6 +41,9 @@ impl Charters {
         Charters {
             versions: vec![genesis],
             proposals: BTreeSet::new(),
+            key_records: BTreeSet::new(),
+            rotated: BTreeMap::new(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -59,6 +74,72 @@ impl Charters {
                 None
             }
         })
+    }
+
+    /// The participant that `key` signs for under `charter`: the one whose key it is, or
+    /// the state a rotation gave it to.
+    pub(super) fn participant<'c>(
+        &self,
+        charter: &'c Charter,
+        key: &PublicKey,
+    ) -> Option<&'c Participant> {
+        charter
+            .participant_by_key(key)
+            .or_else(|| charter.participant(self.rotated.get(key)?))
+    }
+
+    /// Whether `key` came by a rotation.
+    pub(super) fn is_rotated(&self, key: &PublicKey) -> bool {
+        self.rotated.contains_key(key)
+    }
+
+    /// How far `key`'s logs stay valid, if it was retired or revoked.
+    pub(super) fn retired(&self, key: &PublicKey) -> Option<&Keep> {
+        self.retired.get(key)
+    }
+
+    /// Takes in the rotations of the key records (by state) and the revocations of every
+    /// version, and returns the keys new to the node and the keys whose points changed.
+    pub(super) fn refresh(
+        &mut self,
+        rotations: Vec<(String, Rotation)>,
+    ) -> (Vec<PublicKey>, Vec<PublicKey>) {
+        let mut rotated = BTreeMap::new();
+        let mut retired: BTreeMap<PublicKey, Keep> = BTreeMap::new();
+        let mut retire = |key: PublicKey, keep: &Keep| {
+            let met = match retired.get(&key) {
+                Some(old) => old.meet(keep),
+                None => keep.clone(),
+            };
+            retired.insert(key, met);
+        };
+        for (state, r) in rotations {
+            rotated.insert(r.to, state);
+            retire(r.from, &r.keep);
+        }
+        for charter in &self.versions {
+            for r in &charter.revoked {
+                retire(r.key, &r.keep);
+            }
+        }
+        let new_keys = rotated
+            .keys()
+            .filter(|k| !self.rotated.contains_key(k))
+            .copied()
+            .collect();
+        let changed = retired
+            .iter()
+            .filter(|(k, keep)| self.retired.get(k) != Some(keep))
+            .map(|(k, _)| *k)
+            .collect();
+        self.rotated = rotated;
+        self.retired = retired;
+        (new_keys, changed)
+    }
+
+    /// The keys that rotations introduced, and the retired keys: what admission needs.
+    pub(super) fn keys(&self) -> (&BTreeMap<PublicKey, String>, &BTreeMap<PublicKey, Keep>) {
+        (&self.rotated, &self.retired)
     }
 
     pub(super) fn push(&mut self, next: Charter) {

@@ -34,7 +34,7 @@ use crate::charter::Charter;
 use crate::docs::command::{Command, Refused, Writer};
 use crate::docs::rules::{self, Staged};
 use crate::docs::{Collection, DocId};
-use crate::identity::SecretKey;
+use crate::identity::{PublicKey, SecretKey};
 use crate::log::{self, Entry, EntryHash, EquivocationProof, Invalid, LogId, SignedEntry, Tip};
 
 /// Bounds of what the replica holds in memory, and how far ahead of its clock it takes
@@ -131,6 +131,9 @@ struct Candidate {
     since_ms: Option<u64>,
     /// The version of the charter this entry waits for, if it names one not yet in force.
     waits_charter: Option<u32>,
+    /// The rotated key this entry waits for, if its author's key came by a rotation not
+    /// yet held here.
+    waits_key: Option<PublicKey>,
 }
 
 impl Candidate {
@@ -142,11 +145,14 @@ impl Candidate {
             waits_until: None,
             since_ms: None,
             waits_charter: None,
+            waits_key: None,
         }
     }
 }
 
 type PendingKey = (LogId, u64, EntryHash);
+/// A log and the first seq a rebuild cuts from it.
+type Cut = (LogId, u64);
 
 /// The state of one node's view of the network.
 pub struct Replica<B: Backing = Nothing> {
@@ -173,6 +179,8 @@ pub struct Replica<B: Backing = Nothing> {
     waiting_time: BTreeSet<(u64, PendingKey)>,
     /// Pending entries that name a version of the charter not yet in force.
     waiting_charter: BTreeSet<(u32, PendingKey)>,
+    /// Pending entries signed with a rotated key not yet held.
+    waiting_key: BTreeSet<(PublicKey, PendingKey)>,
     /// The clock as last told by [`Replica::advance`]; a replica never told the time
     /// (a data generator, a check of a whole store) holds nothing back for it.
     now_ms: Option<u64>,
@@ -228,6 +236,8 @@ enum Verdict {
     WaitTime(u64),
     /// Names a version of the charter not yet in force here.
     WaitCharter(u32),
+    /// Signed with a key that a rotation not yet held here introduced.
+    WaitKey(PublicKey),
     Duplicate,
     Reject(Invalid),
     Equivocation(Box<SignedEntry>),
@@ -271,6 +281,7 @@ impl<B: Backing> Replica<B> {
             waiting_dep: HashMap::new(),
             waiting_time: BTreeSet::new(),
             waiting_charter: BTreeSet::new(),
+            waiting_key: BTreeSet::new(),
             now_ms: None,
             pruned_at_ms: None,
             proofs: BTreeMap::new(),
@@ -292,8 +303,75 @@ impl<B: Backing> Replica<B> {
     pub fn load_charters(&mut self) -> Result<(), Error> {
         let ids = self.backing.doc_ids(Collection::Amendments)?;
         self.charters.proposals.extend(ids);
+        let ids = self.backing.doc_ids(Collection::Keys)?;
+        self.charters.key_records.extend(ids);
         self.carry()?;
+        // A store holds only what passed under the keys it holds: nothing to cut.
+        self.refresh_keys()?;
         Ok(())
+    }
+
+    /// Reads the rotations of every key record and the revocations of every version.
+    /// Returns the keys new to the node and where the logs of the keys retired since go
+    /// beyond their points (each log and its first seq to cut).
+    fn refresh_keys(&mut self) -> Result<(Vec<PublicKey>, Vec<Cut>), Error> {
+        let ids: Vec<DocId> = self.charters.key_records.iter().cloned().collect();
+        let mut rotations = Vec::new();
+        for id in ids {
+            if let Some(doc) = self.load_doc(&id)? {
+                let state = id.owner().to_owned();
+                rotations.extend(
+                    crate::docs::keys::rotations(doc)
+                        .into_iter()
+                        .map(|r| (state.clone(), r)),
+                );
+            }
+        }
+        let (new_keys, changed) = self.charters.refresh(rotations);
+        let mut cuts = Vec::new();
+        for key in changed {
+            let Some(keep) = self.charters.retired(&key).cloned() else {
+                continue;
+            };
+            let first = LogId {
+                author: key,
+                incarnation: 0,
+            };
+            for (log, tip) in self
+                .tips
+                .range(first..)
+                .take_while(|(l, _)| l.author == key)
+            {
+                let last = keep.0.get(&log.incarnation).copied().unwrap_or(0);
+                if tip.seq > last {
+                    cuts.push((*log, last + 1));
+                }
+            }
+        }
+        Ok((new_keys, cuts))
+    }
+
+    /// The participant `key` signs for under version `version`, and whether its key came
+    /// by a rotation; `None` for a version not in force here or a key it does not know.
+    pub fn signer(
+        &self,
+        version: u32,
+        key: &PublicKey,
+    ) -> Option<(&crate::charter::Participant, bool)> {
+        let charter = self.charters.get(version)?;
+        let p = self.charters.participant(charter, key)?;
+        Some((p, charter.participant_by_key(key).is_none()))
+    }
+
+    /// The keys that rotations introduced (with their state), and the keys retired by a
+    /// rotation or revoked: what admission checks node certificates against.
+    pub fn keys(
+        &self,
+    ) -> (
+        &BTreeMap<PublicKey, String>,
+        &BTreeMap<PublicKey, crate::docs::keys::Keep>,
+    ) {
+        self.charters.keys()
     }
 
     /// Puts in force every amendment carried by the proposals held, one version after
@@ -421,12 +499,19 @@ impl<B: Backing> Replica<B> {
             // its signature costs anything; an entry naming a version not yet in force
             // here waits for it, within the pending set's bounds.
             let checked =
-                log::check_intrinsic(&entry, &self.charter().network).and_then(|change| match self
-                    .charters
-                    .get(entry.entry.charter)
-                {
-                    Some(charter) => log::check_author(&entry, &change, charter).map(|_| change),
-                    None => Ok(change),
+                log::check_intrinsic(&entry, &self.charter().network).and_then(|change| {
+                    let e = &entry.entry;
+                    match self.charters.get(e.charter) {
+                        Some(charter)
+                            if self.charters.participant(charter, &e.author).is_some() =>
+                        {
+                            log::check_change_time(&entry, &change, charter).map(|_| change)
+                        }
+                        // A key that came by a rotation not yet held here waits for it.
+                        Some(_) if e.flags & log::FLAG_ROTATED_KEY != 0 => Ok(change),
+                        Some(_) => Err(Invalid::UnknownAuthor(e.author.to_string())),
+                        None => Ok(change),
+                    }
                 });
             match checked {
                 Ok(change) => fresh.push(Candidate::new(entry, change)),
@@ -472,36 +557,66 @@ impl<B: Backing> Replica<B> {
     ) -> Result<(), Error> {
         queue.make_contiguous().sort();
         let mut poisoned = self.drain(queue, report)?;
-        // An amendment carried by what was just accepted wakes the entries that wait for
-        // its version, and they may carry the next.
-        if report
-            .touched
-            .iter()
-            .any(|d| d.collection() == Collection::Amendments)
-        {
-            while self.carry()? {
+        // An amendment carried, or a key rotated or retired, by what was just accepted
+        // wakes the entries that wait for it, and they may carry the next.
+        let mut cuts = Vec::new();
+        loop {
+            let touched = |c: Collection| report.touched.iter().any(|d| d.collection() == c);
+            let (amendments, keys) = (touched(Collection::Amendments), touched(Collection::Keys));
+            let mut woken = Vec::new();
+            let amended = amendments && self.carry()?;
+            if amended {
                 let version = self.charter().version;
-                let woken: Vec<(u32, PendingKey)> = self
-                    .waiting_charter
-                    .iter()
-                    .take_while(|(v, _)| *v <= version)
-                    .copied()
-                    .collect();
-                let mut queue = VecDeque::with_capacity(woken.len());
-                for (v, key) in woken {
-                    self.waiting_charter.remove(&(v, key));
-                    if let Some(c) = self.pending.get_mut(&key) {
-                        c.waits_charter = None;
+                for (v, key) in self.waiting_charter.clone() {
+                    if v <= version {
+                        woken.push(key);
                     }
-                    queue.push_back(key);
                 }
-                queue.make_contiguous().sort();
-                poisoned.extend(self.drain(queue, report)?);
             }
+            if amended || keys {
+                let (new_keys, retired) = self.refresh_keys()?;
+                cuts.extend(retired);
+                for author in new_keys {
+                    let first = (
+                        author,
+                        (
+                            LogId {
+                                author,
+                                incarnation: 0,
+                            },
+                            0,
+                            EntryHash([0; 32]),
+                        ),
+                    );
+                    woken.extend(
+                        self.waiting_key
+                            .range(first..)
+                            .take_while(|(a, _)| *a == author)
+                            .map(|(_, k)| *k),
+                    );
+                }
+            }
+            if woken.is_empty() {
+                break;
+            }
+            let mut queue = VecDeque::with_capacity(woken.len());
+            for key in woken {
+                if let Some(c) = self.pending.get_mut(&key) {
+                    if let Some(v) = c.waits_charter.take() {
+                        self.waiting_charter.remove(&(v, key));
+                    }
+                    if let Some(a) = c.waits_key.take() {
+                        self.waiting_key.remove(&(a, key));
+                    }
+                }
+                queue.push_back(key);
+            }
+            queue.make_contiguous().sort();
+            poisoned.extend(self.drain(queue, report)?);
         }
         report.overflow += self.trim_pending();
-        if !report.new_proofs.is_empty() || !poisoned.is_empty() {
-            self.rebuild(report, &poisoned)?;
+        if !report.new_proofs.is_empty() || !poisoned.is_empty() || !cuts.is_empty() {
+            self.rebuild(report, &poisoned, &cuts)?;
         }
         Ok(())
     }
@@ -742,6 +857,12 @@ impl<B: Backing> Replica<B> {
                     }
                     self.waiting_charter.insert((version, key));
                 }
+                Verdict::WaitKey(author) => {
+                    if let Some(c) = self.pending.get_mut(&key) {
+                        c.waits_key = Some(author);
+                    }
+                    self.waiting_key.insert((author, key));
+                }
                 Verdict::Duplicate => {
                     self.take_pending(&key);
                     report.duplicates += 1;
@@ -785,8 +906,14 @@ impl<B: Backing> Replica<B> {
                     stage.past.insert(change_hash, past);
                     stage.changes.push((c.change, hash));
                     self.set_tip(log, Some(Tip::from(&c.entry)));
-                    if doc_id.collection() == Collection::Amendments {
-                        self.charters.proposals.insert(doc_id.clone());
+                    match doc_id.collection() {
+                        Collection::Amendments => {
+                            self.charters.proposals.insert(doc_id.clone());
+                        }
+                        Collection::Keys => {
+                            self.charters.key_records.insert(doc_id.clone());
+                        }
+                        _ => {}
                     }
                     self.overlay.push(c.entry.clone());
                     self.entry_count += 1;
@@ -902,6 +1029,9 @@ impl<B: Backing> Replica<B> {
         if let Some(version) = c.waits_charter {
             self.waiting_charter.remove(&(version, *key));
         }
+        if let Some(author) = c.waits_key {
+            self.waiting_key.remove(&(author, *key));
+        }
         Some(c)
     }
 
@@ -911,6 +1041,17 @@ impl<B: Backing> Replica<B> {
             && seq >= proof.seq()
         {
             return Ok(Verdict::Reject(Invalid::Equivocated { seq: proof.seq() }));
+        }
+        // A retired key's entries past its points are refused wherever they stand in
+        // their log, so that none waits for a predecessor that was refused.
+        if let Some(keep) = self.charters.retired(&log.author)
+            && !keep.keeps(log.incarnation, seq)
+        {
+            return Ok(Verdict::Reject(Invalid::KeyRetired {
+                key: log.author.to_string(),
+                incarnation: log.incarnation,
+                seq,
+            }));
         }
         let tip = self.tip(&log);
         let tip_seq = tip.map_or(0, |t| t.seq);
@@ -950,10 +1091,18 @@ impl<B: Backing> Replica<B> {
         let Some(charter) = self.charters.get(c.entry.entry.charter) else {
             return Ok(Verdict::WaitCharter(c.entry.entry.charter));
         };
-        let author = match log::check_author(&c.entry, &c.change, charter) {
-            Ok(author) => author,
-            Err(invalid) => return Ok(Verdict::Reject(invalid)),
+        let key = c.entry.entry.author;
+        let author = match self.charters.participant(charter, &key) {
+            Some(author) => author,
+            None if c.entry.entry.flags & log::FLAG_ROTATED_KEY != 0 => {
+                return Ok(Verdict::WaitKey(key));
+            }
+            None => return Ok(Verdict::Reject(Invalid::UnknownAuthor(key.to_string()))),
         };
+        if let Err(invalid) = log::check_change_time(&c.entry, &c.change, charter) {
+            return Ok(Verdict::Reject(invalid));
+        }
+
         let doc_id = &c.entry.entry.doc;
         let empty = DocState::default();
         let state = self.cache.get(doc_id).unwrap_or(&empty);
@@ -1010,6 +1159,8 @@ impl<B: Backing> Replica<B> {
             charter,
             doc: doc_id,
             author,
+            log,
+            seq,
             timestamp_ms: c.entry.entry.timestamp_ms,
         };
         Ok(
@@ -1046,19 +1197,25 @@ impl<B: Backing> Replica<B> {
             }
         }
         if !report.new_proofs.is_empty() {
-            self.rebuild(&mut report, &[])?;
+            self.rebuild(&mut report, &[], &[])?;
         }
         Ok(report)
     }
 
-    /// Cuts what the new proofs and the changes that could not be applied take away:
-    /// each proven log from its fork on, each poisoned entry, and everything that builds
+    /// Cuts what the new proofs, the retired keys and the changes that could not be
+    /// applied take away: each proven log from its fork on, each log of a retired key past
+    /// its point, each poisoned entry, and everything that builds
     /// on a cut entry (the rest of its log, and the changes that depend on its change, in
     /// any log). Nothing else is touched: every other accepted entry stays, however many
     /// there are, and the documents the cut entries belong to are rebuilt from the
     /// entries that remain.
-    fn rebuild(&mut self, report: &mut Report, poisoned: &[EntryHash]) -> Result<(), Error> {
-        let mut queue: VecDeque<(LogId, u64)> = VecDeque::new();
+    fn rebuild(
+        &mut self,
+        report: &mut Report,
+        poisoned: &[EntryHash],
+        retired: &[Cut],
+    ) -> Result<(), Error> {
+        let mut queue: VecDeque<(LogId, u64)> = retired.iter().copied().collect();
         for proof in &report.new_proofs {
             queue.push_back((proof.log(), proof.seq()));
         }
@@ -1182,7 +1339,7 @@ impl<B: Backing> Replica<B> {
             let poisoned = self.drain(waiting, report)?;
             report.overflow += self.trim_pending();
             if !poisoned.is_empty() {
-                self.rebuild(report, &poisoned)?;
+                self.rebuild(report, &poisoned, &[])?;
             }
         }
         Ok(())
@@ -1199,7 +1356,14 @@ impl<B: Backing> Replica<B> {
         ulid: ulid::Ulid,
     ) -> Result<(SignedEntry, String), Refused> {
         let charter = self.charter().clone();
-        let author = charter.participant_by_key(&key.public()).ok_or_else(|| {
+        if self.charters.retired(&key.public()).is_some() {
+            return Err(Refused::Invalid(
+                "this node's key was rotated or revoked: it signs nothing more".into(),
+            ));
+        }
+        let rotated = charter.participant_by_key(&key.public()).is_none()
+            && self.charters.is_rotated(&key.public());
+        let author = self.charters.participant(&charter, &key.public()).ok_or_else(|| {
             Refused::Invalid(format!(
                 "this node's key is not a participant's key in the charter in force (version {})",
                 charter.version
@@ -1294,6 +1458,8 @@ impl<B: Backing> Replica<B> {
             charter: &charter,
             doc: &doc_id,
             author,
+            log,
+            seq: tip.map_or(1, |t| t.seq + 1),
             timestamp_ms: now_ms,
         };
         rules::check(&ctx, &state.doc, &mut Staged::default(), &change).map_err(Refused::Rule)?;
@@ -1307,6 +1473,7 @@ impl<B: Backing> Replica<B> {
             doc: doc_id,
             change: change.bytes().into_owned(),
             charter: charter.version,
+            flags: if rotated { log::FLAG_ROTATED_KEY } else { 0 },
         };
         if entry.change.len() + 512 > log::MAX_ENTRY_BYTES {
             return Err(Refused::Invalid(format!(
@@ -1315,6 +1482,32 @@ impl<B: Backing> Replica<B> {
             )));
         }
         Ok((entry.sign(key, &charter.scope()), item))
+    }
+
+    /// The rotation of `old`, this node's key, to `new`, as `prepare` signs it in the log
+    /// of `incarnation`: it keeps every log of `old` held here up to its tip, and this log
+    /// up to the rotation itself. Logs of `old` that no node had shown this one are cut.
+    pub fn rotation(&self, old: &PublicKey, incarnation: u32, new: &PublicKey) -> Command {
+        let first = LogId {
+            author: *old,
+            incarnation: 0,
+        };
+        let mut keep: BTreeMap<u32, u64> = self
+            .tips
+            .range(first..)
+            .take_while(|(l, _)| l.author == *old)
+            .map(|(l, t)| (l.incarnation, t.seq))
+            .collect();
+        let own = LogId {
+            author: *old,
+            incarnation,
+        };
+        keep.insert(incarnation, self.tip(&own).map_or(1, |t| t.seq + 1));
+        Command::KeyRotate {
+            key: new.to_string(),
+            from: old.to_string(),
+            keep: crate::docs::keys::Keep(keep).to_string(),
+        }
     }
 
     /// A state signs one amendment of each version: two carried amendments of one version

@@ -853,7 +853,7 @@ impl Actor {
             summary.rejected = report
                 .rejected
                 .iter()
-                .filter(|(_, i)| !matches!(i, crate::log::Invalid::Equivocated { .. }))
+                .filter(|(_, i)| i.blames_sender())
                 .count();
             summary.accepted = report.accepted;
             summary.duplicates = report.duplicates;

@@ -65,7 +65,8 @@ impl Tally {
             Collection::Meetings
             | Collection::Factsheets
             | Collection::Addresses
-            | Collection::Amendments => &[],
+            | Collection::Amendments
+            | Collection::Keys => &[],
         };
         let puts: Vec<(String, String)> = if keys.iter().any(|k| may_put(&change, k)) {
             change

@@ -148,7 +148,8 @@ fn kind_of(id: &DocId, summary: &Value) -> Option<String> {
         Collection::Practices
         | Collection::Factsheets
         | Collection::Addresses
-        | Collection::Amendments => return None,
+        | Collection::Amendments
+        | Collection::Keys => return None,
     };
     summary.get(field)?.as_str().map(str::to_owned)
 }

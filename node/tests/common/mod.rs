@@ -176,6 +176,7 @@ pub fn next_entry(
         doc: doc.clone(),
         change,
         charter: replica.charter().version,
+        flags: 0,
     }
 }
 

@@ -530,6 +530,7 @@ impl<'k> Signer<'k> {
             doc: doc_id.clone(),
             change: change.bytes().into_owned(),
             charter: 0,
+            flags: 0,
         };
         if entry.change.len() + 512 > spoc_node::log::MAX_ENTRY_BYTES {
             bail!("a made change of {doc_id} is over the entry limit");
