@@ -40,9 +40,12 @@ pub struct Cli {
 pub enum Cmd {
     /// Create a national key and print its public key.
     Keygen(KeygenArgs),
-    /// Write, show or check a charter.
+    /// Write, show or check a charter; propose and sign amendments of it.
     #[command(subcommand)]
     Charter(CharterCmd),
+    /// Rotate the national key, or propose the revocation of a compromised one.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Lay out the data directories of a local test network.
     Testnet(TestnetArgs),
     /// Start a local network of real nodes, contribute from several states, and show
@@ -140,6 +143,30 @@ pub enum CharterCmd {
     },
     /// The version in force, and each proposal with its signatures so far.
     Status,
+}
+
+/// `spoc key ...`.
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Make a new national key in the data directory (the old one is kept aside, 0600),
+    /// sign its rotation with the old one, and sign with the new one from then on; prints
+    /// the new public key (a head operator's act).
+    Rotate,
+    /// Propose an amendment that revokes the key that signed an entry, from that entry on,
+    /// and gives its state a new key; other member states sign it (a head operator's act).
+    Revoke {
+        /// The state whose key is revoked.
+        #[arg(long, value_name = "XX")]
+        state: String,
+        /// The first entry (its hash) that the key signed after it was compromised: it,
+        /// the entries after it in its log, and the key's entries in its other logs dated
+        /// from it on are refused.
+        #[arg(long, value_name = "ENTRY")]
+        from: String,
+        /// The state's new public key, which it made with `spoc keygen`.
+        #[arg(long, value_name = "KEY")]
+        key: String,
+    },
 }
 
 /// `spoc wait`.

@@ -150,6 +150,8 @@ pub fn router(
         .route("/v1/peers", get(peers))
         .route("/v1/charter", get(charter))
         .route("/v1/charter/amendments", get(amendments))
+        .route("/v1/charter/revocation", get(revocation))
+        .route("/v1/key/rotate", post(rotate_key))
         .route("/v1/wait", get(wait))
         .route("/metrics", get(metrics))
         .route("/v1/operators", get(operators).post(add_operator))
@@ -417,6 +419,25 @@ struct VersionQuery {
 async fn charter(State(app): State<App>, q: Result<Query<VersionQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     Ok(Json(app.node.charter(q.version).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct FromQuery {
+    from: String,
+}
+
+async fn revocation(State(app): State<App>, q: Result<Query<FromQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(&q.from, &mut bytes)
+        .map_err(|_| bad("from is an entry hash: 32 bytes in hex"))?;
+    let found = app.node.revocation(crate::log::EntryHash(bytes)).await?;
+    Ok(Json(found).into_response())
+}
+
+async fn rotate_key(State(app): State<App>, Extension(caller): Extension<Caller>) -> Answer {
+    allow(&caller, Role::Head, "rotate the national key")?;
+    Ok(Json(app.node.rotate_key(caller.name.clone()).await?).into_response())
 }
 
 async fn amendments(State(app): State<App>) -> Answer {

@@ -12,6 +12,7 @@ use spoc_node::docs::command::Command;
 
 use super::Ctx;
 use super::local::{charter_json, load_charter};
+use crate::args::KeyCmd;
 use crate::client::{Client, TIMEOUT};
 use crate::output::{self, Table};
 
@@ -99,13 +100,29 @@ pub fn propose(ctx: &Ctx, file: &Path) -> Result<()> {
     let proposed = load_charter(file)?;
     let client = ctx.client(TIMEOUT)?;
     let (record, _) = in_force(&client, None)?;
+    propose_charter(
+        ctx,
+        &client,
+        &record,
+        &proposed,
+        &file.display().to_string(),
+    )
+}
+
+/// Proposes `proposed` as the next version after `record`, printing what it changes.
+fn propose_charter(
+    ctx: &Ctx,
+    client: &Client,
+    record: &Version,
+    proposed: &Charter,
+    what: &str,
+) -> Result<()> {
     // The canonical text: what the file says, whatever its layout and comments.
     let text = proposed.to_toml();
     let changes = diff(&record.toml, &text);
     if changes.is_empty() {
         bail!(
-            "{} is the charter in force (version {})",
-            file.display(),
+            "{what} is the charter in force (version {})",
             record.version
         );
     }
@@ -246,6 +263,59 @@ pub fn status(ctx: &Ctx) -> Result<()> {
     }
     ctx.print(&text)?;
     Ok(())
+}
+
+/// `spoc key rotate|revoke`.
+pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
+    let client = ctx.client(TIMEOUT)?;
+    match cmd {
+        KeyCmd::Rotate => {
+            let rotated: Value = client.post_empty("/v1/key/rotate")?;
+            if ctx.json {
+                ctx.print_json(&rotated)?;
+            } else {
+                ctx.line(rotated["key"].as_str().unwrap_or_default())?;
+            }
+            Ok(())
+        }
+        KeyCmd::Revoke { state, from, key } => {
+            let new: spoc_node::identity::PublicKey = key
+                .parse()
+                .map_err(|_| anyhow!("{key:?} is not a public key (ed25519:...)"))?;
+            let revocation: Value =
+                client.get_json("/v1/charter/revocation", &[("from", from.clone())])?;
+            let state = state.to_uppercase();
+            if revocation["state"] != state.as_str() {
+                bail!(
+                    "entry {from} is signed by {}, not {state}",
+                    revocation["state"].as_str().unwrap_or("an unknown key")
+                );
+            }
+            let old: spoc_node::identity::PublicKey = revocation["key"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| anyhow!("the node named no key: {revocation}"))?;
+            let keep = revocation["keep"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: String| anyhow!("the node's points: {e}"))?;
+            let (record, mut charter) = in_force(&client, None)?;
+            let participant = charter
+                .participants
+                .iter_mut()
+                .find(|p| p.code == state)
+                .ok_or_else(|| anyhow!("{state} is not a participant of the charter in force"))?;
+            participant.key = Some(new);
+            charter
+                .revoked
+                .push(spoc_node::charter::Revoked { key: old, keep });
+            let charter = Charter::parse(&charter.to_toml())
+                .map_err(|e| anyhow!("the revocation makes no valid charter: {e}"))?;
+            propose_charter(ctx, &client, &record, &charter, "the revocation")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Keygen(args) => local::keygen(&ctx, &args),
         Cmd::Charter(cmd) => local::charter(&ctx, cmd),
+        Cmd::Key(cmd) => charter::key(&ctx, cmd),
         Cmd::Testnet(args) => local::testnet(&ctx, &args),
         Cmd::Demo(args) => demo::demo(&ctx, &args),
         Cmd::Completions { shell } => local::completions(&ctx, shell),

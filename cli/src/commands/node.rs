@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn status_is_summarised() {
         let s = json!({
-            "state": "LT", "network": "testnet", "charter_hash": "0123456789abcdef0123",
+            "state": "LT", "network": "testnet", "charter_hash": "0123456789abcdef0123", "charter_version": 2,
             "presidency": null, "incarnation": 123456, "peer_id": "12D3KooWabc",
             "states": {"IE": {"logs": 1, "entries": 4}, "LT": {"logs": 1, "entries": 2}},
             "entries": 6, "pending": 0,
@@ -498,7 +498,7 @@ mod tests {
         for line in [
             "state          LT\n",
             "presidency     none (outside the calendar)\n",
-            "charter        0123456789ab\n",
+            "charter        version 2 (0123456789ab)\n",
             "entries        6 (0 pending, 1 dated ahead of this clock)\n",
             "clock          OFF: 3600 s ahead of its peers' (tolerance 300 s): entries this node signs wait on theirs; fix the clock\n",
             "store          1.5 MiB\n",

@@ -522,7 +522,11 @@ impl Certified {
     }
 
     fn certifier(&self, state: &str, peer: &PeerId) -> Certifier {
-        Certifier::new(self.keys[state].clone(), &self.charter, peer)
+        Certifier::new(
+            tokio::sync::watch::channel(self.keys[state].clone()).1,
+            &self.charter,
+            peer,
+        )
     }
 
     /// The configuration of a node of `state` that dials `dial`, with a certificate issued
@@ -538,7 +542,10 @@ impl Certified {
         config.admission = Arc::new(Watched {
             by,
             admission: Admission {
-                charter: tokio::sync::watch::channel(self.charter.clone()).1,
+                charter: tokio::sync::watch::channel(std::sync::Arc::new(
+                    crate::service::certificate::Trust::of(self.charter.clone()),
+                ))
+                .1,
                 clock: self.clock.clone(),
             },
             reports: self.reports.clone(),

@@ -167,6 +167,9 @@ pub struct Replica<B: Backing = Nothing> {
     overlay: Overlay,
     /// Entries of the backing cut since the last flush.
     cut: HashSet<EntryHash>,
+    /// Documents a rebuild left with no entry since the last flush: the backing still
+    /// holds them until the caller commits, and must not be read for them.
+    emptied: HashSet<DocId>,
     /// Logs cut before their tip by a rebuild (log -> first seq cut): this node never
     /// signs those seqs again.
     truncated: BTreeMap<LogId, u64>,
@@ -273,6 +276,7 @@ impl<B: Backing> Replica<B> {
             digest: [0; 32],
             overlay: Overlay::default(),
             cut: HashSet::new(),
+            emptied: HashSet::new(),
             truncated: BTreeMap::new(),
             cache: Cache::new(limits.max_cached_docs),
             entry_count,
@@ -463,6 +467,7 @@ impl<B: Backing> Replica<B> {
         }
         self.overlay.clear();
         self.cut.clear();
+        self.emptied.clear();
         self.cache.flushed();
     }
 
@@ -793,7 +798,12 @@ impl<B: Backing> Replica<B> {
             return Ok(());
         }
         let extra = self.overlay.doc_entries(id);
-        let doc = match self.backing.doc(id)? {
+        let stored = if self.emptied.contains(id) {
+            None
+        } else {
+            self.backing.doc(id)?
+        };
+        let doc = match stored {
             Some(mut doc) => {
                 if !extra.is_empty() {
                     apply_whole(&mut doc, id, &extra)?;
@@ -1293,6 +1303,19 @@ impl<B: Backing> Replica<B> {
                 }
                 // Refused already, as a change that cannot be applied.
                 _ if self.poisoned_set.contains(&hash) => {}
+                // Past the points of a retired key: refused for good, like a fork.
+                _ if self
+                    .charters
+                    .retired(&e.entry.author)
+                    .is_some_and(|keep| !keep.keeps(e.entry.incarnation, e.entry.seq)) =>
+                {
+                    let invalid = Invalid::KeyRetired {
+                        key: e.entry.author.to_string(),
+                        incarnation: e.entry.incarnation,
+                        seq: e.entry.seq,
+                    };
+                    self.reject(report, hash, invalid);
+                }
                 _ => {
                     if let Ok(change) = Change::from_bytes(e.entry.change.clone()) {
                         let key = (e.entry.log(), e.entry.seq, hash);
@@ -1325,6 +1348,7 @@ impl<B: Backing> Replica<B> {
             let doc = self.replay(&id, &without)?;
             self.cache.remove(&id);
             if doc.get_heads().is_empty() {
+                self.emptied.insert(id.clone());
                 report.touched.insert(id.clone());
                 report.rebuilt_docs.insert(id);
                 continue;
@@ -1508,6 +1532,50 @@ impl<B: Backing> Replica<B> {
             from: old.to_string(),
             keep: crate::docs::keys::Keep(keep).to_string(),
         }
+    }
+
+    /// Where a revocation of the key that signed `from` keeps each of that key's logs:
+    /// the log of `from` up to the entry before it, and every other log of the key up to
+    /// its last entry dated before `from`. `None` when the node does not hold `from`.
+    pub fn keep_before(
+        &self,
+        from: &EntryHash,
+    ) -> Result<Option<(PublicKey, crate::docs::keys::Keep)>, Error> {
+        let Some((at_log, at_seq)) = self.locate(from)? else {
+            return Ok(None);
+        };
+        let Some(entry) = self.read(&at_log, at_seq)? else {
+            return Ok(None);
+        };
+        let before = entry.entry.timestamp_ms;
+        let author = at_log.author;
+        let first = LogId {
+            author,
+            incarnation: 0,
+        };
+        let logs: Vec<LogId> = self
+            .tips
+            .range(first..)
+            .take_while(|(l, _)| l.author == author)
+            .map(|(l, _)| *l)
+            .collect();
+        let mut keep = BTreeMap::new();
+        for log in logs {
+            let last = if log == at_log {
+                at_seq - 1
+            } else {
+                // A log's timestamps never go back, so its entries dated before `from`
+                // come first.
+                self.log_entries(&log)?
+                    .iter()
+                    .take_while(|e| e.entry.timestamp_ms < before)
+                    .count() as u64
+            };
+            if last > 0 {
+                keep.insert(log.incarnation, last);
+            }
+        }
+        Ok(Some((author, crate::docs::keys::Keep(keep))))
     }
 
     /// A state signs one amendment of each version: two carried amendments of one version

@@ -179,6 +179,27 @@ pub(crate) enum Request {
     Charter(Option<u32>, Reply<crate::docs::amendments::Version>),
     /// Where amending the charter stands.
     Amendments(Reply<crate::docs::amendments::Status>),
+    /// Rotates the national key, by the named operator.
+    RotateKey(String, Reply<KeyRotated>),
+    /// Where a revocation from an entry keeps the logs of the key that signed it.
+    Revocation(crate::log::EntryHash, Reply<Revocation>),
+}
+
+/// What an amendment that revokes a key from an entry on would say of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    /// The state whose key signed the entry.
+    pub state: String,
+    pub key: String,
+    /// Each log of the key and its last entry that stays valid (`docs::keys::Keep`).
+    pub keep: String,
+}
+
+/// A rotation done: the new public key, and the entry that signed it with the old.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KeyRotated {
+    pub key: String,
+    pub entry: String,
 }
 
 /// What a page of the audit trail asks for.
@@ -269,6 +290,18 @@ impl Handle {
     /// Where amending the charter stands.
     pub async fn amendments(&self) -> Result<crate::docs::amendments::Status, Failure> {
         ask!(self, Amendments)
+    }
+
+    /// Where a revocation from the entry `from` on keeps the logs of the key that signed
+    /// it.
+    pub async fn revocation(&self, from: crate::log::EntryHash) -> Result<Revocation, Failure> {
+        ask!(self, Revocation, from)
+    }
+
+    /// Rotates the national key: a new key in the data directory, the rotation signed
+    /// with the old one, and the node signing with the new one from then on.
+    pub async fn rotate_key(&self, operator: String) -> Result<KeyRotated, Failure> {
+        ask!(self, RotateKey, operator)
     }
 
     /// Keeps where `peer`'s stream goes on (`None`: the stream was taken to its end), so
@@ -428,8 +461,12 @@ pub(crate) type StatusExtra = Arc<dyn Fn() -> Value + Send + Sync>;
 pub(crate) struct Actor {
     /// The charter in force, as the replica holds it after the last commit.
     pub charter: Arc<Charter>,
-    /// Tells admission the charter in force.
-    pub charter_watch: tokio::sync::watch::Sender<Arc<Charter>>,
+    /// Tells admission who may certify nodes.
+    pub charter_watch: tokio::sync::watch::Sender<Arc<super::certificate::Trust>>,
+    /// Tells the certifier the key the node signs with.
+    pub key_watch: tokio::sync::watch::Sender<Arc<SecretKey>>,
+    /// The national key's file and passphrase, which a rotation replaces.
+    pub key_file: Option<(std::path::PathBuf, Option<String>)>,
     pub replica: Replica<Reader>,
     pub store: Store,
     pub key: Arc<SecretKey>,
@@ -480,14 +517,32 @@ pub(crate) fn spawn(
     }
 }
 
-/// The state whose key signs `log`, in the latest version of the charter that names it
-/// (a state an amendment removed keeps its code for its past).
-fn code_of(charters: &[Arc<Charter>], log: &LogId) -> String {
-    charters
+/// Who may certify nodes, as `replica` holds the charter and the keys now.
+pub(crate) fn trust<B: crate::replica::Backing>(replica: &Replica<B>) -> super::certificate::Trust {
+    let (rotated, _) = replica.keys();
+    super::certificate::Trust {
+        charter: replica.charter().clone(),
+        rotated: rotated.clone(),
+        revoked: replica
+            .charters()
+            .iter()
+            .flat_map(|c| c.revoked.iter().map(|r| r.key))
+            .collect(),
+    }
+}
+
+/// The state whose key signs `log`: in the latest version of the charter that names the
+/// key (a state an amendment removed keeps its code for its past), or the state a
+/// rotation gave it to.
+fn code_of<B: crate::replica::Backing>(replica: &Replica<B>, log: &LogId) -> String {
+    replica
+        .charters()
         .iter()
         .rev()
         .find_map(|c| c.participant_by_key(&log.author))
-        .map_or_else(|| log.author.short(), |p| p.code.clone())
+        .map(|p| p.code.clone())
+        .or_else(|| replica.keys().0.get(&log.author).cloned())
+        .unwrap_or_else(|| log.author.short())
 }
 
 impl Actor {
@@ -553,12 +608,20 @@ impl Actor {
         let amended = self.replica.charter().version != self.charter.version;
         if amended {
             self.charter = self.replica.charter().clone();
-            self.charter_watch.send_replace(self.charter.clone());
             tracing::info!(
                 version = self.charter.version,
                 hash = %self.charter.hash_hex(),
                 "the charter in force changed"
             );
+        }
+        if amended
+            || report
+                .touched
+                .iter()
+                .any(|id| id.collection() == crate::docs::Collection::Keys)
+        {
+            self.charter_watch
+                .send_replace(Arc::new(trust(&self.replica)));
         }
         if amended
             || report
@@ -619,6 +682,32 @@ impl Actor {
                     }),
                 };
                 let _ = reply.send(found.map(|c| crate::docs::amendments::Version::of(c)));
+            }
+            Request::RotateKey(operator, reply) => {
+                let result = self.rotate_key(&operator);
+                let fatal = matches!(result, Err(Failure::Internal(_) | Failure::Corrupt(_)));
+                let _ = reply.send(result.clone());
+                if fatal {
+                    return result.map(|_| ());
+                }
+            }
+            Request::Revocation(from, reply) => {
+                let result = match self.replica.keep_before(&from) {
+                    Ok(Some((key, keep))) => Ok(Revocation {
+                        state: code_of(
+                            &self.replica,
+                            &LogId {
+                                author: key,
+                                incarnation: 0,
+                            },
+                        ),
+                        key: key.to_string(),
+                        keep: keep.to_string(),
+                    }),
+                    Ok(None) => Err(Failure::NotFound(format!("no entry {from}"))),
+                    Err(e) => Err(Failure::from(e)),
+                };
+                answer(reply, result)?;
             }
             Request::Amendments(reply) => {
                 let status = self.replica.proposals().map(|proposals| {
@@ -788,8 +877,10 @@ impl Actor {
             .replica
             .ingest_verified(vec![entry])
             .map_err(Failure::from)?;
-        if let Some((_, invalid)) = report.rejected.first() {
-            // The rules passed before signing, so this is a bug; nothing was stored.
+        // Other entries may be refused by what this one carries (a revocation cuts the
+        // key's later entries), but not this one: the rules passed before signing, so
+        // that would be a bug, and nothing is stored.
+        if let Some((_, invalid)) = report.rejected.iter().find(|(h, _)| *h == hash) {
             return Err(Failure::Refused(invalid.to_string()));
         }
         self.commit_by(&report, Some(operator))?;
@@ -807,6 +898,42 @@ impl Actor {
         })
     }
 
+    /// See [`Handle::rotate_key`] and `service::rotation` for the steps.
+    fn rotate_key(&mut self, operator: &str) -> Result<KeyRotated, Failure> {
+        let (path, passphrase) = self
+            .key_file
+            .clone()
+            .ok_or_else(|| Failure::BadRequest("this node has no key file to rotate".into()))?;
+        let old = self.key.public();
+        if self.replica.keys().1.contains_key(&old) {
+            return Err(Failure::BadRequest(
+                "this node's key was rotated or revoked already".into(),
+            ));
+        }
+        let new = super::rotation::begin(&path, passphrase.as_deref())
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let command = self.replica.rotation(&old, self.incarnation, &new.public());
+        let ack = match self.write(&command, operator) {
+            Ok(ack) => ack,
+            Err(e) => {
+                // Nothing was committed: the new key goes.
+                let _ = std::fs::remove_file(super::rotation::next_path(&path));
+                return Err(e);
+            }
+        };
+        // The rotation is durable: from here a failure leaves `KEY.next`, which the next
+        // start puts in place.
+        super::rotation::complete(&path, &old)
+            .map_err(|e| Failure::Internal(format!("the rotation is committed, but {e}")))?;
+        self.key = Arc::new(new);
+        self.key_watch.send_replace(self.key.clone());
+        tracing::info!(key = %self.key.public(), %operator, "the national key was rotated");
+        Ok(KeyRotated {
+            key: self.key.public().to_string(),
+            entry: ack.entry,
+        })
+    }
+
     fn ingest(
         &mut self,
         entries: Vec<SignedEntry>,
@@ -819,7 +946,7 @@ impl Actor {
             self.commit(&report)?;
             for p in &report.new_proofs {
                 tracing::warn!(
-                    author = %code_of(self.replica.charters(), &p.log()),
+                    author = %code_of(&self.replica, &p.log()),
                     seq = p.seq(),
                     "equivocation proof received from a peer"
                 );
@@ -845,7 +972,7 @@ impl Actor {
             }
             for p in &report.new_proofs {
                 tracing::warn!(
-                    author = %code_of(self.replica.charters(), &p.log()),
+                    author = %code_of(&self.replica, &p.log()),
                     seq = p.seq(),
                     "equivocation: two entries for one log and seq"
                 );
@@ -890,7 +1017,7 @@ impl Actor {
             .iter()
             .map(|(author, (logs, entries))| {
                 let code = code_of(
-                    self.replica.charters(),
+                    &self.replica,
                     &LogId {
                         author: *author,
                         incarnation: 0,
@@ -904,7 +1031,7 @@ impl Actor {
             .proofs()
             .map(|p| {
                 json!({
-                    "state": code_of(self.replica.charters(), &p.log()),
+                    "state": code_of(&self.replica, &p.log()),
                     "incarnation": p.log().incarnation,
                     "seq": p.seq(),
                 })
@@ -978,7 +1105,7 @@ impl Actor {
                 json!({
                     "position": position,
                     "hash": e.hash().to_string(),
-                    "author": code_of(self.replica.charters(), &e.entry.log()),
+                    "author": code_of(&self.replica, &e.entry.log()),
                     "incarnation": e.entry.incarnation,
                     "seq": e.entry.seq,
                     "doc": e.entry.doc.as_str(),

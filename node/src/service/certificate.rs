@@ -6,13 +6,14 @@
 //! presents it to every peer on the connection it already has. Both the renewal and the
 //! admission follow the injected [`Clock`], never the wall clock.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::charter::Charter;
-use crate::identity::{NodeCertificate, Scope, SecretKey};
+use crate::identity::{NodeCertificate, PublicKey, Scope, SecretKey};
 use crate::network::{self, Admit, Admitted, PeerId, Refusal};
 
 use super::Clock;
@@ -30,16 +31,21 @@ pub fn renewal_due(not_after_ms: u64, now_ms: u64) -> bool {
     not_after_ms.saturating_sub(now_ms) < CERTIFICATE_VALIDITY_MS / 3
 }
 
-/// Issues this node's certificates with the national key.
+/// Issues this node's certificates with the national key: the key the node signs with
+/// now, which a rotation replaces.
 pub(crate) struct Certifier {
-    key: Arc<SecretKey>,
+    key: tokio::sync::watch::Receiver<Arc<SecretKey>>,
     network: String,
     scope: Scope,
     peer_id: Vec<u8>,
 }
 
 impl Certifier {
-    pub(crate) fn new(key: Arc<SecretKey>, charter: &Charter, peer: &PeerId) -> Self {
+    pub(crate) fn new(
+        key: tokio::sync::watch::Receiver<Arc<SecretKey>>,
+        charter: &Charter,
+        peer: &PeerId,
+    ) -> Self {
         Self {
             key,
             network: charter.network.clone(),
@@ -50,8 +56,9 @@ impl Certifier {
 
     /// A certificate valid for [`CERTIFICATE_VALIDITY_MS`] from `now_ms`.
     pub(crate) fn issue(&self, now_ms: u64) -> NodeCertificate {
+        let key = self.key.borrow().clone();
         NodeCertificate::issue(
-            &self.key,
+            &key,
             &self.network,
             &self.scope,
             &self.peer_id,
@@ -63,7 +70,7 @@ impl Certifier {
 impl std::fmt::Debug for Certifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Certifier")
-            .field("issuer", &self.key.public())
+            .field("issuer", &self.key.borrow().public())
             .field("network", &self.network)
             .finish_non_exhaustive()
     }
@@ -104,16 +111,48 @@ pub(crate) async fn renew(
     }
 }
 
+/// Who may certify nodes, as the actor last told it: the participants of the charter in
+/// force by their keys, the keys rotations gave them, and the keys revoked.
+#[derive(Debug)]
+pub struct Trust {
+    pub(crate) charter: Arc<Charter>,
+    /// Keys that rotations introduced, with their state.
+    pub(crate) rotated: BTreeMap<PublicKey, String>,
+    /// Keys that an amendment revoked: their certificates admit no one.
+    pub(crate) revoked: BTreeSet<PublicKey>,
+}
+
+impl Trust {
+    /// Trust in the participants of `charter` by their keys alone.
+    #[cfg(test)]
+    pub(crate) fn of(charter: Arc<Charter>) -> Trust {
+        Trust {
+            charter,
+            rotated: BTreeMap::new(),
+            revoked: BTreeSet::new(),
+        }
+    }
+
+    /// The state that `issuer` certifies for.
+    fn state_of(&self, issuer: &PublicKey) -> Option<&str> {
+        self.charter
+            .participant_by_key(issuer)
+            .or_else(|| self.charter.participant(self.rotated.get(issuer)?))
+            .map(|p| p.code.as_str())
+    }
+}
+
 /// Admits peers whose node certificate is signed by a participant of the charter in
-/// force, as the actor last told it.
+/// force, with its key or one a rotation gave it, unless that key is revoked.
 pub(crate) struct Admission {
-    pub(crate) charter: tokio::sync::watch::Receiver<Arc<Charter>>,
+    pub(crate) charter: tokio::sync::watch::Receiver<Arc<Trust>>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
 const MALFORMED: Refusal = Refusal::deny("malformed node certificate");
 /// Not deny-listed: a state that an amendment adds dials nodes that may not hold the
 /// amendment yet, and must get in once they do. The refusal costs a lookup.
+const REVOKED: Refusal = Refusal::deny("certificate issuer's key is revoked");
 const STRANGER: Refusal = Refusal::retry("certificate issuer is not a participant of the charter");
 
 impl Admit for Admission {
@@ -124,10 +163,14 @@ impl Admit for Admission {
         _charter_hash: &[u8; 32],
     ) -> Result<Admitted, Refusal> {
         let cert = NodeCertificate::decode(certificate).map_err(|_| MALFORMED)?;
-        let charter = self.charter.borrow().clone();
+        let trust = self.charter.borrow().clone();
+        if trust.revoked.contains(&cert.issuer) {
+            return Err(REVOKED);
+        }
         // An issuer outside the charter is refused before any signature is checked: the
         // lookup costs nothing, and its key is compared with the charter's, not echoed.
-        let participant = charter.participant_by_key(&cert.issuer).ok_or(STRANGER)?;
+        let state = trust.state_of(&cert.issuer).ok_or(STRANGER)?.to_owned();
+        let charter = &trust.charter;
         cert.verify(
             &charter.network,
             &charter.scope(),
@@ -142,7 +185,7 @@ impl Admit for Admission {
             }
         })?;
         Ok(Admitted {
-            state: participant.code.clone(),
+            state,
             until_ms: cert.not_after_ms,
         })
     }
@@ -172,7 +215,7 @@ mod tests {
         let scope = charter.scope();
         let now_ms = 1_796_256_000_000;
         let admission = Admission {
-            charter: tokio::sync::watch::channel(Arc::new(charter)).1,
+            charter: tokio::sync::watch::channel(Arc::new(Trust::of(Arc::new(charter)))).1,
             clock: Arc::new(ManualClock::new(now_ms)),
         };
         let peer = PeerId::random();

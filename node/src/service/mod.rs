@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod certificate;
 pub mod report;
+pub mod rotation;
 pub mod sync;
 
 use std::io::Write;
@@ -137,8 +138,8 @@ pub struct Node {
     pub(crate) certificate_until_ms: u64,
     /// The addresses of the other participants' nodes, which the network dials.
     pub(crate) dials: tokio::sync::watch::Receiver<Vec<String>>,
-    /// The charter in force, after each amendment.
-    pub(crate) charters: tokio::sync::watch::Receiver<Arc<Charter>>,
+    /// Who may certify nodes, after each amendment or rotation.
+    pub(crate) charters: tokio::sync::watch::Receiver<Arc<certificate::Trust>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -242,7 +243,9 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Node, Error> {
         let passphrase = read_passphrase(&settings, env)?;
-        let key =
+        rotation::recover(&settings.key)
+            .map_err(|e| Error::Stopped(format!("finishing a key rotation failed: {e}")))?;
+        let mut key =
             Arc::new(SecretKey::load(&settings.key, passphrase.as_deref()).map_err(Error::Key)?);
         let charter_text =
             std::fs::read_to_string(&settings.charter).map_err(|e| Error::CharterRead {
@@ -284,8 +287,22 @@ impl Node {
         // The node's state is the one whose key it holds in the charter in force. A state
         // that an amendment adds starts from the genesis charter like every node, with
         // its code in `node.toml`, and writes once it holds the amendment.
+        if let Some(next) =
+            rotation::finish(&settings.key, passphrase.as_deref(), &key, &replica)
+                .map_err(|e| Error::Stopped(format!("finishing a key rotation failed: {e}")))?
+        {
+            key = Arc::new(next);
+        }
+        if replica.keys().1.contains_key(&key.public()) {
+            tracing::warn!(
+                "this node's national key was rotated or revoked: it reads and relays, and writes nothing"
+            );
+        }
         let in_force = replica.charter().clone();
-        let code = match (in_force.participant_by_key(&key.public()), &settings.state) {
+        let signer = replica
+            .signer(in_force.version, &key.public())
+            .map(|(p, _)| p);
+        let code = match (signer, &settings.state) {
             (Some(p), Some(state)) if p.code != *state => {
                 return Err(Error::WrongKey {
                     state: state.clone(),
@@ -318,8 +335,9 @@ impl Node {
         let keypair = crate::network::keypair_from_seed(&node_key.seed_bytes())
             .map_err(|e| Error::Network(e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
-        let certifier = certificate::Certifier::new(key.clone(), &charter, &peer_id);
-        let charter_watch = tokio::sync::watch::Sender::new(in_force.clone());
+        let key_watch = tokio::sync::watch::Sender::new(key.clone());
+        let certifier = certificate::Certifier::new(key_watch.subscribe(), &charter, &peer_id);
+        let charter_watch = tokio::sync::watch::Sender::new(Arc::new(actor::trust(&replica)));
         let charters = charter_watch.subscribe();
         let certificate = certifier.issue(clock.now_ms());
         let mut network = crate::network::Config::new(
@@ -359,6 +377,8 @@ impl Node {
             actor::Actor {
                 charter: in_force,
                 charter_watch,
+                key_watch,
+                key_file: Some((settings.key.clone(), passphrase.clone())),
                 replica,
                 store,
                 key,

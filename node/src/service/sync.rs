@@ -246,8 +246,8 @@ pub struct Feeds {
     pub published: mpsc::Receiver<Vec<u8>>,
     /// The addresses of the other participants' nodes, for the network to dial.
     pub dials: tokio::sync::watch::Receiver<Vec<String>>,
-    /// The charter in force: a peer whose state an amendment removes is let go.
-    pub charters: tokio::sync::watch::Receiver<Arc<crate::charter::Charter>>,
+    /// Who may certify nodes: a peer whose state an amendment removes is let go.
+    pub charters: tokio::sync::watch::Receiver<Arc<super::certificate::Trust>>,
 }
 
 /// The replication task: runs until `shutdown`, then stops its sub-tasks.
@@ -265,6 +265,7 @@ pub async fn run(
         mut dials,
         mut charters,
     } = feeds;
+    let mut trusted = charters.borrow_and_update().clone();
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut pulling: HashSet<PeerId> = HashSet::new();
     // Peers waiting for a free pull slot, at most one place per admitted peer.
@@ -335,19 +336,37 @@ pub async fn run(
                 }
             }
             Ok(()) = charters.changed() => {
-                let charter = charters.borrow_and_update().clone();
+                let trust = charters.borrow_and_update().clone();
+                let before = std::mem::replace(&mut trusted, trust.clone());
+                let charter = &trust.charter;
+                // The states whose certifying key an amendment revoked since: their nodes
+                // hold certificates of that key.
+                let revoked: HashSet<String> = trust
+                    .revoked
+                    .difference(&before.revoked)
+                    .filter_map(|key| {
+                        before
+                            .charter
+                            .participant_by_key(key)
+                            .map(|p| p.code.clone())
+                            .or_else(|| before.rotated.get(key).cloned())
+                    })
+                    .collect();
                 let peers = net.peers().await.unwrap_or_default();
                 for p in peers {
                     let Some(state) = p.state else { continue };
-                    if charter.participant(&state).is_none() {
-                        let detail = format!(
-                            "{state} is not a participant of version {} of the charter",
-                            charter.version
-                        );
+                    let why = if charter.participant(&state).is_none() {
                         tracing::info!(peer = %p.peer, %state, "a peer's state left the charter; disconnecting");
-                        if let Err(e) = net.disconnect(p.peer, "not a participant", detail).await {
-                            tracing::warn!(error = %e, "cannot disconnect a peer");
-                        }
+                        "not a participant"
+                    } else if revoked.contains(&state) {
+                        tracing::info!(peer = %p.peer, %state, "a peer's certifying key was revoked; disconnecting");
+                        "certifying key revoked"
+                    } else {
+                        continue;
+                    };
+                    let detail = format!("{state}: {why} in version {} of the charter", charter.version);
+                    if let Err(e) = net.disconnect(p.peer, why, detail).await {
+                        tracing::warn!(error = %e, "cannot disconnect a peer");
                     }
                 }
             }
