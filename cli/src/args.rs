@@ -167,6 +167,13 @@ pub enum KeyCmd {
         #[arg(long, value_name = "KEY")]
         key: String,
     },
+    /// Revoke the certificates this state issued to one of its nodes (by its peer id, as
+    /// `spoc status` prints it): every node refuses it from then on (a head operator's
+    /// act).
+    RevokeNode {
+        /// The node's peer id.
+        peer: String,
+    },
 }
 
 /// `spoc wait`.

@@ -236,6 +236,9 @@ async fn command(
             "a key is rotated with POST /v1/key/rotate (spoc key rotate)",
         ));
     }
+    if matches!(command, Command::NodeRevoke { .. }) {
+        allow(&caller, Role::Head, "revoke a node's certificates")?;
+    }
     // Amending the charter speaks for the state, as signing the charter did.
     if matches!(
         command,

@@ -171,3 +171,48 @@ fn a_compromised_key_is_revoked_from_an_entry_and_cut_on_every_node() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_state_revokes_its_node_and_every_node_refuses_it_until_it_has_a_new_node_key() -> Result<()> {
+    let net = Testnet::new(3)?;
+    let mut ie = Proc::start(&net.nodes[0])?;
+    let lt_info = &net.nodes[1];
+    let mut lt = Proc::start(lt_info)?;
+    let el = Proc::start(&net.nodes[2])?;
+    let first = practice(&lt, "Before")?;
+    ie.wait_entries(std::slice::from_ref(&first), WAIT)?;
+    let peer = status(&lt)?["peer_id"]
+        .as_str()
+        .context("no peer id")?
+        .to_owned();
+
+    let revoked = spoc(Some(&lt.data_dir), &["--json", "key", "revoke-node", &peer])?
+        .ok()?
+        .json()?;
+    ensure!(revoked["id"] == peer.as_str(), "{revoked}");
+    ie.wait_log(
+        "its state revoked a peer's certificates; disconnecting",
+        WAIT,
+    )?;
+    for node in [&ie, &el] {
+        let peers = status(node)?["peers"].clone();
+        ensure!(
+            !peers.to_string().contains(&peer),
+            "the revoked node is still a peer: {peers}"
+        );
+    }
+
+    // A new node key gets it in again: its state's national key still certifies it.
+    lt.terminate()?;
+    std::fs::remove_file(lt_info.data_dir.join("node.key"))?;
+    lt = Proc::start(lt_info)?;
+    let new_peer = status(&lt)?["peer_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(new_peer != peer);
+    ie.wait_log(&format!("peer admitted peer={new_peer}"), WAIT)?;
+    let after = practice(&lt, "After")?;
+    ie.wait_entries(std::slice::from_ref(&after), WAIT)?;
+    Ok(())
+}

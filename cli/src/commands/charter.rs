@@ -278,6 +278,18 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
             }
             Ok(())
         }
+        KeyCmd::RevokeNode { peer } => {
+            let answer: Value = client.post_json("/v1/commands", &Command::NodeRevoke { peer })?;
+            if ctx.json {
+                ctx.print_json(&answer)?;
+            } else {
+                ctx.line(&format!(
+                    "revoked {}",
+                    answer["id"].as_str().unwrap_or_default()
+                ))?;
+            }
+            Ok(())
+        }
         KeyCmd::Revoke { state, from, key } => {
             let new: spoc_node::identity::PublicKey = key
                 .parse()

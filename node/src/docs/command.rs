@@ -182,6 +182,11 @@ pub enum Command {
         from: String,
         keep: String,
     },
+    /// Revokes the certificates this state issued to the node `peer` (its peer id): every
+    /// node refuses it, whatever certificate of this state it shows.
+    NodeRevoke {
+        peer: String,
+    },
     TrainingNominate {
         title: String,
         expertise: String,
@@ -343,7 +348,7 @@ impl Command {
             AddressSet { .. } => DocId::addresses(writer.code),
             AmendmentPropose { .. } => DocId::new(Collection::Amendments, writer.code, ulid),
             AmendmentSign { amendment } => parse_doc(amendment, Collection::Amendments)?,
-            KeyRotate { .. } => DocId::keys(writer.code),
+            KeyRotate { .. } | NodeRevoke { .. } => DocId::keys(writer.code),
             TrainingNominate { .. } | TrainingOpportunity { .. } => {
                 DocId::new(Collection::Training, writer.code, ulid)
             }
@@ -380,7 +385,7 @@ impl Command {
             && !exists
             && !matches!(
                 self,
-                FactsheetSet { .. } | AddressSet { .. } | KeyRotate { .. }
+                FactsheetSet { .. } | AddressSet { .. } | KeyRotate { .. } | NodeRevoke { .. }
             )
         {
             return Err(Refused::NotFound {
@@ -768,13 +773,13 @@ impl Command {
                     .map_err(|_| invalid(format!("{key:?} is not a public key")))?;
                 keep.parse::<Keep>()
                     .map_err(|e| invalid(format!("a rotation's points: {e}")))?;
-                let rotations = if exists {
-                    get_map(doc, &ROOT, ROTATIONS)
-                        .ok_or_else(|| invalid(format!("{id} holds no rotations")))?
-                } else {
+                if !exists {
                     created(tx, "keys")?;
                     tx.put(ROOT, "state", writer.code).map_err(am)?;
-                    tx.put_object(ROOT, ROTATIONS, ObjType::Map).map_err(am)?
+                }
+                let rotations = match get_map(doc, &ROOT, ROTATIONS) {
+                    Some(rotations) => rotations,
+                    None => tx.put_object(ROOT, ROTATIONS, ObjType::Map).map_err(am)?,
                 };
                 if get_map(doc, &rotations, &to.to_string()).is_some() {
                     return Err(invalid(format!("{to} was rotated to already")));
@@ -785,6 +790,27 @@ impl Command {
                 tx.put(&rotation, FROM, from.as_str()).map_err(am)?;
                 tx.put(&rotation, KEEP, keep.as_str()).map_err(am)?;
                 Ok(to.to_string())
+            }
+            NodeRevoke { peer } => {
+                use super::keys::{NODES_REVOKED, is_peer_id};
+                if !is_peer_id(peer) {
+                    return Err(invalid(format!("{peer:?} is not a node's peer id")));
+                }
+                if !exists {
+                    created(tx, "keys")?;
+                    tx.put(ROOT, "state", writer.code).map_err(am)?;
+                }
+                let nodes = match get_map(doc, &ROOT, NODES_REVOKED) {
+                    Some(nodes) => nodes,
+                    None => tx
+                        .put_object(ROOT, NODES_REVOKED, ObjType::Map)
+                        .map_err(am)?,
+                };
+                if doc.get(&nodes, peer.as_str()).ok().flatten().is_some() {
+                    return Err(invalid(format!("node {peer} is revoked already")));
+                }
+                tx.put(&nodes, peer.as_str(), now).map_err(am)?;
+                Ok(peer.clone())
             }
             TrainingNominate {
                 title,

@@ -1,5 +1,5 @@
 //! The key records: one document per state, `keys/STATE`, in which that state alone
-//! rotates its national key.
+//! rotates its national key and revokes the certificates it issued to its nodes.
 //!
 //! A rotation is signed with the current key and names the new one. It also says how far
 //! each log of the current key goes (`keep`): the entries of the current key past those
@@ -22,6 +22,29 @@ pub const ROTATIONS: &str = "rotations";
 pub const FROM: &str = "from";
 /// How far each log of the retired key goes.
 pub const KEEP: &str = "keep";
+/// Node (peer id) -> when the state revoked the certificates it issued to it.
+pub const NODES_REVOKED: &str = "nodes_revoked";
+
+/// Whether `peer` has the shape of a peer id as libp2p writes it (base58), which is all
+/// a document can check of it.
+pub fn is_peer_id(peer: &str) -> bool {
+    (40..=64).contains(&peer.len())
+        && peer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l'))
+}
+
+/// The nodes whose certificates a key record revokes, in every concurrent copy of its map.
+pub fn revoked_nodes(doc: &Automerge) -> Vec<String> {
+    let mut out = Vec::new();
+    for (value, map) in doc.get_all(ROOT, NODES_REVOKED).unwrap_or_default() {
+        if matches!(value, Value::Object(ObjType::Map)) {
+            out.extend(doc.keys(&map).filter(|p| is_peer_id(p)));
+        }
+    }
+    out
+}
+
 /// The most logs one key's points name: a node that restarts every day for ten years.
 pub const MAX_POINTS: usize = 4096;
 

@@ -330,7 +330,7 @@ fn check_op(
             }
         }
         Collection::Keys => {
-            use super::keys::{FROM, KEEP, Keep, ROTATIONS};
+            use super::keys::{FROM, KEEP, Keep, NODES_REVOKED, ROTATIONS};
             if !ctx.is_owner() {
                 return Err(format!("only {owner} rotates its keys"));
             }
@@ -342,7 +342,18 @@ fn check_op(
                         Err(format!("the {field} of a key record is written once"))
                     }
                 }
-                ([field], Action::Make) if *field == ROTATIONS => container(),
+                // Either map may come after the record (a record made for the other);
+                // copies made concurrently are read together.
+                ([field], Action::Make) if *field == ROTATIONS || *field == NODES_REVOKED => Ok(()),
+                ([field, peer], Action::Put(v)) if *field == NODES_REVOKED => {
+                    if !super::keys::is_peer_id(peer) {
+                        return Err(format!("{peer:?} is not a node's peer id"));
+                    }
+                    if scalar_int(v).is_none() {
+                        return Err("a node's revocation holds when it was made".into());
+                    }
+                    Ok(())
+                }
                 ([field, to], Action::Make) if *field == ROTATIONS => {
                     let to: crate::identity::PublicKey = to
                         .parse()

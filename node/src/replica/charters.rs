@@ -34,6 +34,8 @@ pub(super) struct Charters {
     rotated: BTreeMap<PublicKey, String>,
     /// Keys retired by a rotation or revoked by an amendment.
     retired: BTreeMap<PublicKey, Keep>,
+    /// Nodes (peer ids) whose certificates their states revoked, with those states.
+    pub(super) revoked_nodes: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Charters {
@@ -44,6 +46,7 @@ impl Charters {
             key_records: BTreeSet::new(),
             rotated: BTreeMap::new(),
             retired: BTreeMap::new(),
+            revoked_nodes: BTreeMap::new(),
         }
     }
 

@@ -321,6 +321,7 @@ impl<B: Backing> Replica<B> {
     fn refresh_keys(&mut self) -> Result<(Vec<PublicKey>, Vec<Cut>), Error> {
         let ids: Vec<DocId> = self.charters.key_records.iter().cloned().collect();
         let mut rotations = Vec::new();
+        let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for id in ids {
             if let Some(doc) = self.load_doc(&id)? {
                 let state = id.owner().to_owned();
@@ -329,8 +330,12 @@ impl<B: Backing> Replica<B> {
                         .into_iter()
                         .map(|r| (state.clone(), r)),
                 );
+                for peer in crate::docs::keys::revoked_nodes(doc) {
+                    nodes.entry(peer).or_default().insert(state.clone());
+                }
             }
         }
+        self.charters.revoked_nodes = nodes;
         let (new_keys, changed) = self.charters.refresh(rotations);
         let mut cuts = Vec::new();
         for key in changed {
@@ -365,6 +370,11 @@ impl<B: Backing> Replica<B> {
         let charter = self.charters.get(version)?;
         let p = self.charters.participant(charter, key)?;
         Some((p, charter.participant_by_key(key).is_none()))
+    }
+
+    /// The nodes (peer ids) whose certificates their states revoked, with those states.
+    pub fn revoked_nodes(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        &self.charters.revoked_nodes
     }
 
     /// The keys that rotations introduced (with their state), and the keys retired by a

@@ -528,6 +528,7 @@ pub(crate) fn trust<B: crate::replica::Backing>(replica: &Replica<B>) -> super::
             .iter()
             .flat_map(|c| c.revoked.iter().map(|r| r.key))
             .collect(),
+        revoked_nodes: replica.revoked_nodes().clone(),
     }
 }
 

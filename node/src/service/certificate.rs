@@ -120,6 +120,8 @@ pub struct Trust {
     pub(crate) rotated: BTreeMap<PublicKey, String>,
     /// Keys that an amendment revoked: their certificates admit no one.
     pub(crate) revoked: BTreeSet<PublicKey>,
+    /// Nodes (peer ids) whose certificates these states revoked.
+    pub(crate) revoked_nodes: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Trust {
@@ -130,7 +132,15 @@ impl Trust {
             charter,
             rotated: BTreeMap::new(),
             revoked: BTreeSet::new(),
+            revoked_nodes: BTreeMap::new(),
         }
+    }
+
+    /// Whether `state` revoked the certificates it issued to `peer`.
+    pub(crate) fn node_revoked(&self, peer: &str, state: &str) -> bool {
+        self.revoked_nodes
+            .get(peer)
+            .is_some_and(|states| states.contains(state))
     }
 
     /// The state that `issuer` certifies for.
@@ -153,6 +163,7 @@ const MALFORMED: Refusal = Refusal::deny("malformed node certificate");
 /// Not deny-listed: a state that an amendment adds dials nodes that may not hold the
 /// amendment yet, and must get in once they do. The refusal costs a lookup.
 const REVOKED: Refusal = Refusal::deny("certificate issuer's key is revoked");
+const NODE_REVOKED: Refusal = Refusal::deny("its state revoked this node's certificates");
 const STRANGER: Refusal = Refusal::retry("certificate issuer is not a participant of the charter");
 
 impl Admit for Admission {
@@ -170,6 +181,11 @@ impl Admit for Admission {
         // An issuer outside the charter is refused before any signature is checked: the
         // lookup costs nothing, and its key is compared with the charter's, not echoed.
         let state = trust.state_of(&cert.issuer).ok_or(STRANGER)?.to_owned();
+        // A state revokes the certificates it issued to one node; it cannot touch another
+        // state's nodes.
+        if trust.node_revoked(&peer.to_string(), &state) {
+            return Err(NODE_REVOKED);
+        }
         let charter = &trust.charter;
         cert.verify(
             &charter.network,
@@ -267,6 +283,60 @@ mod tests {
                 "certificate signature does not verify",
             ])
         );
+    }
+
+    #[test]
+    fn a_node_is_refused_when_its_own_state_revokes_it_or_its_key_is_revoked_and_not_otherwise() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let (lt, ie, rotated) = (
+            SecretKey::generate(&mut rng),
+            SecretKey::generate(&mut rng),
+            SecretKey::generate(&mut rng),
+        );
+        let today = time::macros::date!(2026 - 12 - 03);
+        let states = [
+            ("LT".to_owned(), lt.public(), Vec::new()),
+            ("IE".to_owned(), ie.public(), Vec::new()),
+        ];
+        let charter = Arc::new(Charter::for_testnet("net", &states, &[], today).expect("charter"));
+        let now_ms = 1_796_256_000_000;
+        let peer = PeerId::random();
+        let cert = |key: &SecretKey| {
+            NodeCertificate::issue(
+                key,
+                "net",
+                &charter.scope(),
+                &peer.to_bytes(),
+                now_ms + 1_000,
+            )
+            .encode()
+        };
+        let admit = |trust: Trust, key: &SecretKey| {
+            let admission = Admission {
+                charter: tokio::sync::watch::channel(Arc::new(trust)).1,
+                clock: Arc::new(ManualClock::new(now_ms)),
+            };
+            admission.admit(&peer, &cert(key), &[0; 32])
+        };
+        let trust = |revoked_by: &str| {
+            let mut t = Trust::of(charter.clone());
+            t.revoked_nodes
+                .insert(peer.to_string(), BTreeSet::from([revoked_by.to_owned()]));
+            t
+        };
+        // Another state's revocation does not touch LT's node.
+        assert_eq!(admit(trust("IE"), &lt).expect("admitted").state, "LT");
+        let refused = admit(trust("LT"), &lt).expect_err("LT revoked its node");
+        assert!(refused.deny, "{}", refused.reason);
+        // A key a rotation gave LT certifies for LT, until an amendment revokes it.
+        let mut t = Trust::of(charter.clone());
+        t.rotated.insert(rotated.public(), "LT".to_owned());
+        assert_eq!(admit(t, &rotated).expect("admitted").state, "LT");
+        let mut t = Trust::of(charter.clone());
+        t.rotated.insert(rotated.public(), "LT".to_owned());
+        t.revoked.insert(rotated.public());
+        let refused = admit(t, &rotated).expect_err("a revoked key certifies no one");
+        assert_eq!(refused.reason, "certificate issuer's key is revoked");
     }
 
     #[test]

@@ -361,6 +361,9 @@ pub async fn run(
                     } else if revoked.contains(&state) {
                         tracing::info!(peer = %p.peer, %state, "a peer's certifying key was revoked; disconnecting");
                         "certifying key revoked"
+                    } else if trust.node_revoked(&p.peer.to_string(), &state) {
+                        tracing::info!(peer = %p.peer, %state, "its state revoked a peer's certificates; disconnecting");
+                        "node revoked by its state"
                     } else {
                         continue;
                     };
