@@ -169,6 +169,14 @@ fn a_compromised_key_is_revoked_from_an_entry_and_cut_on_every_node() -> Result<
             .is_some_and(|ps| ps.iter().any(|p| p["state"] == lt_state.as_str())),
         "the compromised node is still a peer: {peers}"
     );
+    // EL relayed the entries that were cut, and stays IE's peer.
+    let el_state = net.nodes[2].state.as_str();
+    ensure!(
+        peers
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["state"] == el_state)),
+        "an honest relay was cut off: {peers}"
+    );
     Ok(())
 }
 
