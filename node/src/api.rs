@@ -426,15 +426,24 @@ async fn charter(State(app): State<App>, q: Result<Query<VersionQuery>, QueryRej
 
 #[derive(Deserialize)]
 struct FromQuery {
-    from: String,
+    from: Option<String>,
+    state: Option<String>,
 }
 
 async fn revocation(State(app): State<App>, q: Result<Query<FromQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(&q.from, &mut bytes)
-        .map_err(|_| bad("from is an entry hash: 32 bytes in hex"))?;
-    let found = app.node.revocation(crate::log::EntryHash(bytes)).await?;
+    use crate::service::actor::RevokeFrom;
+    let from = match (q.from, q.state) {
+        (Some(from), None) => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(&from, &mut bytes)
+                .map_err(|_| bad("from is an entry hash: 32 bytes in hex"))?;
+            RevokeFrom::Entry(crate::log::EntryHash(bytes))
+        }
+        (None, Some(state)) => RevokeFrom::Now(state.to_uppercase()),
+        _ => return Err(bad("give from (an entry hash) or state (a state code)")),
+    };
+    let found = app.node.revocation(from).await?;
     Ok(Json(found).into_response())
 }
 

@@ -275,7 +275,13 @@ fn a_state_an_amendment_adds_writes_and_its_entries_wait_on_nodes_without_the_am
 fn a_state_an_amendment_removes_writes_no_more_and_its_past_entries_stay_valid() {
     let mut c = Council::new(50);
     let (_, obstacle) = c.write("FI", &report_obstacle("Finland's"));
+    // As `spoc charter propose` does, the amendment that removes a state also retires its
+    // key after everything the proposer holds of it.
+    let fi = c.net.key("FI").public();
+    let keep = c.r.keep_all(&fi);
+    assert_eq!(keep.to_string(), format!("{INC}:1"));
     let text = amended(&c.r, |c| {
+        c.revoked.push(Revoked { key: fi, keep });
         c.participants.retain(|p| p.code != "FI");
         c.training_core_group.retain(|s| s != "FI");
         for t in &mut c.presidency {
@@ -288,15 +294,23 @@ fn a_state_an_amendment_removes_writes_no_more_and_its_past_entries_stay_valid()
     assert_eq!(c.r.charter().version, 1);
     assert!(c.r.charter().participant("FI").is_none());
     let refused = c.refused("FI", &report_obstacle("After"));
-    assert!(
-        refused.contains("charter in force (version 1)"),
-        "{refused}"
-    );
+    assert!(refused.contains("rotated or revoked"), "{refused}");
     // Its entry made under version 1 is refused everywhere.
     let late = c.forged("FI", &report_obstacle("Crafted after"), NOW, 1);
     let report = c.r.ingest(vec![late]).unwrap();
     assert!(
         matches!(report.rejected.as_slice(), [(_, Invalid::UnknownAuthor(_))]),
+        "{:?}",
+        report.rejected
+    );
+    // Nor does it write on under the version before its removal, which named it.
+    let older = c.forged("FI", &report_obstacle("Crafted under version 0"), NOW, 0);
+    let report = c.r.ingest(vec![older]).unwrap();
+    assert!(
+        matches!(
+            report.rejected.as_slice(),
+            [(_, Invalid::KeyRetired { .. })]
+        ),
         "{:?}",
         report.rejected
     );

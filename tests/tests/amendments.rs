@@ -169,6 +169,13 @@ fn an_amendment_that_adds_a_state_takes_effect_on_five_writing_nodes_and_its_nod
     )?
     .ok()?
     .json()?;
+    // The proposal retires the key of the state it removes, after all its node holds.
+    ensure!(
+        proposed["diff"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|l| l.as_str() == Some("+ [[revoked]]"))),
+        "{proposed}"
+    );
     let mut signed = vec![entry_of(&proposed)?];
     for node in &procs[1..4] {
         node.wait_entries(&signed, WAIT)?;

@@ -97,9 +97,10 @@ pub fn propose(ctx: &Ctx, file: &Path) -> Result<()> {
             file.display()
         );
     }
-    let proposed = load_charter(file)?;
+    let mut proposed = load_charter(file)?;
     let client = ctx.client(TIMEOUT)?;
-    let (record, _) = in_force(&client, None)?;
+    let (record, current) = in_force(&client, None)?;
+    retire_leaving_keys(&client, &current, &mut proposed)?;
     propose_charter(
         ctx,
         &client,
@@ -107,6 +108,33 @@ pub fn propose(ctx: &Ctx, file: &Path) -> Result<()> {
         &proposed,
         &file.display().to_string(),
     )
+}
+
+/// A key that leaves the charter (its state removed, or given another key) would still
+/// sign under the versions before: the proposal revokes it after everything the node
+/// holds of it, so that it signs nothing more once the amendment is in force.
+fn retire_leaving_keys(client: &Client, current: &Charter, proposed: &mut Charter) -> Result<()> {
+    for p in &current.participants {
+        let Some(key) = p.key else { continue };
+        if proposed.participant_by_key(&key).is_some()
+            || proposed.revoked.iter().any(|r| r.key == key)
+        {
+            continue;
+        }
+        let revocation: Value =
+            client.get_json("/v1/charter/revocation", &[("state", p.code.clone())])?;
+        let keep = revocation["keep"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| anyhow!("the node's points: {e}"))?;
+        proposed
+            .revoked
+            .push(spoc_node::charter::Revoked { key, keep });
+    }
+    *proposed = Charter::parse(&proposed.to_toml())
+        .map_err(|e| anyhow!("the proposal makes no valid charter: {e}"))?;
+    Ok(())
 }
 
 /// Proposes `proposed` as the next version after `record`, printing what it changes.

@@ -1544,6 +1544,22 @@ impl<B: Backing> Replica<B> {
         }
     }
 
+    /// Every log of `key` up to its tip as this node holds it: where an amendment that
+    /// takes the key out of the charter keeps it, so that it signs nothing more.
+    pub fn keep_all(&self, key: &PublicKey) -> crate::docs::keys::Keep {
+        let first = LogId {
+            author: *key,
+            incarnation: 0,
+        };
+        crate::docs::keys::Keep(
+            self.tips
+                .range(first..)
+                .take_while(|(l, _)| l.author == *key)
+                .map(|(l, t)| (l.incarnation, t.seq))
+                .collect(),
+        )
+    }
+
     /// Where a revocation of the key that signed `from` keeps each of that key's logs:
     /// the log of `from` up to the entry before it, and every other log of the key up to
     /// its last entry dated before `from`. `None` when the node does not hold `from`.

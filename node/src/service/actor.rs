@@ -181,8 +181,17 @@ pub(crate) enum Request {
     Amendments(Reply<crate::docs::amendments::Status>),
     /// Rotates the national key, by the named operator.
     RotateKey(String, Reply<KeyRotated>),
-    /// Where a revocation from an entry keeps the logs of the key that signed it.
-    Revocation(crate::log::EntryHash, Reply<Revocation>),
+    /// Where a revocation keeps the logs of a key.
+    Revocation(RevokeFrom, Reply<Revocation>),
+}
+
+/// From where a revocation refuses a key's entries.
+#[derive(Debug, Clone)]
+pub enum RevokeFrom {
+    /// From this entry on, of the key that signed it.
+    Entry(crate::log::EntryHash),
+    /// After everything this node holds, of the key of this state in the charter in force.
+    Now(String),
 }
 
 /// What an amendment that revokes a key from an entry on would say of it.
@@ -294,7 +303,7 @@ impl Handle {
 
     /// Where a revocation from the entry `from` on keeps the logs of the key that signed
     /// it.
-    pub async fn revocation(&self, from: crate::log::EntryHash) -> Result<Revocation, Failure> {
+    pub async fn revocation(&self, from: RevokeFrom) -> Result<Revocation, Failure> {
         ask!(self, Revocation, from)
     }
 
@@ -692,7 +701,20 @@ impl Actor {
                     return result.map(|_| ());
                 }
             }
-            Request::Revocation(from, reply) => {
+            Request::Revocation(RevokeFrom::Now(state), reply) => {
+                let result = match self.charter.participant(&state).and_then(|p| p.key) {
+                    Some(key) => Ok(Revocation {
+                        state,
+                        key: key.to_string(),
+                        keep: self.replica.keep_all(&key).to_string(),
+                    }),
+                    None => Err(Failure::NotFound(format!(
+                        "{state} has no key in the charter in force"
+                    ))),
+                };
+                answer(reply, result)?;
+            }
+            Request::Revocation(RevokeFrom::Entry(from), reply) => {
                 let result = match self.replica.keep_before(&from) {
                     Ok(Some((key, keep))) => Ok(Revocation {
                         state: code_of(
