@@ -70,9 +70,9 @@ fn a_state_rotates_its_key_writes_on_and_a_node_that_starts_empty_verifies_it_al
     // What the new key signs is the same state's.
     let states = status(&ie)?["states"].clone();
     ensure!(
-        states
-            .as_object()
-            .is_some_and(|s| s.len() == 1 && s.contains_key(&ie_info.state)),
+        states.as_object().is_some_and(|s| s.len() == 1)
+            && states[&ie_info.state]["entries"] == entries.len()
+            && states[&ie_info.state]["logs"] == 3,
         "{states} ({new_key})"
     );
     for node in [&lt, &el] {

@@ -72,12 +72,12 @@ pub fn diff(old: &str, new: &str) -> Vec<String> {
         if i < a.len() && j < b.len() && a[i] == b[j] {
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(format!("+ {}", b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out.push(format!("- {}", a[i]));
             i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
         }
     }
     out
@@ -367,6 +367,8 @@ mod tests {
         let old = "a\nb\nc\nd\n";
         let new = "a\nc\nx\nd\ny\n";
         assert_eq!(diff(old, new), vec!["- b", "+ x", "+ y"]);
+        // A changed line reads as its removal, then its replacement.
+        assert_eq!(diff("a\nb\n", "a\nc\n"), vec!["- b", "+ c"]);
         assert!(diff(old, old).is_empty());
         assert_eq!(diff("", "z\n"), vec!["+ z"]);
     }

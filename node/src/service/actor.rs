@@ -1034,20 +1034,23 @@ impl Actor {
         let presidency = today
             .and_then(|d| self.charter.presidency_at(d))
             .map(|t| t.state.clone());
-        let states: BTreeMap<String, Value> = self
-            .replica
-            .authors()
-            .iter()
-            .map(|(author, (logs, entries))| {
-                let code = code_of(
-                    &self.replica,
-                    &LogId {
-                        author: *author,
-                        incarnation: 0,
-                    },
-                );
-                (code, json!({"logs": logs, "entries": entries}))
-            })
+        // A state whose key was rotated has logs under each of its keys.
+        let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (author, (logs, entries)) in self.replica.authors() {
+            let code = code_of(
+                &self.replica,
+                &LogId {
+                    author: *author,
+                    incarnation: 0,
+                },
+            );
+            let total = totals.entry(code).or_default();
+            total.0 += logs;
+            total.1 += entries;
+        }
+        let states: BTreeMap<String, Value> = totals
+            .into_iter()
+            .map(|(code, (logs, entries))| (code, json!({"logs": logs, "entries": entries})))
             .collect();
         let equivocations: Vec<Value> = self
             .replica
