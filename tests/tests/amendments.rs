@@ -184,7 +184,16 @@ fn an_amendment_that_adds_a_state_takes_effect_on_five_writing_nodes_and_its_nod
             .json()?;
         signed.push(entry_of(&answer)?);
     }
+    let leaving_peer = status(&procs[4])?["peer_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     procs[0].wait_log("a peer's state left the charter; disconnecting", WAIT)?;
+    // The status forgets the peer once the disconnection is done.
+    procs[0].wait_log(
+        &format!("peer refused and disconnected peer={leaving_peer}"),
+        WAIT,
+    )?;
     let peers = status(&procs[0])?["peers"].clone();
     ensure!(
         !peers

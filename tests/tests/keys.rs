@@ -100,7 +100,6 @@ fn a_state_rotates_its_key_writes_on_and_a_node_that_starts_empty_verifies_it_al
 fn a_compromised_key_is_revoked_from_an_entry_and_cut_on_every_node() -> Result<()> {
     let net = Testnet::new(3)?;
     let mut procs: Vec<Proc> = net.nodes.iter().map(Proc::start).collect::<Result<_>>()?;
-    let _ = &mut procs;
     let lt_state = net.nodes[1].state.clone();
     let honest = practice(&procs[1], "Honest")?;
     let forged = practice(&procs[1], "Forged")?;
@@ -161,7 +160,13 @@ fn a_compromised_key_is_revoked_from_an_entry_and_cut_on_every_node() -> Result<
     ensure!(practices.len() == 1, "{practices:?}");
     ensure!(status(&procs[0])?["digest"] == status(&procs[2])?["digest"]);
     // The compromised node is let go: its certificate is of the revoked key.
+    let lt_peer = status(&procs[1])?["peer_id"]
+        .as_str()
+        .context("no peer id")?
+        .to_owned();
     procs[0].wait_log("a peer's certifying key was revoked; disconnecting", WAIT)?;
+    // The status forgets the peer once the disconnection is done.
+    procs[0].wait_log(&format!("peer refused and disconnected peer={lt_peer}"), WAIT)?;
     let peers = status(&procs[0])?["peers"].clone();
     ensure!(
         !peers
@@ -186,7 +191,7 @@ fn a_state_revokes_its_node_and_every_node_refuses_it_until_it_has_a_new_node_ke
     let mut ie = Proc::start(&net.nodes[0])?;
     let lt_info = &net.nodes[1];
     let mut lt = Proc::start(lt_info)?;
-    let el = Proc::start(&net.nodes[2])?;
+    let mut el = Proc::start(&net.nodes[2])?;
     let first = practice(&lt, "Before")?;
     ie.wait_entries(std::slice::from_ref(&first), WAIT)?;
     let peer = status(&lt)?["peer_id"]
@@ -198,11 +203,13 @@ fn a_state_revokes_its_node_and_every_node_refuses_it_until_it_has_a_new_node_ke
         .ok()?
         .json()?;
     ensure!(revoked["id"] == peer.as_str(), "{revoked}");
-    ie.wait_log(
-        "its state revoked a peer's certificates; disconnecting",
-        WAIT,
-    )?;
-    for node in [&ie, &el] {
+    for node in [&mut ie, &mut el] {
+        node.wait_log(
+            "its state revoked a peer's certificates; disconnecting",
+            WAIT,
+        )?;
+        // The status forgets the peer once the disconnection is done.
+        node.wait_log(&format!("peer refused and disconnected peer={peer}"), WAIT)?;
         let peers = status(node)?["peers"].clone();
         ensure!(
             !peers.to_string().contains(&peer),
