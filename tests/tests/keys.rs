@@ -166,7 +166,10 @@ fn a_compromised_key_is_revoked_from_an_entry_and_cut_on_every_node() -> Result<
         .to_owned();
     procs[0].wait_log("a peer's certifying key was revoked; disconnecting", WAIT)?;
     // The status forgets the peer once the disconnection is done.
-    procs[0].wait_log(&format!("peer refused and disconnected peer={lt_peer}"), WAIT)?;
+    procs[0].wait_log(
+        &format!("peer refused and disconnected peer={lt_peer}"),
+        WAIT,
+    )?;
     let peers = status(&procs[0])?["peers"].clone();
     ensure!(
         !peers

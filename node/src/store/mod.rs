@@ -40,7 +40,8 @@ use seal::Sealer;
 /// A document's appended changes past which a compaction saves it whole.
 pub const COMPACT_AFTER: u64 = 64;
 
-const FORMAT_VERSION: &[u8] = b"3";
+/// The layout of the tables this code writes; an older one is migrated at open.
+pub const FORMAT_VERSION: &[u8] = b"3";
 /// The most stream places a store keeps: more than the nodes of a network's participants.
 pub const MAX_STREAMS: u64 = 64;
 

@@ -123,9 +123,13 @@ impl Network {
     /// cache the first time.
     pub fn open(seed: u64, end: Date) -> Result<Network> {
         // The rules version is part of what the testnet's genesis hash covers, so stores
-        // signed under another one are not reused.
+        // signed under another one are not reused; a store of an older format would be
+        // migrated, a write, at the first start of every copy.
         let rules = spoc_node::charter::RULES_VERSION;
-        let dir = cache_root().join(format!("decade-v{CACHE_VERSION}-r{rules}-seed{seed}-{end}"));
+        let format = String::from_utf8_lossy(spoc_node::store::FORMAT_VERSION);
+        let dir = cache_root().join(format!(
+            "decade-v{CACHE_VERSION}-r{rules}-f{format}-seed{seed}-{end}"
+        ));
         let net = dir.join("net");
         let states_file = net.join("states.json");
         if !states_file.exists() {
