@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Runs one national spocnet node as a service.
 #[derive(Parser, Debug)]
 #[command(name = "spoc-node", version, about)]
