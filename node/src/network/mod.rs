@@ -92,7 +92,7 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// The charter's addresses of other nodes, dialled at start and re-dialled when lost.
     pub dial: Vec<Multiaddr>,
-    /// Names the gossip topic `spocnet/{network_id}/entries/1`.
+    /// Names the gossip topic `spocnet/{network_id}/entries/2`.
     pub network_id: String,
     /// Our own node certificate, presented to every peer.
     pub certificate: Vec<u8>,
@@ -167,7 +167,9 @@ impl Config {
 
     /// The gossip topic of this network.
     pub fn topic(&self) -> String {
-        format!("spocnet/{}/entries/1", self.network_id)
+        // Version 2: anonymous messages. Nodes of version 1 signed theirs and refuse
+        // unsigned ones, so the two meet only through pull sync, on another topic.
+        format!("spocnet/{}/entries/2", self.network_id)
     }
 }
 

@@ -31,16 +31,18 @@ enum Ev {
 
 fn swarm(topic: &gossipsub::IdentTopic) -> Result<Swarm<gossipsub::Behaviour>> {
     let keypair = libp2p::identity::Keypair::generate_ed25519();
+    // The same envelope as the node's: anonymous messages named by their content.
     let config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .max_transmit_size(65 * 1024)
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::new(blake3::hash(&message.data).as_bytes())
+        })
         .build()
         .map_err(|e| anyhow!("gossipsub config: {e}"))?;
-    let mut behaviour = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
-        config,
-    )
-    .map_err(|e| anyhow!("gossipsub: {e}"))?;
+    let mut behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| anyhow!("gossipsub: {e}"))?;
     behaviour.subscribe(topic)?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
