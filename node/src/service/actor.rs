@@ -463,6 +463,15 @@ impl Handle {
     }
 }
 
+/// The entries of a report refused for a fault of the peer that sent them.
+fn blamed(report: &Report) -> usize {
+    report
+        .rejected
+        .iter()
+        .filter(|(_, i)| i.blames_sender())
+        .count()
+}
+
 /// Extra facts for the status, set by the service.
 pub(crate) type StatusExtra = Arc<dyn Fn() -> Value + Send + Sync>;
 
@@ -664,9 +673,12 @@ impl Actor {
                 proofs,
                 reply,
             } => {
-                let result = self.ingest(entries, proofs);
+                let mut reply = Some(reply);
+                let result = self.ingest(entries, proofs, &mut reply);
                 let fatal = result.as_ref().err().cloned();
-                let _ = reply.send(result);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
                 if let Some(f) = fatal {
                     return Err(f);
                 }
@@ -957,12 +969,19 @@ impl Actor {
         })
     }
 
+    /// Takes in a peer's entries and proofs. When only entries came, `reply` is answered
+    /// once they are checked, before their commit: gossip then relays an entry while
+    /// this node writes it to disk, and a pull sends its next request meanwhile. Nothing
+    /// is lost to the network if the commit fails, since the node stops and its peers
+    /// hold what it relayed; an entry written here is acknowledged only once durable.
     fn ingest(
         &mut self,
         entries: Vec<SignedEntry>,
         proofs: Vec<EquivocationProof>,
+        reply: &mut Option<Reply<IngestSummary>>,
     ) -> Result<IngestSummary, Failure> {
         let mut summary = IngestSummary::default();
+        let only_entries = proofs.is_empty();
         self.tick()?;
         if !proofs.is_empty() {
             let report = self.replica.add_proofs(proofs).map_err(Failure::from)?;
@@ -979,6 +998,9 @@ impl Actor {
         if !entries.is_empty() {
             let waiting = self.replica.waiting_for_time_count();
             let report = self.replica.ingest(entries).map_err(Failure::from)?;
+            if only_entries && let Some(reply) = reply.take() {
+                let _ = reply.send(Ok(self.summarize(&report)));
+            }
             self.commit(&report)?;
             let more = self
                 .replica
@@ -1000,11 +1022,7 @@ impl Actor {
                     "equivocation: two entries for one log and seq"
                 );
             }
-            summary.rejected = report
-                .rejected
-                .iter()
-                .filter(|(_, i)| i.blames_sender())
-                .count();
+            summary.rejected = blamed(&report);
             summary.accepted = report.accepted;
             summary.duplicates = report.duplicates;
             summary.new_proofs.extend(report.new_proofs);
@@ -1012,6 +1030,18 @@ impl Actor {
         // Entries that wait for their time are not a gap that a pull could fill.
         summary.gaps = self.replica.pending_count() > self.replica.waiting_for_time_count();
         Ok(summary)
+    }
+
+    /// What a peer learns of the entries it sent: counted from the checks, before the
+    /// commit.
+    fn summarize(&self, report: &Report) -> IngestSummary {
+        IngestSummary {
+            rejected: blamed(report),
+            accepted: report.accepted.clone(),
+            duplicates: report.duplicates,
+            new_proofs: report.new_proofs.clone(),
+            gaps: self.replica.pending_count() > self.replica.waiting_for_time_count(),
+        }
     }
 
     /// Reads a document, loading it into the cache when it is not in memory.
